@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One entry point for a fresh machine with only Python 3.10+:
+#   ./run.sh demo   -> create .venv, install, run `tessera demo`
+#   ./run.sh test   -> create .venv, install (with dev extras), run the test suite
+# Extra arguments are passed on (e.g. ./run.sh demo --out runs/demo).
+set -euo pipefail
+cd "$(dirname "$0")"
+cmd="${1:-}"; shift || true
+PY="${PYTHON:-python3}"
+VENV="${TESSERA_VENV:-.venv}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PY" -m venv "$VENV"
+fi
+# shellcheck disable=SC1091
+. "$VENV/bin/activate"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+if ! python -c "import torch" 2>/dev/null; then
+    # A CPU build of torch: a local wheel if pip's find-links has one, otherwise
+    # PyTorch's CPU index. A bare `pip install torch` would pull a multi-GB CUDA build.
+    TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
+    if ! pip install -q --no-index --no-deps "torch==${TORCH_VERSION}" 2>/dev/null; then
+        pip install -q "torch==${TORCH_VERSION}" --index-url https://download.pytorch.org/whl/cpu
+    fi
+fi
+
+case "$cmd" in
+    demo)
+        pip install -q -e .
+        exec tessera demo "$@"
+        ;;
+    test)
+        pip install -q -e ".[dev,metrics]"
+        export HF_HUB_OFFLINE=1 WANDB_MODE=disabled
+        exec python -m pytest -q "$@"
+        ;;
+    *)
+        echo "usage: ./run.sh demo|test [args...]" >&2
+        exit 2
+        ;;
+esac

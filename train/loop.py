@@ -1,0 +1,272 @@
+"""The one training loop every stage uses (tokenizer now; generator and baseline later).
+
+A stage describes itself as a `Task` (its model, how to build batch `i`, its
+loss); `train_loop` owns everything else: device, bf16 autocast on GPU,
+gradient accumulation, AdamW with warmup + cosine, EMA, a progress bar, the
+metrics jsonl and atomic checkpoints with resume.
+
+Resume is exact: a batch is a pure function of (step, micro-batch index), and
+every RNG is saved with the weights, so a run killed at any point and restarted
+reaches the same weights as an uninterrupted one (bitwise on the CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+from train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+
+
+class TrainConfigError(ValueError):
+    """A training option that does not exist or has a bad value."""
+
+
+def config_from_dict(cls, data: dict, what: str | None = None):
+    """Build dataclass `cls` from `data`, naming any key it does not know."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise TrainConfigError(
+            f"unknown {what or cls.__name__} key {unknown[0]!r} (known: {', '.join(sorted(known))})"
+        )
+    return cls(**data)
+
+
+@dataclass
+class LoopConfig:
+    steps: int = 1000  # optimizer steps; the stage presets set this
+    batch_size: int = 32  # per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 3e-4  # peak learning rate (AdamW)
+    weight_decay: float = 0.0  # applied to >=2-D weights only; the tokenizer wants none
+    betas: tuple[float, float] = (0.9, 0.99)  # 0.99: small batches, faster second-moment adaption
+    warmup_steps: int = 100  # linear warmup from 0, then cosine
+    min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    ema_decay: float = 0.0  # 0 = no EMA copy; the generator uses ~0.999
+    log_every: int = 10  # steps between metrics.jsonl lines
+    ckpt_every: int = 200  # steps between checkpoints (and one at the end)
+    keep_checkpoints: int = 2  # complete checkpoints kept in state/
+    seed: int = 0  # seeds init, data order and every RNG
+    device: str = "auto"  # auto = cuda when present, else cpu
+    precision: str = "auto"  # auto = bf16 autocast on cuda, fp32 on cpu; or fp32 / bf16
+    progress: bool = True  # tqdm bar with loss and throughput
+
+    def __post_init__(self):
+        self.betas = tuple(self.betas)
+        for name in ("steps", "batch_size", "grad_accum", "log_every", "ckpt_every", "keep_checkpoints"):
+            if int(getattr(self, name)) < 1:
+                raise TrainConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.lr <= 0:
+            raise TrainConfigError(f"lr must be > 0, got {self.lr!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise TrainConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise TrainConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.device != "auto" and not self.device.startswith(("cpu", "cuda", "mps")):
+            raise TrainConfigError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class LossOutput(NamedTuple):
+    loss: torch.Tensor  # scalar to minimise
+    metrics: dict[str, float]  # logged as they are
+
+
+class Task(Protocol):
+    """What a training stage provides to `train_loop`."""
+
+    model: torch.nn.Module  # everything trainable (e.g. tokenizer + discriminator)
+
+    def batch(self, step: int, micro: int, batch_size: int) -> Any:
+        """Micro-batch `micro` of optimizer step `step`; must depend on nothing else."""
+
+    def loss(self, batch: Any, step: int) -> LossOutput: ...
+
+    def items(self, batch: Any) -> int:
+        """How many examples the batch holds (for images/s)."""
+
+
+class LoopResult(NamedTuple):
+    step: int  # steps completed
+    resumed_from: int  # 0 when the run started fresh
+    seconds: float  # wall time of this invocation
+    last_metrics: dict[str, float]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def lr_lambda(cfg: LoopConfig) -> Callable[[int], float]:
+    """Linear warmup, then cosine from 1 down to `min_lr_ratio` at `steps`."""
+
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return f
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices and conv kernels; never biases, norms or 1-D parameters."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+class EMA(torch.nn.Module):
+    """Exponential moving average of a model's parameters; buffers are copied.
+
+    Written here rather than torch.optim.swa_utils.AveragedModel because that
+    either averages buffers too (which scrambles a VQ codebook whose dead codes
+    are re-seeded) or leaves them stale; we want parameters averaged and buffers
+    (codebooks, cluster sizes) taken as they are.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        super().__init__()
+        self.decay = decay
+        self.params = torch.nn.ParameterDict()
+        self.bufs = {}
+        self._names = [n for n, p in model.named_parameters() if p.requires_grad]
+        for n in self._names:
+            p = dict(model.named_parameters())[n]
+            self.params[n.replace(".", "__")] = torch.nn.Parameter(p.detach().clone(), requires_grad=False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        named = dict(model.named_parameters())
+        for n in self._names:
+            self.params[n.replace(".", "__")].lerp_(named[n].detach(), 1 - self.decay)
+
+    @torch.no_grad()
+    def copy_to(self, model: torch.nn.Module) -> None:
+        """Load the averaged parameters into `model` (buffers stay the model's own)."""
+        named = dict(model.named_parameters())
+        for n in self._names:
+            named[n].copy_(self.params[n.replace(".", "__")])
+
+
+def _autocast(device: torch.device, precision: str):
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop log lines past `step` (written by a run that died after its last checkpoint)."""
+    if not path.exists():
+        return
+    kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(ln + "\n" for ln in kept))
+    tmp.replace(path)
+
+
+def train_loop(
+    task: Task,
+    cfg: LoopConfig,
+    run_dir: str | Path,
+    on_step: Callable[[int], None] | None = None,
+    desc: str = "train",
+) -> LoopResult:
+    """Train `task.model` for `cfg.steps` steps, resuming from `run_dir/state` if present.
+
+    `on_step(step)` is called after each completed optimizer step (after any
+    checkpoint for that step is on disk); tests use it to interrupt a run.
+    """
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_dir, metrics_path = run_dir / "state", run_dir / "metrics.jsonl"
+    device = resolve_device(cfg.device)
+    model = task.model.to(device)
+    model.train()
+
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    ema = EMA(model, cfg.ema_decay).to(device) if cfg.ema_decay > 0 else None
+
+    start = 0
+    ckpt = latest_checkpoint(state_dir)
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, model, ema)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        start = int(state["step"])
+        _truncate_metrics(metrics_path, start)
+
+    last: dict[str, float] = {}
+    bar = tqdm(
+        total=cfg.steps, initial=start, desc=desc, disable=not cfg.progress, dynamic_ncols=True, leave=False
+    )
+    seen, t_log = 0, time.perf_counter()
+    with metrics_path.open("a") as log:
+        for step in range(start, cfg.steps):
+            optimizer.zero_grad(set_to_none=True)
+            sums: dict[str, float] = {}
+            for micro in range(cfg.grad_accum):
+                batch = task.batch(step, micro, cfg.batch_size)
+                with _autocast(device, cfg.precision):
+                    out = task.loss(batch, step)
+                (out.loss / cfg.grad_accum).backward()
+                seen += task.items(batch)
+                for k, v in out.metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v / cfg.grad_accum
+            if cfg.grad_clip > 0:
+                sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+            optimizer.step()
+            scheduler.step()
+            if ema is not None:
+                ema.update(model)
+            done = step + 1
+            last = sums
+            bar.update(1)
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                dt = time.perf_counter() - t_log
+                rate = seen / dt if dt > 0 else 0.0
+                row = {"step": done, "lr": scheduler.get_last_lr()[0], **sums, "items_per_s": rate}
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{sums.get('loss', 0.0):.4f}", ips=f"{rate:.0f}")
+                seen, t_log = 0, time.perf_counter()
+            if done % cfg.ckpt_every == 0 or done == cfg.steps:
+                train_state = {
+                    "step": done,
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": rng_state(),
+                }
+                save_checkpoint(state_dir, done, model, train_state, ema, keep=cfg.keep_checkpoints)
+            if on_step is not None:
+                on_step(done)
+    bar.close()
+    if ema is not None:
+        ema.copy_to(model)  # the model leaves the loop with its averaged weights
+    return LoopResult(cfg.steps, start, time.perf_counter() - t0, last)
