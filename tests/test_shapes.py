@@ -1,0 +1,243 @@
+"""Invariants of the shapes world: parse inverts render, captions are true, splits hold."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import dataclasses
+import re
+from collections import Counter
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from train.data import shapes as S
+from train.data.shapes import Obj, Scene
+
+
+def blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    out = ndimage.gaussian_filter(img.astype(np.float32), sigma=(sigma, sigma, 0))  # per channel
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def speckle(img: np.ndarray, frac: float, rng: np.random.Generator) -> np.ndarray:
+    img = img.copy()
+    hit = rng.random(img.shape[:2]) < frac
+    img[hit] = rng.integers(0, 256, size=(int(hit.sum()), 3))  # random colours, palette or not
+    return img
+
+
+def recovered(scenes, images) -> float:
+    return float(np.mean([S.parse(im) == s for s, im in zip(scenes, images)]))
+
+
+# ---------------------------------------------------------------- parse
+
+
+@pytest.mark.parametrize("resolution", [32, 64])
+def test_parse_inverts_render_on_10000_scenes(resolution):
+    scenes = S.sample_scenes(10_000, seed=123, split="all")
+    wrong = [i for i, s in enumerate(scenes) if S.parse(S.render(s, resolution)) != s]
+    assert wrong == [], f"{len(wrong)} scenes misparsed, e.g. {scenes[wrong[0]]}"
+
+
+@pytest.mark.parametrize("resolution", [33, 36, 48, 128])
+def test_parse_inverts_render_at_other_resolutions(resolution):
+    scenes = S.sample_scenes(300, seed=7, split="all", max_objects=9)  # up to a full grid
+    assert all(S.parse(S.render(s, resolution)) == s for s in scenes)
+
+
+def test_parse_tolerates_mild_blur():
+    scenes = S.sample_scenes(500, seed=11, split="all")
+    assert recovered(scenes, [blur(S.render(s, 32), 0.7) for s in scenes]) >= 0.99
+    assert recovered(scenes, [blur(S.render(s, 64), 1.4) for s in scenes]) >= 0.99  # the same blur at 64 px
+
+
+def test_parse_tolerates_speckle():
+    rng = np.random.default_rng(0)
+    scenes = S.sample_scenes(500, seed=12, split="all")
+    assert recovered(scenes, [speckle(S.render(s, 32), 0.01, rng) for s in scenes]) >= 0.99
+    assert recovered(scenes, [speckle(S.render(s, 64), 0.01, rng) for s in scenes]) >= 0.99
+
+
+def _edits(scene: Scene, rng: np.random.Generator) -> dict[str, Scene]:
+    """One scene per kind of error a generator can make, each differing from `scene`."""
+    objs = list(scene.objects)
+    i = int(rng.integers(len(objs)))
+    o = objs[i]
+    free = [k for k in range(9) if (k // 3, k % 3) not in {(p.row, p.col) for p in objs}]
+    k = free[int(rng.integers(len(free)))]
+
+    def swap(**kw) -> Scene:
+        return Scene(tuple(objs[:i] + [dataclasses.replace(o, **kw)] + objs[i + 1 :]))
+
+    return {
+        "colour": swap(colour=next(c for c in S.COLOURS if c != o.colour)),
+        "shape": swap(shape=next(s for s in S.SHAPES if s != o.shape)),
+        "size": swap(size=next(z for z in S.SIZES if z != o.size)),
+        "cell": swap(row=k // 3, col=k % 3),
+        "missing": Scene(tuple(objs[:i] + objs[i + 1 :])),
+        "extra": Scene(tuple(objs) + (Obj("circle", "red", "small", k // 3, k % 3),)),
+    }
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.7])
+def test_parse_detects_every_kind_of_error(sigma):
+    rng = np.random.default_rng(3)
+    for scene in S.sample_scenes(200, seed=13, split="all"):
+        img = S.render(scene, 32)
+        parsed = S.parse(blur(img, sigma) if sigma else img)
+        for kind, wrong in _edits(scene, rng).items():
+            assert wrong != scene, kind
+            assert parsed != wrong, f"{kind}: {wrong} read from an image of {scene}"
+
+
+def test_parse_empty_image_and_input_types():
+    import torch
+
+    scene = S.sample_scenes(1, seed=4)[0]
+    img = S.render(scene, 32)
+    assert S.parse(np.full_like(img, S.BACKGROUND)) == Scene(())
+    assert S.parse(torch.from_numpy(img)) == scene
+    for s in S.sample_scenes(100, seed=4):
+        for a, b in zip(S.parse(S.render(s, 64)).objects, s.objects):  # jitter estimates: within ~0.6 px
+            assert abs(a.dx - b.dx) < 0.03 and abs(a.dy - b.dy) < 0.03
+    with pytest.raises(ValueError):
+        S.parse(img.astype(np.float32))
+
+
+@pytest.mark.parametrize("resolution", [32, 64])
+def test_neighbours_keep_a_gap(resolution):
+    """Large squares in adjacent cells, jittered towards each other, leave >= 2 px of background at 32 px."""
+    j = S.JITTER
+    pairs = {
+        0: (Obj("square", "red", "large", 1, 0, j, 0), Obj("square", "red", "large", 1, 1, -j, 0)),  # side by side
+        1: (Obj("square", "red", "large", 0, 2, 0, j), Obj("square", "red", "large", 1, 2, 0, -j)),  # stacked
+    }
+    for axis, pair in pairs.items():
+        fg = (S.render(Scene(pair), resolution) != S.BACKGROUND).any(-1)  # (R, R)
+        edges = np.flatnonzero(np.diff(fg.any(axis).astype(int)))  # [start - 1, end, start - 1, end]
+        assert edges[2] - edges[1] >= 2 * resolution // 32  # background lines between the two
+
+
+# ---------------------------------------------------------------- scenes and splits
+
+
+def test_scene_is_canonical_and_round_trips_json():
+    a = Obj("circle", "red", "large", 2, 1, 0.01, -0.02)
+    b = Obj("square", "blue", "small", 0, 2)
+    s = Scene((a, b))
+    assert s.objects == (b, a)  # sorted by (row, col)
+    t = Scene.from_json(s.to_json())
+    assert t == s and [(o.dx, o.dy) for o in t.objects] == [(0.0, 0.0), (0.01, -0.02)]
+    assert Scene((Obj("circle", "red", "large", 2, 1, 0.03),)) == Scene((a,))  # jitter ignored
+    with pytest.raises(ValueError):
+        Scene((a, Obj("square", "blue", "small", 2, 1)))  # two objects in one cell
+
+
+def test_sampling_is_deterministic():
+    a, b = S.sample_scenes(50, seed=7), S.sample_scenes(50, seed=7)
+    assert [s.to_json() for s in a] == [s.to_json() for s in b]  # jitter included
+    assert np.array_equal(S.render_batch(a, 32), S.render_batch(b, 32))
+    assert [s.to_json() for s in S.sample_scenes(80, seed=7)[:50]] == [s.to_json() for s in a]  # prefix
+    c = S.sample_scenes(50, seed=8)
+    assert a != c and not np.array_equal(S.render_batch(c, 32), S.render_batch(a, 32))
+    counts = Counter(len(s.objects) for s in S.sample_scenes(600, seed=9))
+    assert set(counts) == {1, 2, 3}
+
+
+def test_heldout_split():
+    pairs = Counter((c, s) for c, s, _, _ in S.HELDOUT)
+    assert set(pairs) == {(c, s) for c in S.COLOURS for s in S.SHAPES} and set(pairs.values()) == {1}
+    assert Counter((r, c) for _, _, r, c in S.HELDOUT) == Counter({(r, c): 2 for r in range(3) for c in range(3)})
+    train = S.sample_scenes(5000, seed=1, split="train")
+    assert not any(S.is_heldout(o) for s in train for o in s.objects)
+    seen = {(o.colour, o.shape, o.row, o.col) for s in train for o in s.objects}
+    assert len(seen) == 6 * 3 * 8  # every pair is seen in its 8 other cells
+    assert all(any(S.is_heldout(o) for o in s.objects) for s in S.sample_scenes(1000, seed=2, split="heldout"))
+    assert any(S.is_heldout(o) for s in S.sample_scenes(200, seed=3, split="all") for o in s.objects)
+
+
+# ---------------------------------------------------------------- captions
+
+_NUM = {w: i for i, w in enumerate(("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"))}
+_CELL = {"center": (1, 1)} | {
+    f"{r} {c}": (i, j)
+    for i, r in enumerate(("top", "middle", "bottom"))
+    for j, c in enumerate(("left", "center", "right"))
+}
+_OBJ = re.compile(r"an? (small|large) (\w+) (circle|square|triangle) in the (center|\w+ \w+)$")
+
+
+def read_description(text: str) -> Scene:
+    """Inverse of describe(): proves the canonical caption determines the scene."""
+    parts = re.split(r", | and ", text)
+    objs = []
+    for p in parts:
+        size, colour, shape, where = _OBJ.match(p).groups()
+        objs.append(Obj(shape, colour, size, *_CELL[where]))
+    return Scene(tuple(objs))
+
+
+def test_describe_is_complete():
+    s = Scene((Obj("circle", "red", "large", 0, 0), Obj("square", "blue", "small", 1, 1)))
+    assert S.describe(s) == "a large red circle in the top left and a small blue square in the center"
+    for scene in S.sample_scenes(2000, seed=5, split="all", max_objects=9):
+        assert read_description(S.describe(scene)) == scene
+        assert S.describe(scene) in S.captions(scene)
+
+
+_RELATIONS = {
+    "above": lambda a, b: a.row < b.row,
+    "below": lambda a, b: a.row > b.row,
+    "to the left of": lambda a, b: a.col < b.col,
+    "to the right of": lambda a, b: a.col > b.col,
+}
+
+
+def test_captions_are_true():
+    rng = np.random.default_rng(0)
+    relations = 0
+    for scene in S.sample_scenes(2000, seed=6, split="all", max_objects=4):
+        objs = scene.objects
+        kinds = Counter((o.colour, o.shape) for o in objs)
+        caps = S.captions(scene)
+        assert S.caption(scene, rng) in caps and len(set(caps)) == len(caps)
+        for cap in caps:
+            for n, colour, shape in re.findall(r"\b(two|three|four) (\w+) (circle|square|triangle)s\b", cap):
+                assert kinds[(colour, shape)] == _NUM[n], cap  # "two green triangles": exactly two
+            if m := re.fullmatch(r"(\w+) objects", cap):
+                assert len(objs) == _NUM[m.group(1)] >= 2, cap
+            if m := re.fullmatch(rf"an? (\w+) (\w+) ({'|'.join(_RELATIONS)}) an? (\w+) (\w+)", cap):
+                c1, s1, rel, c2, s2 = m.groups()
+                relations += 1
+                xs = [o for o in objs if (o.colour, o.shape) == (c1, s1)]
+                ys = [o for o in objs if (o.colour, o.shape) == (c2, s2)]
+                assert len(objs) == 2 and any(_RELATIONS[rel](x, y) for x in xs for y in ys if x is not y), cap
+            if not cap.endswith(" objects"):  # every other caption mentions each object exactly once
+                plural = sum(_NUM[n] for n in re.findall(r"\b(\w+) \w+ (?:circle|square|triangle)s\b", cap))
+                assert len(re.findall(r"\b(?:circle|square|triangle)\b", cap)) + plural == len(objs), cap
+    assert relations > 500
+
+
+# ---------------------------------------------------------------- dataset
+
+
+def test_shapes_dataset():
+    import datasets
+
+    ds = S.shapes_dataset(40, resolution=48, split="train", seed=3)
+    assert isinstance(ds, datasets.Dataset) and len(ds) == 40
+    assert set(ds.column_names) == {"image", "text", "scene", "n_objects"}
+    assert isinstance(ds.features["image"], datasets.Image)
+    again = S.shapes_dataset(40, resolution=48, split="train", seed=3)
+    assert ds["text"] == again["text"] and ds["scene"] == again["scene"]
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(ds["image"], again["image"]))
+    for row in ds:
+        img, scene = row["image"], Scene.from_json(row["scene"])
+        assert img.mode == "RGB" and img.size == (48, 48)
+        assert S.parse(np.asarray(img)) == scene and len(scene.objects) == row["n_objects"]
+        assert row["text"] in S.captions(scene)
+        assert not any(S.is_heldout(o) for o in scene.objects)
+    assert S.shapes_dataset(40, resolution=48, seed=4)["scene"] != ds["scene"]

@@ -1,0 +1,482 @@
+"""The shapes world: Tessera's default dataset and its exact evaluator.
+
+A scene is at most one flat-coloured shape in each cell of a 3x3 grid on a plain
+background. Every object has four discrete attributes, a shape (circle, square,
+triangle), a colour (six palette colours), a size (small, large) and a cell
+(row 0..2 = top/middle/bottom, col 0..2 = left/center/right), plus a small
+continuous jitter (dx, dy) of its centre inside the cell that equality ignores.
+
+    sample_scenes -> render -> image -> parse -> Scene    (parse(render(s)) == s)
+    Scene -> describe / captions -> text                  (describe fully determines s)
+
+Rendering is crisp and defined in continuous coordinates, so any resolution works:
+the pixel (x, y) has centre ((x + 0.5) / R, (y + 0.5) / R). parse() inverts it and
+tolerates the blur and speckle of decoded or generated images (see parse()).
+
+Held-out split: for every (colour, shape) pair exactly one cell is never seen in
+training (split="train"); split="heldout" scenes contain at least one such object,
+which tests compositional generalisation.
+
+Captions: describe(scene) is the canonical complete caption ("a large red circle in the
+top left and a small blue square in the center"); captions(scene) adds coarser true
+phrasings (counts, relations, rough positions) for variety.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy import ndimage
+from scipy.special import ndtr
+
+if TYPE_CHECKING:
+    import datasets
+
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+# Saturated colours: >= 127 apart pairwise, >= 200 from the background (RGB distance).
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (255, 0, 0),
+    "green": (0, 200, 0),
+    "blue": (0, 64, 255),
+    "yellow": (255, 255, 0),
+    "purple": (128, 0, 255),
+    "orange": (255, 128, 0),
+}
+BACKGROUND: tuple[int, int, int] = (0, 0, 0)
+SIZES: tuple[str, ...] = ("small", "large")
+GRID: int = 3  # 3x3 cells
+MAX_OBJECTS: int = 3  # default maximum objects per scene
+
+# Object width (= height) as a fraction of the cell width. small = 0.5 puts the small
+# disc's radius at 32 px (2.67 px) between the radii whose raster can equal a square's
+# (2.12-2.5, 2.83-3.0 px): parse is exact at R = 24, 30-33 and >= 36 (tested to 256), not
+# at 27-29 or 34-35. large = 0.74 keeps a blurred large triangle apart from a small disc.
+SIZE_FRACTION: dict[str, float] = {"small": 0.5, "large": 0.74}
+# Max |dx|, |dy| in cell units: 0.37 + 0.035 < 0.5 keeps each object inside its
+# cell, with >= 2 px between neighbours at 32 px (1 - 0.74 - 2 * 0.035 = 0.19 cell).
+JITTER: float = 0.035
+
+# parse() thresholds
+MIN_ALPHA = 0.5  # a pixel belongs to a colour when it is >= 50% of the way from background to it
+MAX_RESIDUAL = 45.0  # RGB distance off the background->colour segment; half the closest segments' gap
+MIN_AREA = 0.3  # components under 30% of a small triangle's area are speckle
+MIN_IOU = 0.5  # components no template matches this well are not objects
+EDGE_STEPS = 1.2  # pixel-grid steps per unit of edge length, averaged over orientations
+# Templates are blurred by 0.7x the edge blur measured: the estimate runs high at 32 px,
+# and under-rounded templates fail more gently than over-rounded ones (tuned on sigma 0.5-1.3).
+TEMPLATE_BLUR = 0.7
+MIN_BLUR = 0.3  # px; below this, crisp templates
+_SHIFTS = (0.0, -0.25, 0.25)  # sub-pixel search around the centroid, px; unshifted first wins ties
+
+_ROWS = ("top", "middle", "bottom")
+_COLS = ("left", "center", "right")
+_NUMBERS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+_NAMES = list(COLOURS)  # colour names by palette index
+
+
+@dataclass(frozen=True, order=True)
+class Obj:
+    shape: str
+    colour: str
+    size: str
+    row: int
+    col: int
+    dx: float = field(default=0.0, compare=False)  # jitter of the centre in cell units, not part of equality
+    dy: float = field(default=0.0, compare=False)
+
+
+@dataclass(frozen=True)
+class Scene:
+    objects: tuple[Obj, ...]  # canonical order: sorted by (row, col), at most one per cell
+
+    def __post_init__(self):
+        objs = tuple(sorted(self.objects, key=lambda o: (o.row, o.col)))
+        for o in objs:
+            if o.shape not in SHAPES or o.colour not in COLOURS or o.size not in SIZES:
+                raise ValueError(f"unknown attribute in {o}")
+            if not (0 <= o.row < GRID and 0 <= o.col < GRID):
+                raise ValueError(f"cell out of the grid in {o}")
+        if len({(o.row, o.col) for o in objs}) != len(objs):
+            raise ValueError("two objects in one cell")
+        object.__setattr__(self, "objects", objs)  # frozen: canonicalise in place once
+
+    def to_dict(self) -> dict:
+        return {"objects": [asdict(o) for o in self.objects]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Scene:
+        return cls(tuple(Obj(**o) for o in d["objects"]))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, s: str) -> Scene:
+        return cls.from_dict(json.loads(s))
+
+
+def _heldout() -> frozenset[tuple[str, str, int, int]]:
+    """One cell per (colour, shape) pair; every cell is held out for exactly two of the 18 pairs."""
+    rng = np.random.default_rng(20240601)  # fixed: the split is part of the dataset's definition
+    pairs = [(c, s) for c in COLOURS for s in SHAPES]
+    cells = rng.permutation(np.arange(len(pairs)) % (GRID * GRID))
+    return frozenset((c, s, int(k) // GRID, int(k) % GRID) for (c, s), k in zip(pairs, cells))
+
+
+HELDOUT: frozenset[tuple[str, str, int, int]] = _heldout()
+_HELDOUT_SORTED = sorted(HELDOUT)  # indexable in a fixed order for sampling
+
+
+def is_heldout(obj: Obj) -> bool:
+    return (obj.colour, obj.shape, obj.row, obj.col) in HELDOUT
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def _random_obj(rng: np.random.Generator, cell: int, avoid_heldout: bool) -> Obj:
+    row, col = divmod(int(cell), GRID)
+    while True:  # rejection: 2 of 18 (colour, shape) pairs are held out in each cell
+        colour = _NAMES[rng.integers(len(_NAMES))]
+        shape = SHAPES[rng.integers(len(SHAPES))]
+        if not (avoid_heldout and (colour, shape, row, col) in HELDOUT):
+            break
+    size = SIZES[rng.integers(len(SIZES))]
+    dx, dy = rng.uniform(-JITTER, JITTER, size=2)
+    return Obj(shape, colour, size, row, col, float(dx), float(dy))
+
+
+def sample_scene(
+    rng: np.random.Generator, split: str = "train", max_objects: int = MAX_OBJECTS, min_objects: int = 1
+) -> Scene:
+    """A random scene of min_objects..max_objects objects in distinct cells."""
+    if split not in ("train", "heldout", "all"):
+        raise ValueError(f"split must be train, heldout or all, not {split!r}")
+    if not 0 <= min_objects <= max_objects <= GRID * GRID:
+        raise ValueError(f"need 0 <= min_objects <= max_objects <= {GRID * GRID}")
+    if split == "heldout":
+        min_objects = max(min_objects, 1)
+    n = int(rng.integers(min_objects, max_objects + 1))
+    if split != "heldout":
+        cells = rng.choice(GRID * GRID, size=n, replace=False)
+        return Scene(tuple(_random_obj(rng, k, avoid_heldout=split == "train") for k in cells))
+    # heldout: one held-out (colour, shape, cell), the others anything in other cells
+    colour, shape, row, col = _HELDOUT_SORTED[rng.integers(len(_HELDOUT_SORTED))]
+    first = _random_obj(rng, row * GRID + col, avoid_heldout=False)
+    first = Obj(shape, colour, first.size, row, col, first.dx, first.dy)
+    others = [k for k in range(GRID * GRID) if k != row * GRID + col]
+    cells = rng.choice(others, size=n - 1, replace=False)
+    return Scene((first, *(_random_obj(rng, k, avoid_heldout=False) for k in cells)))
+
+
+def sample_scenes(n: int, seed: int = 0, split: str = "train", max_objects: int = MAX_OBJECTS) -> list[Scene]:
+    """n scenes, deterministic in seed; sample_scenes(n, s) is a prefix of sample_scenes(n + k, s)."""
+    rng = np.random.default_rng(seed)
+    return [sample_scene(rng, split, max_objects) for _ in range(n)]
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def _mask(shape: str, s: float, cx, cy, u, v) -> np.ndarray:
+    """Inside-test of a shape of width s centred at (cx, cy); all in cell units, broadcasting."""
+    h = s / 2
+    if shape == "circle":  # disc of diameter s
+        return (u - cx) ** 2 + (v - cy) ** 2 <= h * h
+    if shape == "square":  # axis-aligned, side s
+        return (np.abs(u - cx) <= h) & (np.abs(v - cy) <= h)
+    # isoceles triangle pointing up in the s x s box: apex (cx, cy - h), base at v = cy + h
+    return (v <= cy + h) & (2 * np.abs(u - cx) <= v - (cy - h))
+
+
+def _centres(n: int) -> np.ndarray:
+    return (np.arange(n) + 0.5) * GRID / n  # pixel centres in cell units, (n,)
+
+
+def render(scene: Scene, resolution: int = 32) -> np.ndarray:
+    """The scene as a crisp uint8 (R, R, 3) image."""
+    img = np.empty((resolution, resolution, 3), np.uint8)
+    img[:] = BACKGROUND
+    c = _centres(resolution)
+    u, v = c[None, :], c[:, None]  # (1, R) and (R, 1)
+    for o in scene.objects:
+        m = _mask(o.shape, SIZE_FRACTION[o.size], o.col + 0.5 + o.dx, o.row + 0.5 + o.dy, u, v)  # (R, R)
+        img[m] = COLOURS[o.colour]
+    return img
+
+
+def render_batch(scenes, resolution: int = 32) -> np.ndarray:
+    """uint8 (N, R, R, 3)."""
+    out = np.empty((len(scenes), resolution, resolution, 3), np.uint8)
+    for i, s in enumerate(scenes):
+        out[i] = render(s, resolution)
+    return out
+
+
+# ---------------------------------------------------------------- parsing
+
+_BG = np.array(BACKGROUND, np.float32)
+_DIRS = np.array(list(COLOURS.values()), np.float32) - _BG  # (K, 3) background -> colour
+_PLANES = np.zeros((3, 3, 3), bool)
+_PLANES[1] = True  # label within each colour plane, 8-connected, never across planes
+
+
+def _classify_rgb(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(P, 3) RGB -> palette index (P,) int8, -1 for background / unknown, and alpha (P,).
+
+    A blurred edge pixel is a mix of background and one colour, so it lies on the
+    segment background -> colour. A pixel's alpha is how far it is along the nearest
+    segment (0 when within MAX_RESIDUAL of none), and it takes that colour when
+    alpha >= MIN_ALPHA. Unlike nearest-palette-colour, this never turns a yellow rim
+    orange, and it keeps the 50% contour of a blurred shape.
+    """
+    d = rgb.astype(np.float32) - _BG  # (P, 3)
+    dot = d @ _DIRS.T  # (P, K)
+    alpha = dot / (_DIRS**2).sum(1)  # (P, K) position along each segment
+    resid2 = (d**2).sum(1, keepdims=True) - dot * alpha  # (P, K) squared distance to each line
+    near = (alpha >= 0) & (alpha <= 1.5) & (resid2 <= MAX_RESIDUAL**2)  # (P, K)
+    k = np.where(near, resid2, np.inf).argmin(1)  # (P,) nearest segment
+    a = np.where(near.any(1), alpha[np.arange(len(k)), k], 0.0)  # (P,)
+    return np.where(a >= MIN_ALPHA, k, -1).astype(np.int8), a
+
+
+@functools.cache
+def _lut() -> tuple[np.ndarray, np.ndarray]:
+    """_classify_rgb on a 128^3 grid of bin centres (7 bits a channel), built once (~0.6 s, 4 MB).
+
+    Flat tables indexed by (r >> 1) << 14 | (g >> 1) << 7 | b >> 1: palette index (int8)
+    and alpha in percent (uint8). Looking up is ~20x faster than the arithmetic.
+    """
+    c = np.arange(128, dtype=np.float32) * 2 + 0.5  # centre of the bin {2i, 2i + 1}
+    g, b = (a.ravel() for a in np.meshgrid(c, c, indexing="ij"))
+    parts = [_classify_rgb(np.stack([np.full_like(g, r), g, b], 1)) for r in c]
+    cls = np.concatenate([k for k, _ in parts])
+    alpha = np.concatenate([np.clip(np.round(a * 100), 0, 255).astype(np.uint8) for _, a in parts])
+    return cls, alpha
+
+
+def _edge_blur(alpha: np.ndarray, fg: np.ndarray) -> float:
+    """How blurred the image's edges are: the std in px of a matching Gaussian blur, 0 if crisp.
+
+    An edge blurred by a Gaussian of std sigma has a band 2.07 sigma wide where
+    alpha is in (15%, 85%); the edges' length is estimated by the foreground's
+    4-neighbour transitions (1 to 1.41 per unit length, EDGE_STEPS on average).
+    """
+    soft = np.count_nonzero((alpha > 15) & (alpha < 85))
+    steps = np.count_nonzero(fg[1:] != fg[:-1]) + np.count_nonzero(fg[:, 1:] != fg[:, :-1])
+    return soft / (2.07 * steps / EDGE_STEPS) if steps else 0.0
+
+
+def _template(shape: str, s: float, cx, cy, u, v, blur: float) -> np.ndarray:
+    """_mask blurred by a Gaussian of std `blur` (cell units), cut at 50%: corners round like the image's."""
+    if blur <= 0 or shape == "circle":  # a disc's 50% contour barely moves under blur
+        return _mask(shape, s, cx, cy, u, v)
+    h, x, y = s / 2, u - cx, v - cy
+    if shape == "square":  # separable: a blurred interval in x times one in y
+        p = (ndtr((h - x) / blur) + ndtr((h + x) / blur) - 1) * (ndtr((h - y) / blur) + ndtr((h + y) / blur) - 1)
+    else:  # triangle: product of its three blurred half-planes (approximate near the corners)
+        rise, side = y + h, np.sqrt(5) * blur  # rise: height below the apex; sides have slope 2
+        p = ndtr((h - y) / blur) * ndtr((rise - 2 * x) / side) * ndtr((rise + 2 * x) / side)
+    return p >= 0.5
+
+
+def _candidates(shape: str) -> tuple[np.ndarray, ...]:
+    """Template width, sub-pixel shift (px) and centroid-to-centre lift (cells), each (C, 1, 1).
+
+    C = sizes x shifts, size-major. A triangle's centroid lies s/6 below its box centre.
+    """
+    sy, sx = (a.ravel() for a in np.meshgrid(_SHIFTS, _SHIFTS, indexing="ij"))  # (S,) each
+    w = np.repeat([SIZE_FRACTION[z] for z in SIZES], len(sx))  # (C,)
+    lift = w / 6 if shape == "triangle" else np.zeros_like(w)
+    return tuple(a[:, None, None] for a in (w, np.tile(sx, len(SIZES)), np.tile(sy, len(SIZES)), lift))
+
+
+_CANDIDATES = {shape: _candidates(shape) for shape in SHAPES}
+
+
+def _fit(mask: np.ndarray, y0: int, x0: int, grid: np.ndarray, blur: float) -> tuple[float, str, str, float, float]:
+    """Best (iou, shape, size, cx, cy) for one component.
+
+    mask: the component's (h, w) bounding-box crop, at pixel (y0, x0); grid: _centres(R);
+    blur: the image's edge blur in px (0: crisp templates).
+    """
+    res = len(grid)
+    cell = res / GRID  # pixels per cell
+    ys, xs = np.nonzero(mask)
+    py, px = ys.mean() + y0, xs.mean() + x0  # centroid, pixel index units
+    gy, gx = (py + 0.5) / cell, (px + 0.5) / cell  # centroid, cell units
+    reach = (SIZE_FRACTION["large"] * 2 / 3) * cell + 1  # px: any template's extent from the centroid
+    ya, xa = max(min(y0 - 1, int(py - reach)), 0), max(min(x0 - 1, int(px - reach)), 0)  # window: bbox + 1 px
+    yb = min(max(y0 + mask.shape[0] + 1, int(np.ceil(py + reach)) + 1), res)  # and every template
+    xb = min(max(x0 + mask.shape[1] + 1, int(np.ceil(px + reach)) + 1), res)
+    win = np.zeros((yb - ya, xb - xa), np.float32)  # (h', w')
+    win[y0 - ya : y0 - ya + mask.shape[0], x0 - xa : x0 - xa + mask.shape[1]] = mask
+    win_ones = np.stack([win.ravel(), np.ones(win.size, np.float32)], 1)  # (h' w', 2)
+    u, v = grid[None, xa:xb], grid[ya:yb, None]  # (1, w'), (h', 1)
+    best = (-1.0, "", "", 0.0, 0.0)
+    for shape in SHAPES:  # all sizes and sub-pixel shifts of one shape at once
+        s, sx, sy, lift = _CANDIDATES[shape]  # (C, 1, 1) each
+        cx, cy = gx + sx / cell, gy + sy / cell - lift  # (C, 1, 1) template centres, cell units
+        t = _template(shape, s, cx, cy, u, v, blur / cell)  # (C, h', w')
+        inter, t_area = (t.reshape(len(t), -1).astype(np.float32) @ win_ones).T  # (C,) each, counted by matmul
+        iou = inter / (t_area + len(ys) - inter)  # (C,)
+        i = int(iou.argmax())
+        if iou[i] > best[0]:
+            best = (float(iou[i]), shape, SIZES[i // len(_SHIFTS) ** 2], float(cx.flat[i]), float(cy.flat[i]))
+    return best
+
+
+def parse(image) -> Scene:
+    """Read an image back into a Scene (objects' jitter estimated).
+
+    image: uint8 (R, R, 3), numpy or torch (R >= 32; see SIZE_FRACTION). Steps:
+    pixels -> palette colour or background (_classify_rgb); connected components per
+    colour; components smaller than MIN_AREA of a small triangle are speckle; each
+    component's shape and size is the template (shape, size) of best IoU, placed at
+    the component's centroid (searched +-0.25 px) and blurred as much as the image's
+    edges are (_edge_blur), and must reach MIN_IOU; the cell is the one holding the
+    fitted centre. Two components in one cell: the larger wins, the other is dropped.
+    """
+    if hasattr(image, "detach"):  # torch tensor, without importing torch here
+        image = image.detach().cpu().numpy()
+    img = np.asarray(image)
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3 or img.shape[0] != img.shape[1]:
+        raise ValueError(f"expected a square uint8 (R, R, 3) image, got {img.dtype} {img.shape}")
+    res = img.shape[0]
+    q = (img >> 1).astype(np.int32)  # 7-bit channels
+    flat = q[..., 0] << 14 | q[..., 1] << 7 | q[..., 2]  # (R, R) index into the tables
+    cls_table, alpha_table = _lut()
+    cls = cls_table[flat]  # (R, R) palette index or -1
+    blur = TEMPLATE_BLUR * _edge_blur(alpha_table[flat], cls >= 0)  # px
+    blur = blur if blur >= MIN_BLUR else 0.0  # crisp templates for crisp images: keeps parse exact
+    present = np.flatnonzero(np.bincount(cls.ravel() + 1, minlength=len(COLOURS) + 1)[1:])  # colours seen
+    if len(present) == 0:
+        return Scene(())
+    planes = cls[None] == present[:, None, None]  # (P, R, R), one plane per colour present
+    labels, _ = ndimage.label(planes, structure=_PLANES)  # (P, R, R)
+    areas = np.bincount(labels.ravel())
+    min_area = MIN_AREA * (SIZE_FRACTION["small"] * res / GRID) ** 2 / 2
+    grid = _centres(res)
+    found: dict[tuple[int, int], tuple[int, Obj]] = {}  # cell -> (area, obj)
+    for lab, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is None or areas[lab] < min_area:
+            continue
+        k, ys, xs = sl
+        mask = labels[k.start, ys, xs] == lab  # (h, w)
+        iou, shape, size, cx, cy = _fit(mask, ys.start, xs.start, grid, blur)
+        if iou < MIN_IOU:
+            continue
+        row, col = min(max(int(cy), 0), GRID - 1), min(max(int(cx), 0), GRID - 1)
+        dx, dy = round(cx - col - 0.5, 3), round(cy - row - 0.5, 3)  # jitter estimate, ~0.5 px accurate
+        obj = Obj(shape, _NAMES[present[k.start]], size, row, col, dx, dy)
+        if (row, col) not in found or areas[lab] > found[(row, col)][0]:
+            found[(row, col)] = (int(areas[lab]), obj)
+    return Scene(tuple(obj for _, obj in found.values()))
+
+
+# ---------------------------------------------------------------- captions
+
+
+def _a(word: str) -> str:
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
+def _np(o: Obj, size: bool = False) -> str:
+    """'a red circle' / 'a large red circle'."""
+    return _a(f"{o.size} {o.colour} {o.shape}" if size else f"{o.colour} {o.shape}")
+
+
+def _where(o: Obj) -> str:
+    """The exact cell: 'in the top left', 'in the center', 'in the middle right'."""
+    return "in the center" if (o.row, o.col) == (1, 1) else f"in the {_ROWS[o.row]} {_COLS[o.col]}"
+
+
+def _roughly(o: Obj) -> str:
+    """A true but coarser position: 'at the top', 'on the left', else 'in the center'."""
+    if o.row != 1:
+        return f"at the {_ROWS[o.row]}"
+    return f"on the {_COLS[o.col]}" if o.col != 1 else "in the center"
+
+
+def _join(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def describe(scene: Scene) -> str:
+    """Canonical complete caption: every object's size, colour, shape and cell, in (row, col) order."""
+    if not scene.objects:
+        return "nothing"
+    return _join([f"{_np(o, size=True)} {_where(o)}" for o in scene.objects])
+
+
+def captions(scene: Scene) -> list[str]:
+    """Every phrasing of the scene, describe(scene) first.
+
+    Each mentions every object exactly once (but "three objects"), with more or less
+    detail: grouped counts ("two green triangles and a red circle") are exact, and the
+    relations (above / below / to the left of / to the right of) come with two-object scenes.
+    """
+    objs = scene.objects
+    if not objs:
+        return ["nothing"]
+    groups: dict[tuple[str, str], int] = {}  # (colour, shape) -> count, in order of first appearance
+    for o in objs:
+        groups[(o.colour, o.shape)] = groups.get((o.colour, o.shape), 0) + 1
+    caps = [
+        describe(scene),
+        _join([_a(f"{c} {s}") if n == 1 else f"{_NUMBERS[n]} {c} {s}s" for (c, s), n in groups.items()]),
+        _join([_np(o, size=True) for o in objs]),
+        _join([f"{_np(o)} {_where(o)}" for o in objs]),
+        _join([f"{_np(o)} {_roughly(o)}" for o in objs]),
+    ]
+    if len(objs) >= 2:
+        caps.append(f"{_NUMBERS[len(objs)]} objects")
+    if len(objs) == 2:
+        a, b = objs  # canonical order: a.row <= b.row, and a.col < b.col on a shared row
+        if a.row < b.row:
+            caps += [f"{_np(a)} above {_np(b)}", f"{_np(b)} below {_np(a)}"]
+        if a.col != b.col:
+            left, right = (a, b) if a.col < b.col else (b, a)
+            caps += [f"{_np(left)} to the left of {_np(right)}", f"{_np(right)} to the right of {_np(left)}"]
+    return list(dict.fromkeys(caps))  # drop duplicates, keep order
+
+
+def caption(scene: Scene, rng: np.random.Generator) -> str:
+    """One phrasing from captions(scene), uniformly chosen by rng."""
+    caps = captions(scene)
+    return caps[int(rng.integers(len(caps)))]
+
+
+# ---------------------------------------------------------------- datasets
+
+
+def shapes_dataset(
+    n: int, resolution: int = 32, split: str = "train", seed: int = 0, max_objects: int = MAX_OBJECTS
+) -> datasets.Dataset:
+    """A datasets.Dataset with columns image (PIL RGB), text, scene (JSON), n_objects; deterministic in seed."""
+    import datasets  # heavy import, only needed here
+    from PIL import Image
+
+    scenes = sample_scenes(n, seed, split, max_objects)
+    text_rng = np.random.default_rng([seed, 1])  # own stream: captions never shift the scenes
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "text": datasets.Value("string"),
+            "scene": datasets.Value("string"),
+            "n_objects": datasets.Value("int32"),
+        }
+    )
+    return datasets.Dataset.from_dict(
+        {
+            "image": [Image.fromarray(render(s, resolution), "RGB") for s in scenes],
+            "text": [caption(s, text_rng) for s in scenes],
+            "scene": [s.to_json() for s in scenes],
+            "n_objects": [len(s.objects) for s in scenes],
+        },
+        features=features,
+    )
