@@ -1,0 +1,289 @@
+"""The joint vocabulary and the sequence layout of the generator.
+
+One sequence per (caption, image) pair, after Parti / CM3leon / LlamaGen's
+text-conditioned GPT:
+
+    position:  0       1 .. T          T+1     T+2 .. T+1+N     T+2+N
+    token:     [BOS]   text (padded)   [BOI]   image codes      [EOI]
+
+with T = `text_len` and N = h * w image codes in raster order. The joint
+vocabulary is laid out as
+
+    [0, text_vocab)                         text ids, exactly as the text tokenizer gives them
+    text_vocab + 0 .. 3                     [BOS] [BOI] [EOI] [PAD] (our own ids, whatever the
+                                            text tokenizer's specials are)
+    [image_offset, image_offset + K)        image code k -> image_offset + k
+
+Text is left-aligned and padded with our [PAD] to the fixed length T. The model
+*does* attend to the padding (no attention mask): the text block has a fixed
+length, so every image token sits at the same position in every sequence, the
+KV cache needs no per-row bookkeeping, and [PAD] simply learns an embedding.
+No loss is ever taken on the text, so the padding costs nothing but compute.
+The unconditional (dropped-condition) text for classifier-free guidance is all
+[PAD] -- the same form as an empty prompt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+from einops import rearrange
+
+from ar_model.errors import ConfigError
+
+IGNORE_INDEX = -100  # the label transformers' causal-LM loss skips
+NUM_SPECIALS = 4  # [BOS] [BOI] [EOI] [PAD]
+
+
+@dataclass(frozen=True)
+class SequenceLayout:
+    """Plain data: the fixed sizes that define the token ids and the sequence length."""
+
+    text_len: int  # text tokens per sequence (padded / truncated); 24 holds every shapes-world caption
+    text_vocab: int  # len(text_tokenizer): ids [0, text_vocab) are text (len(), not .vocab_size: added tokens count)
+    codebook_size: int  # image codes K of the VQ tokenizer (its num_codes)
+    grid: tuple[int, int]  # (h, w) of the code grid; h * w image tokens per sequence
+
+    def __post_init__(self) -> None:
+        if isinstance(self.grid, list):  # JSON brings lists back; the layout keeps a tuple
+            object.__setattr__(self, "grid", tuple(self.grid))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the field and the value of the first bad setting."""
+        for name, minimum in (("text_len", 0), ("text_vocab", 1), ("codebook_size", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ConfigError(f"SequenceLayout.{name} must be an integer >= {minimum}, got {value!r}")
+        g = self.grid
+        ok = isinstance(g, tuple) and len(g) == 2
+        ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in g)
+        if not ok:
+            raise ConfigError(f"SequenceLayout.grid must be two integers [h, w] >= 1, got {g!r}")
+
+    # ------------------------------------------------------------- derived ids
+    @property
+    def bos_id(self) -> int:
+        return self.text_vocab
+
+    @property
+    def boi_id(self) -> int:
+        return self.text_vocab + 1
+
+    @property
+    def eoi_id(self) -> int:
+        return self.text_vocab + 2
+
+    @property
+    def pad_id(self) -> int:
+        return self.text_vocab + 3
+
+    @property
+    def image_offset(self) -> int:
+        """Token id of image code 0."""
+        return self.text_vocab + NUM_SPECIALS
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the joint vocabulary (the model's embedding / output rows)."""
+        return self.image_offset + self.codebook_size
+
+    # ------------------------------------------------------------ derived sizes
+    @property
+    def grid_h(self) -> int:
+        return self.grid[0]
+
+    @property
+    def grid_w(self) -> int:
+        return self.grid[1]
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def prefix_len(self) -> int:
+        """Length of `[BOS] text [BOI]`, the prompt the sampler prefills; also the first image position."""
+        return 1 + self.text_len + 1
+
+    @property
+    def seq_len(self) -> int:
+        """Full training sequence: [BOS] text [BOI] codes [EOI]."""
+        return 1 + self.text_len + 1 + self.num_image_tokens + 1
+
+    def token_ids(self) -> dict[str, int]:
+        """The derived ids, for humans reading a checkpoint's json (never read back)."""
+        return {
+            "bos": self.bos_id,
+            "boi": self.boi_id,
+            "eoi": self.eoi_id,
+            "pad": self.pad_id,
+            "image_offset": self.image_offset,
+            "vocab_size": self.vocab_size,
+            "seq_len": self.seq_len,
+        }
+
+    # ---------------------------------------------------------- serialization
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict of the fields (grid as a list)."""
+        d = dataclasses.asdict(self)
+        d["grid"] = list(self.grid)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SequenceLayout":
+        """Inverse of `to_dict`; every field is required, unknown keys are refused."""
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"a SequenceLayout must be a mapping of settings, got {type(d).__name__}")
+        known = [f.name for f in dataclasses.fields(cls)]
+        for key in d:
+            if key not in known:
+                raise ConfigError(f"unknown SequenceLayout key {key!r} (known: {', '.join(known)})")
+        for key in known:
+            if key not in d:
+                raise ConfigError(f"SequenceLayout key {key!r} is missing (required: {', '.join(known)})")
+        return cls(**dict(d))
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer: Any, codebook_size: int, grid: Sequence[int], text_len: int = 24) -> "SequenceLayout":
+        """The layout for a text tokenizer (text_vocab = len(tokenizer)) and a VQ codebook / grid."""
+        return cls(text_len=text_len, text_vocab=len(tokenizer), codebook_size=codebook_size, grid=tuple(grid))
+
+
+@dataclass
+class TextBatch:
+    """Text ids ready for `build_sequences` / the sampler, and which prompts were cut short."""
+
+    ids: torch.Tensor  # (B, text_len) long: tokenizer ids, then [PAD]
+    truncated: list[bool]  # per prompt: True when it had more than text_len tokens (callers warn)
+
+
+def encode_text(tokenizer: Any, prompts: Sequence[str], layout: SequenceLayout) -> TextBatch:
+    """Tokenize prompts to fixed-length text ids: left-aligned, [PAD]-padded, truncated to text_len.
+
+    The tokenizer's own special tokens (BOS/EOS/CLS...) are not added: the layout's
+    [BOS] / [BOI] frame the text. An empty prompt gives all [PAD], i.e. the
+    unconditional form.
+    """
+    if isinstance(prompts, str):
+        raise TypeError("encode_text takes a list of prompts, got a single string (wrap it in a list)")
+    prompts = list(prompts)
+    ids = torch.full((len(prompts), layout.text_len), layout.pad_id, dtype=torch.long)
+    truncated = []
+    if prompts:
+        encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        for row, tokens in enumerate(encoded):  # setup, not a hot path: one small list per prompt
+            if tokens and max(tokens) >= layout.text_vocab:
+                raise ConfigError(
+                    f"the text tokenizer produced id {max(tokens)} >= layout.text_vocab={layout.text_vocab}: the "
+                    f"layout was built for another tokenizer (this one has len(tokenizer)={len(tokenizer)})"
+                )
+            truncated.append(len(tokens) > layout.text_len)
+            tokens = tokens[: layout.text_len]
+            if tokens:
+                ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+    return TextBatch(ids=ids, truncated=truncated)
+
+
+def unconditional_text(batch_size: int, layout: SequenceLayout, device: torch.device | str | None = None) -> torch.Tensor:
+    """The dropped-condition text: all [PAD], (B, text_len) long (same as an empty prompt)."""
+    return torch.full((batch_size, layout.text_len), layout.pad_id, dtype=torch.long, device=device)
+
+
+def condition_dropout(
+    text_ids: torch.Tensor, prob: float, layout: SequenceLayout, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Replace each row's text by the unconditional form with probability `prob` (training-time CFG).
+
+    Returns a new tensor; `text_ids` is left as it is. `generator` (on text_ids'
+    device) makes the choice reproducible.
+    """
+    # after: Ho & Salimans, classifier-free guidance; Parti / LlamaGen drop the condition with p = 0.1
+    if prob <= 0:
+        return text_ids.clone()
+    drop = torch.rand(text_ids.shape[0], generator=generator, device=text_ids.device) < prob  # (B,)
+    return torch.where(drop[:, None], torch.full_like(text_ids, layout.pad_id), text_ids)
+
+
+def build_prefix(text_ids: torch.Tensor, layout: SequenceLayout) -> torch.Tensor:
+    """`[BOS] text [BOI]`: (B, text_len) -> (B, prefix_len) long, the sampler's prompt."""
+    _check_text(text_ids, layout)
+    b = text_ids.shape[0]
+    bos = torch.full((b, 1), layout.bos_id, dtype=torch.long, device=text_ids.device)
+    boi = torch.full((b, 1), layout.boi_id, dtype=torch.long, device=text_ids.device)
+    return torch.cat([bos, text_ids.long(), boi], dim=1)  # (B, 1 + T + 1)
+
+
+def build_sequences(text_ids: torch.Tensor, codes: torch.Tensor, layout: SequenceLayout) -> torch.Tensor:
+    """`[BOS] text [BOI] codes [EOI]`: text (B, T) + codes (B, h, w) -> input_ids (B, seq_len) long."""
+    if codes.dim() != 3 or tuple(codes.shape[1:]) != layout.grid:
+        raise ConfigError(f"codes must have shape (B, {layout.grid_h}, {layout.grid_w}), got {tuple(codes.shape)}")
+    if codes.shape[0] != text_ids.shape[0]:
+        raise ConfigError(f"text ids and codes disagree on the batch size: {text_ids.shape[0]} vs {codes.shape[0]}")
+    codes = codes.long()  # datasets store codes as int16
+    if codes.numel() and bool(((codes < 0) | (codes >= layout.codebook_size)).any()):
+        raise ConfigError(f"codes must lie in [0, {layout.codebook_size}), got min {int(codes.min())} max {int(codes.max())}")
+    prefix = build_prefix(text_ids, layout)  # (B, 1 + T + 1)
+    image = rearrange(codes, "b h w -> b (h w)") + layout.image_offset  # (B, N) raster order
+    eoi = torch.full((codes.shape[0], 1), layout.eoi_id, dtype=torch.long, device=codes.device)
+    return torch.cat([prefix, image.to(prefix.device), eoi.to(prefix.device)], dim=1)  # (B, seq_len)
+
+
+def loss_targets(input_ids: torch.Tensor, layout: SequenceLayout) -> torch.Tensor:
+    """Labels for `model(input_ids, labels=...)`: the image tokens and [EOI]; IGNORE_INDEX elsewhere.
+
+    HF convention: labels are aligned with input_ids and the model shifts them, so
+    the logits at [BOI] are scored against the first image code, and so on.
+    """
+    if input_ids.dim() != 2 or input_ids.shape[1] != layout.seq_len:
+        raise ConfigError(f"input_ids must have shape (B, {layout.seq_len}), got {tuple(input_ids.shape)}")
+    labels = input_ids.clone()
+    labels[:, : layout.prefix_len] = IGNORE_INDEX  # [BOS] text [BOI]: conditioning, never predicted
+    return labels  # (B, seq_len)
+
+
+def codes_from_tokens(tokens: torch.Tensor, layout: SequenceLayout) -> torch.Tensor:
+    """Image tokens (B, h*w) in the joint vocabulary -> codes (B, h, w) in [0, codebook_size)."""
+    if tokens.dim() != 2 or tokens.shape[1] != layout.num_image_tokens:
+        raise ConfigError(f"image tokens must have shape (B, {layout.num_image_tokens}), got {tuple(tokens.shape)}")
+    codes = tokens.long() - layout.image_offset
+    if codes.numel() and bool(((codes < 0) | (codes >= layout.codebook_size)).any()):
+        raise ConfigError(
+            f"image tokens must lie in [{layout.image_offset}, {layout.vocab_size}) (the image vocabulary)"
+        )
+    return rearrange(codes, "b (h w) -> b h w", h=layout.grid_h, w=layout.grid_w)
+
+
+def image_tokens(input_ids: torch.Tensor, layout: SequenceLayout) -> torch.Tensor:
+    """The image part (B, h*w) of full sequences (B, seq_len) or of sequences cut after the last code."""
+    return input_ids[:, layout.prefix_len : layout.prefix_len + layout.num_image_tokens]
+
+
+def _check_text(text_ids: torch.Tensor, layout: SequenceLayout) -> None:
+    if text_ids.dim() != 2 or text_ids.shape[1] != layout.text_len:
+        raise ConfigError(f"text ids must have shape (B, {layout.text_len}), got {tuple(text_ids.shape)}")
+    if text_ids.numel():
+        bad = ((text_ids < 0) | (text_ids >= layout.text_vocab)) & (text_ids != layout.pad_id)
+        if bool(bad.any()):
+            raise ConfigError(
+                f"text ids must lie in [0, {layout.text_vocab}) or be [PAD]={layout.pad_id}; "
+                f"got {int(text_ids[bad][0])}"
+            )
+
+
+__all__ = [
+    "IGNORE_INDEX",
+    "SequenceLayout",
+    "TextBatch",
+    "build_prefix",
+    "build_sequences",
+    "codes_from_tokens",
+    "condition_dropout",
+    "encode_text",
+    "image_tokens",
+    "loss_targets",
+    "unconditional_text",
+]

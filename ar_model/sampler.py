@@ -1,0 +1,203 @@
+"""Sampling image codes from the generator: prefill, decode one token at a time, guidance on the logits.
+
+After LlamaGen's `prefill` / `decode_one_token` / `generate` split. With
+classifier-free guidance (Ho & Salimans 2022; Parti, LlamaGen) the conditional
+and unconditional (all-[PAD] text) rows run in ONE batch of 2B -- rows [0, B)
+conditional, rows [B, 2B) unconditional -- and are mixed on the logits:
+
+    logits = uncond + (cond - uncond) * scale
+
+Both halves are fed the same sampled token at every step. With `cfg_scale == 1`
+the mix equals the conditional logits, so the unconditional half is skipped.
+Logits are restricted to the image vocabulary before any filtering, so a sample
+is always a valid code, and sampling draws from a `torch.Generator` seeded by
+`SampleConfig.seed`: the same seed gives the same codes whatever the global RNG.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+from einops import rearrange
+
+from ar_model.errors import ConfigError
+from ar_model.layout import SequenceLayout, build_prefix, unconditional_text
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """How to sample. Plain data: `to_dict()` / `from_dict()` round-trip JSON."""
+
+    # Guidance scale; 1 = no guidance (the unconditional half is skipped). 3.0 is a moderate
+    # default between LlamaGen's best-FID class-conditional scale (~2) and its text-to-image
+    # setting (7.5): guidance trades diversity for faithfulness, so sweep it per model.
+    cfg_scale: float = 3.0
+    temperature: float = 1.0  # 1 = the model's distribution; 0 = greedy (argmax)
+    top_k: int = 0  # keep the k most likely codes; 0 = off, 1 = greedy
+    top_p: float = 1.0  # nucleus: keep the smallest set with mass >= top_p; 1.0 = off
+    seed: int | None = 0  # seeds the sampler's own torch.Generator; None = a fresh random seed
+    use_cache: bool = True  # KV cache; False recomputes the whole prefix each step (slow reference)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the field and the value of the first bad setting."""
+        _number(self, "cfg_scale", lambda v: True, "a finite number")
+        _number(self, "temperature", lambda v: v >= 0, "a number >= 0")
+        _number(self, "top_p", lambda v: 0 < v <= 1, "a number in (0, 1]")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ConfigError(f"SampleConfig.top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise ConfigError(f"SampleConfig.seed must be an integer or null, got {self.seed!r}")
+        if not isinstance(self.use_cache, bool):
+            raise ConfigError(f"SampleConfig.use_cache must be true or false, got {self.use_cache!r}")
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature == 0 or self.top_k == 1
+
+    @classmethod
+    def greedy(cls, **overrides: Any) -> "SampleConfig":
+        """Argmax decoding (top_k = 1), with any other field overridden (e.g. cfg_scale)."""
+        return cls(**{"top_k": 1, **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SampleConfig":
+        known = [f.name for f in dataclasses.fields(cls)]
+        for key in d:
+            if key not in known:
+                raise ConfigError(f"unknown SampleConfig key {key!r} (known: {', '.join(known)})")
+        return cls(**dict(d))
+
+    def replace(self, **overrides: Any) -> "SampleConfig":
+        return SampleConfig.from_dict({**self.to_dict(), **overrides})
+
+
+def _number(sc: SampleConfig, name: str, ok: Any, rule: str) -> None:
+    value = getattr(sc, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+        raise ConfigError(f"SampleConfig.{name} must be {rule}, got {value!r}")
+
+
+# --------------------------------------------------------------------------- logits -> codes
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set logits outside the top-k / nucleus (top-p) set to -inf; (B, K) -> (B, K). Always keeps the best."""
+    if 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1) the k-th largest
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        # after: Holtzman et al. 2020 (nucleus sampling); the HF / LlamaGen sort-and-cumsum form
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, K)
+        probs = sorted_logits.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs  # mass of the strictly better codes
+        drop_sorted = mass_before >= top_p  # the first code has mass_before 0 and is always kept
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)  # back to code order
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_from_logits(logits: torch.Tensor, sc: SampleConfig, generator: torch.Generator) -> torch.Tensor:
+    """Draw one code per row from (already guided) image logits (B, K) -> (B,) long."""
+    if sc.is_greedy:
+        return logits.argmax(dim=-1)
+    logits = filter_logits(logits / sc.temperature, sc.top_k, sc.top_p)
+    probs = logits.softmax(dim=-1)  # (B, K)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (B,)
+
+
+def guided_image_logits(logits: torch.Tensor, layout: SequenceLayout, cfg_scale: float, guided: bool) -> torch.Tensor:
+    """Full-vocabulary last-position logits (B' , V) -> image logits (B, K) in float32, guidance applied."""
+    logits = logits[:, layout.image_offset : layout.image_offset + layout.codebook_size].float()  # (B', K)
+    if not guided:
+        return logits
+    cond, uncond = logits.chunk(2, dim=0)  # rows [0, B) conditional, [B, 2B) unconditional
+    return uncond + (cond - uncond) * cfg_scale  # (B, K)
+
+
+# --------------------------------------------------------------------------- model calls
+def prefill(model: Any, input_ids: torch.Tensor, cache: Any | None) -> torch.Tensor:
+    """Run the whole prompt (B', P) once, filling `cache` if given; returns the last position's logits (B', V)."""
+    out = model(input_ids=input_ids, past_key_values=cache, use_cache=cache is not None, logits_to_keep=1)
+    return out.logits[:, -1]  # (B', V)
+
+
+def decode_one_token(model: Any, token: torch.Tensor, cache: Any) -> torch.Tensor:
+    """Feed one new token per row (B', 1) through the KV cache; returns its logits (B', V)."""
+    out = model(input_ids=token, past_key_values=cache, use_cache=True)  # positions continue from the cache length
+    return out.logits[:, -1]  # (B', V)
+
+
+def _device_of(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+def generate(model: Any, layout: SequenceLayout, text_ids: torch.Tensor, sc: SampleConfig | None = None) -> torch.Tensor:
+    """Sample image codes for text ids (B, text_len) -> codes (B, h, w) long in [0, codebook_size).
+
+    The model runs in eval mode (dropout off) and is put back in its former mode
+    afterwards. The codes come back on the model's device, as an ordinary tensor.
+    """
+    sc = sc if sc is not None else SampleConfig()
+    was_training = model.training
+    model.eval()  # disables attention dropout
+    try:
+        with torch.inference_mode():
+            codes = _generate(model, layout, text_ids, sc)
+    finally:
+        model.train(was_training)
+    # a clone outside inference mode: callers may edit the codes in place or use them under autograd
+    return codes.clone()
+
+
+def _generate(model: Any, layout: SequenceLayout, text_ids: torch.Tensor, sc: SampleConfig) -> torch.Tensor:
+    from transformers import DynamicCache
+
+    device = _device_of(model)
+    text_ids = text_ids.to(device)
+    b = text_ids.shape[0]
+    guided = sc.cfg_scale != 1.0  # scale 1 gives the conditional logits: skip the unconditional half
+    if guided:
+        text_ids = torch.cat([text_ids, unconditional_text(b, layout, device=device)], dim=0)  # (2B, T)
+    seq = build_prefix(text_ids, layout)  # (B', 1 + T + 1): [BOS] text [BOI]
+    generator = torch.Generator(device=device)
+    if sc.seed is None:
+        generator.seed()  # nondeterministic, still independent of the global RNG
+    else:
+        generator.manual_seed(sc.seed)
+
+    cache = DynamicCache(config=getattr(model, "config", None)) if sc.use_cache else None
+    logits = prefill(model, seq, cache)  # (B', V) predicts the first code
+    codes = torch.empty(b, layout.num_image_tokens, dtype=torch.long, device=device)  # (B, N)
+    for i in range(layout.num_image_tokens):
+        image_logits = guided_image_logits(logits, layout, sc.cfg_scale, guided)  # (B, K)
+        codes[:, i] = sample_from_logits(image_logits, sc, generator)  # (B,)
+        if i == layout.num_image_tokens - 1:
+            break  # the last code needs no forward pass
+        token = codes[:, i : i + 1] + layout.image_offset  # (B, 1) joint-vocabulary id
+        if guided:
+            token = torch.cat([token, token], dim=0)  # (2B, 1): both halves continue with the same code
+        if cache is not None:
+            logits = decode_one_token(model, token, cache)
+        else:  # slow reference: recompute the whole sequence so far
+            seq = torch.cat([seq, token], dim=1)  # (B', P + i + 1)
+            logits = prefill(model, seq, None)
+    return rearrange(codes, "b (h w) -> b h w", h=layout.grid_h, w=layout.grid_w)  # (B, h, w)
+
+
+__all__ = [
+    "SampleConfig",
+    "decode_one_token",
+    "filter_logits",
+    "generate",
+    "guided_image_logits",
+    "prefill",
+    "sample_from_logits",
+]

@@ -1,0 +1,86 @@
+"""The text tokenizer: a byte-level BPE trained here, or any local HF tokenizer directory.
+
+Byte-level BPE (after GPT-2) has the 256 bytes in its base alphabet, so any
+unicode string -- unseen characters, other scripts, emoji -- encodes without an
+[UNK]; a small vocabulary (512) is enough for the shapes world's captions. The
+result is a `transformers` fast tokenizer, so it saves with `save_pretrained`
+and loads with `AutoTokenizer` like any other.
+
+Only local directories are loaded: nothing is downloaded (`local_files_only`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from ar_model.errors import CheckpointError, ConfigError
+
+SPECIAL_TOKENS = ("[PAD]", "[BOS]", "[EOS]", "[UNK]")  # ids 0..3 of a tokenizer trained here
+_BYTE_ALPHABET = 256
+
+
+def train_text_tokenizer(texts: Iterable[str], vocab_size: int = 512, min_frequency: int = 1) -> Any:
+    """Train a lowercasing byte-level BPE on `texts`; returns a `transformers.PreTrainedTokenizerFast`.
+
+    `vocab_size` is an upper bound: a small corpus may yield fewer merges, so size
+    the model's text vocabulary with `len(tokenizer)`, never with this argument.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    minimum = _BYTE_ALPHABET + len(SPECIAL_TOKENS)
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < minimum:
+        raise ConfigError(
+            f"vocab_size must be an integer >= {minimum} (256 bytes + {len(SPECIAL_TOKENS)} special tokens), "
+            f"got {vocab_size!r}"
+        )
+    if isinstance(min_frequency, bool) or not isinstance(min_frequency, int) or min_frequency < 1:
+        raise ConfigError(f"min_frequency must be an integer >= 1, got {min_frequency!r}")
+
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))  # [UNK] is never produced: every byte is in the alphabet
+    # NFKC folds compatibility forms (full-width letters, ligatures) before lowercasing;
+    # captions are case-insensitive for a generator, so "A Red" and "a red" share ids.
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # bytes -> printable symbols (GPT-2)
+    tok.decoder = decoders.ByteLevel()  # and back, so decode(encode(s)) == normalised s
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes even if the corpus lacks them
+        show_progress=False,
+    )
+    tok.train_from_iterator((t for t in texts), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        bos_token="[BOS]",
+        eos_token="[EOS]",
+        unk_token="[UNK]",
+        clean_up_tokenization_spaces=False,  # keep " ," etc. exactly as encoded
+    )
+
+
+def load_text_tokenizer(path: str | os.PathLike) -> Any:
+    """Load a tokenizer from a LOCAL directory: one saved by `save_pretrained` here, or any HF tokenizer dir.
+
+    Raises CheckpointError naming the path when it is missing or holds no loadable tokenizer.
+    """
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not path.is_dir():
+        what = "is a file, not a directory" if path.exists() else "does not exist"
+        raise CheckpointError(f"text tokenizer directory {str(path)!r} {what}")
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as e:  # transformers raises OSError / ValueError / KeyError depending on what is missing
+        raise CheckpointError(
+            f"no text tokenizer could be loaded from {str(path)!r} (expected tokenizer.json / "
+            f"tokenizer_config.json as written by save_pretrained): {type(e).__name__}: {e}"
+        ) from e
+
+
+__all__ = ["SPECIAL_TOKENS", "load_text_tokenizer", "train_text_tokenizer"]
