@@ -1,0 +1,362 @@
+"""Invariants of the VQ tokenizer on tiny models, on the CPU.
+
+encode shapes / ranges, codes -> latent == forward's quantized latent (the
+vector-quantize-pytorch image-fmap pitfall), one batch overfits, save/load
+reproduces codes and images, clear errors, and the single-optimizer gradient
+routing of TokenizerLoss.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from vqtok import (
+    CheckpointError,
+    ConfigError,
+    PerceptualLoss,
+    TokenizerLoss,
+    VQConfig,
+    VQTokenizer,
+    codebook_usage,
+    images_to_tensor,
+    load_tokenizer,
+    read_tokenizer_config,
+    save_tokenizer,
+    tensor_to_images,
+    vgg16_feature_shapes,
+)
+
+QUANTIZERS = ("vq", "fsq", "lfq")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # The models here are tiny: one thread is about as fast as two, and it does not
+    # slow down 10x when another process shares the cores (OpenMP oversubscription).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_config(quantizer: str, **overrides) -> VQConfig:
+    """16 px, 4x downsample -> 4x4 codes; ~120k parameters."""
+    base = dict(
+        resolution=16, base_channels=16, channel_mult=(1, 2, 2), num_res_blocks=1, latent_dim=16,
+        quantizer=quantizer, codebook_size=64, codebook_dim=8, fsq_levels=(4, 4, 4),
+    )
+    base.update(overrides)
+    return VQConfig(**base)
+
+
+def squares(n: int = 8, res: int = 16, seed: int = 0) -> torch.Tensor:
+    """n images (n, 3, res, res) in [-1, 1]: a coloured square on a plain coloured background."""
+    g = torch.Generator().manual_seed(seed)
+    imgs = torch.zeros(n, res, res, 3, dtype=torch.uint8)
+    for i in range(n):
+        bg, fg = torch.randint(0, 256, (2, 3), generator=g).to(torch.uint8)
+        imgs[i] = bg
+        s = int(torch.randint(4, res // 2 + 1, (1,), generator=g))
+        y, x = torch.randint(0, res - s + 1, (2,), generator=g).tolist()
+        imgs[i, y : y + s, x : x + s] = fg
+    return images_to_tensor(imgs)
+
+
+def trained_a_little(quantizer: str, steps: int = 5) -> tuple[VQTokenizer, torch.Tensor]:
+    """A tiny tokenizer after a few training steps (so EMA codebooks and dead-code refresh have run)."""
+    torch.manual_seed(0)
+    cfg = tiny_config(quantizer)
+    model, loss_fn, x = VQTokenizer(cfg), TokenizerLoss(cfg), squares()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for step in range(steps):
+        opt.zero_grad()
+        loss_fn(model, x, step).loss.backward()
+        opt.step()
+    return model.eval(), x
+
+
+# ---------------------------------------------------------------------------
+# config
+
+
+def test_vqtok_imports_no_other_package():
+    # vqtok is a library a notebook can use alone (DESIGN.md): no train / eval / ar_model / tessera
+    code = (
+        "import sys, vqtok; "
+        "bad = sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'train', 'eval', 'ar_model', 'tessera', 'transformers', 'diffusers', 'datasets', 'wandb'}); "
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_config_roundtrip_and_properties():
+    cfg = VQConfig()
+    assert (cfg.resolution, cfg.downsample, cfg.grid_size) == (32, 4, 8)
+    d = cfg.to_dict()
+    assert d["channel_mult"] == [1, 2, 2] and isinstance(d["fsq_levels"], list)
+    assert VQConfig.from_dict(json.loads(json.dumps(d))) == cfg
+    assert VQConfig(quantizer="fsq", fsq_levels=(8, 5, 5, 5)).num_codes == 1000
+    assert VQConfig(quantizer="lfq", codebook_size=512).num_codes == 512
+
+
+def test_replace_returns_validated_copy():
+    cfg = VQConfig()
+    new = cfg.replace(codebook_size=512)
+    assert new.codebook_size == 512 and cfg.codebook_size == 256
+    with pytest.raises(ConfigError, match="quantizer"):
+        cfg.replace(quantizer="rvq")
+    with pytest.raises(ConfigError, match="codebok_size"):
+        cfg.replace(codebok_size=3)
+
+
+@pytest.mark.parametrize(
+    "bad, words",
+    [
+        ({"codebok_size": 3}, ["unknown VQConfig key 'codebok_size'", "codebook_size"]),
+        ({"quantizer": "rvq"}, ["quantizer", "'rvq'"]),
+        ({"resolution": 30}, ["resolution=30", "downsample"]),
+        ({"quantizer": "lfq", "codebook_size": 100}, ["codebook_size=100", "power of 2"]),
+        ({"commitment_weight": -1.0}, ["commitment_weight", "-1.0"]),
+        ({"perceptual_weight": 1.0}, ["perceptual_weights"]),
+        ({"recon_loss": "huber"}, ["recon_loss", "'huber'"]),
+        ({"resolution": "32"}, ["resolution", "'32'"]),
+        ({"fsq_levels": [8, 1]}, ["fsq_levels"]),
+    ],
+)
+def test_config_errors_name_the_field(bad, words):
+    with pytest.raises(ConfigError) as e:
+        VQConfig.from_dict({**VQConfig().to_dict(), **bad})
+    for w in words:
+        assert w in str(e.value)
+
+
+# ---------------------------------------------------------------------------
+# model
+
+
+def test_image_conversion_roundtrip():
+    u8 = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    x = images_to_tensor(u8)
+    assert x.shape == (2, 3, 8, 8) and x.dtype == torch.float32 and -1 <= x.min() and x.max() <= 1
+    assert torch.equal(tensor_to_images(x), torch.from_numpy(u8))
+    with pytest.raises(ValueError):
+        images_to_tensor(u8[0])  # no batch dimension
+
+
+@pytest.mark.parametrize("quantizer", QUANTIZERS)
+def test_encode_decode_shapes(quantizer):
+    cfg = tiny_config(quantizer)
+    model = VQTokenizer(cfg).eval()
+    x = squares(n=3)
+    with torch.no_grad():
+        enc = model.encode(x)
+        out = model.decode(enc.codes)
+    g = cfg.grid_size
+    assert enc.codes.shape == (3, g, g) and enc.codes.dtype == torch.int64
+    assert 0 <= int(enc.codes.min()) and int(enc.codes.max()) < cfg.num_codes
+    assert enc.quantized.shape == (3, cfg.latent_dim, g, g)
+    assert out.shape == (3, 3, cfg.resolution, cfg.resolution)
+    with pytest.raises(ValueError, match="codes must lie in"):
+        model.decode(torch.full((1, g, g), cfg.num_codes))
+
+
+@pytest.mark.parametrize("quantizer", QUANTIZERS)
+def test_codes_roundtrip_equals_forward(quantizer):
+    # decode(codes) must equal decoding the forward pass's quantized latent
+    # (PITFALLS: VectorQuantize with image fmaps and codebook_dim != dim gets this wrong)
+    model, x = trained_a_little(quantizer)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        enc = model.encode(x)
+        for k, v in model.state_dict().items():  # eval mode: no EMA / dead-code update of the codebook
+            assert torch.equal(v, before[k]), k
+        latent = model.quantizer.codes_to_latent(enc.codes)
+        torch.testing.assert_close(latent, enc.quantized, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model.decode(enc.codes), model(x).recon, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("quantizer", QUANTIZERS)
+def test_tiny_model_overfits_one_batch(quantizer):
+    torch.manual_seed(0)
+    cfg = tiny_config(quantizer)
+    model, loss_fn, x = VQTokenizer(cfg), TokenizerLoss(cfg), squares()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    recon = []
+    for step in range(200):  # seeds 0-3 all end below 0.15x the first loss
+        out = loss_fn(model, x, step)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        recon.append(out.metrics["recon"])
+    assert recon[-1] < 0.3 * recon[0], (recon[0], recon[-1])
+    model.eval()
+    with torch.no_grad():  # the discrete path, from stored codes, is as good
+        err = (model.decode(model.encode(x).codes) - x).abs().mean().item()
+    assert err < 0.3 * recon[0], (recon[0], err)
+
+
+def test_codebook_usage():
+    assert codebook_usage(torch.tensor([[0, 1], [1, 3]]), 8) == 3 / 8
+
+
+# ---------------------------------------------------------------------------
+# save / load
+
+
+@pytest.mark.parametrize("quantizer", QUANTIZERS)
+def test_save_load_reproduces_codes_and_images(tmp_path, quantizer):
+    model, x = trained_a_little(quantizer)
+    out = save_tokenizer(model, tmp_path / "tok")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["format"] == "tessera.vqtok" and meta["version"] == 1
+    loaded = load_tokenizer(out)
+    assert not loaded.training and loaded.cfg == model.cfg
+    assert read_tokenizer_config(out) == model.cfg
+    with torch.no_grad():
+        codes, codes2 = model.encode(x).codes, loaded.encode(x).codes
+        assert torch.equal(codes, codes2)
+        assert torch.equal(model.decode(codes), loaded.decode(codes2))
+
+
+def test_save_replaces_existing_directory(tmp_path):
+    a, _ = trained_a_little("fsq", steps=0)
+    b = VQTokenizer(tiny_config("fsq", latent_dim=8))
+    save_tokenizer(a, tmp_path / "tok")
+    save_tokenizer(b, tmp_path / "tok")
+    assert load_tokenizer(tmp_path / "tok").cfg.latent_dim == 8
+    assert [p.name for p in tmp_path.iterdir()] == ["tok"]  # no temporary / old directories left
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_tokenizer(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="config.json is missing"):
+        load_tokenizer(tmp_path / "empty")
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    with pytest.raises(CheckpointError, match="not a Tessera tokenizer config"):
+        load_tokenizer(foreign)
+
+    model = VQTokenizer(tiny_config("vq"))
+    good = save_tokenizer(model, tmp_path / "good")
+    meta = json.loads((good / "config.json").read_text())
+
+    meta_v2 = {**meta, "version": 2}
+    (good / "config.json").write_text(json.dumps(meta_v2))
+    with pytest.raises(CheckpointError, match="version 2"):
+        load_tokenizer(good)
+
+    meta_bad = {**meta, "config": {**meta["config"], "codebok_size": 3}}
+    (good / "config.json").write_text(json.dumps(meta_bad))
+    with pytest.raises(CheckpointError, match="unknown VQConfig key 'codebok_size'"):
+        load_tokenizer(good)
+
+    # weights from another config: shape mismatches are named
+    meta_other = {**meta, "config": {**meta["config"], "latent_dim": 8}}
+    (good / "config.json").write_text(json.dumps(meta_other))
+    with pytest.raises(CheckpointError, match=r"shape mismatch.*encoder\.conv_out\.weight"):
+        load_tokenizer(good)
+
+    # weights of another quantizer: missing / unexpected keys are named
+    meta_fsq = {**meta, "config": {**meta["config"], "quantizer": "fsq"}}
+    (good / "config.json").write_text(json.dumps(meta_fsq))
+    with pytest.raises(CheckpointError, match=r"unexpected .*quantizer\.impl\._codebook"):
+        load_tokenizer(good)
+
+    (good / "config.json").write_text(json.dumps(meta))
+    (good / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="model.safetensors is missing"):
+        load_tokenizer(good)
+
+
+# ---------------------------------------------------------------------------
+# losses
+
+
+def _disc_grads(loss_fn: TokenizerLoss) -> list[torch.Tensor | None]:
+    return [p.grad for p in loss_fn.discriminator.parameters()]
+
+
+def test_adversarial_gradients_are_routed():
+    torch.manual_seed(0)
+    cfg = tiny_config("fsq", disc_weight=0.5, disc_start=10, disc_channels=8, disc_layers=2)
+    model, loss_fn, x = VQTokenizer(cfg).eval(), TokenizerLoss(cfg), squares(n=4)
+
+    # before disc_start: no adversarial terms, no gradients on the discriminator
+    out = loss_fn(model, x, step=9)
+    out.loss.backward()
+    assert "d_loss" not in out.metrics and "g_adv" not in out.metrics
+    assert all(g is None for g in _disc_grads(loss_fn))
+    model.zero_grad(set_to_none=True)
+
+    # the generator's term alone reaches the tokenizer, never the discriminator
+    recon = model(x).recon
+    loss_fn.generator_adv_loss(recon).backward()
+    assert all(g is None for g in _disc_grads(loss_fn))
+    assert model.decoder.conv_out.weight.grad is not None and model.decoder.conv_out.weight.grad.abs().sum() > 0
+    model.zero_grad(set_to_none=True)
+
+    # the discriminator's term alone reaches the discriminator, never the tokenizer
+    loss_fn.discriminator_loss(x, model(x).recon).backward()
+    d_only = [g.clone() for g in _disc_grads(loss_fn)]
+    assert all(p.grad is None for p in model.parameters())
+    loss_fn.zero_grad(set_to_none=True)
+
+    # after disc_start, one backward of the whole loss: the discriminator's gradients
+    # are exactly those of its own hinge loss (the model is deterministic in eval mode)
+    out = loss_fn(model, x, step=10)
+    out.loss.backward()
+    assert {"recon", "quant", "g_adv", "d_loss"} <= set(out.metrics)
+    for g, ref in zip(_disc_grads(loss_fn), d_only):
+        torch.testing.assert_close(g, ref)
+    assert loss_fn.trainable_parameters() == list(loss_fn.discriminator.parameters())
+
+
+def _random_vgg16_file(path, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    tensors = {k: torch.randn(shape, generator=g) * 0.05 for k, shape in vgg16_feature_shapes().items()}
+    save_file(tensors, str(path))
+
+
+def test_perceptual_loss(tmp_path):
+    path = tmp_path / "vgg16.safetensors"
+    _random_vgg16_file(path)
+    perc = PerceptualLoss(path)
+    assert perc.state_dict() == {} and list(perc.parameters()) == []  # frozen, out of checkpoints
+    x = squares(n=2, res=32)
+    y = squares(n=2, res=32, seed=1)
+    assert perc(x, x).item() == 0.0
+    assert perc(x, y).item() > 0.0
+    xr = x.clone().requires_grad_(True)
+    perc(xr, y).backward()
+    assert xr.grad is not None and xr.grad.abs().sum() > 0
+
+    with pytest.raises(CheckpointError, match="missing.safetensors"):
+        PerceptualLoss(tmp_path / "missing.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    save_file({"features.0.weight": torch.zeros(64, 3, 3, 3)}, str(bad))
+    with pytest.raises(CheckpointError, match=r"bad\.safetensors.*missing 25"):
+        PerceptualLoss(bad)
+
+
+def test_tokenizer_loss_with_perceptual_term(tmp_path):
+    path = tmp_path / "vgg16.safetensors"
+    _random_vgg16_file(path)
+    cfg = tiny_config("vq", resolution=32, perceptual_weight=0.1, perceptual_weights=str(path))
+    loss_fn = TokenizerLoss(cfg)
+    out = loss_fn(VQTokenizer(cfg), squares(n=2, res=32), step=0)
+    assert out.metrics["perc"] > 0 and set(out.metrics) >= {"recon", "quant", "usage", "perc"}
+    assert all(isinstance(v, float) for v in out.metrics.values())
