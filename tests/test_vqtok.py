@@ -130,6 +130,7 @@ def test_replace_returns_validated_copy():
         ({"recon_loss": "huber"}, ["recon_loss", "'huber'"]),
         ({"resolution": "32"}, ["resolution", "'32'"]),
         ({"fsq_levels": [8, 1]}, ["fsq_levels"]),
+        ({"fsq_levels": [8, 2]}, ["fsq_levels", "3"]),  # the library asserts on a level of 2
     ],
 )
 def test_config_errors_name_the_field(bad, words):

@@ -54,7 +54,10 @@ class VQConfig:
     lfq_entropy_weight: float = 0.1  # lfq: entropy aux loss weight (vector-quantize-pytorch / MAGVIT-v2 default)
 
     # --- loss (TokenizerLoss) ---
-    recon_loss: str = "l1"  # "l1" keeps the flat colours' edges sharper than "l2" (taming uses l1)
+    # "l2": on mostly-background images L1's median pull makes the decoder output plain
+    # background (seen: the CPU preset with l1 reconstructed every image as empty black);
+    # "l1" (taming's choice) suits natural images, ideally with the perceptual/GAN terms
+    recon_loss: str = "l2"
     perceptual_weight: float = 0.0  # 0 = off: needs VGG16 weights the user provides; off for the CPU world
     perceptual_weights: str | None = None  # path to a local VGG16 safetensors file (never downloaded)
     disc_weight: float = 0.0  # 0 = no adversarial loss; flat shapes reconstruct without a GAN
@@ -97,7 +100,8 @@ class VQConfig:
         _int(self, "codebook_dim", 1)
         if not isinstance(self.kmeans_init, bool):
             raise ConfigError(f"VQConfig.kmeans_init must be true or false, got {self.kmeans_init!r}")
-        _int_tuple(self, "fsq_levels", 2)
+        # vector-quantize-pytorch's FSQ asserts on a level of 2 (it needs preserve_symmetry)
+        _int_tuple(self, "fsq_levels", 3)
         if self.quantizer == "lfq" and self.codebook_size & (self.codebook_size - 1):
             raise ConfigError(
                 f"VQConfig.codebook_size={self.codebook_size} must be a power of 2 for quantizer 'lfq' "

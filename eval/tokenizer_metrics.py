@@ -1,0 +1,99 @@
+"""How well a tokenizer keeps the image: scene preservation, PSNR, codebook use, speed.
+
+Scene preservation is the exact measure the shapes world allows: the share of
+images whose reconstruction parses to the same scene as the original
+(`parse(decode(encode(x))) == parse(x)`).
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from train.data import shapes
+from vqtok import VQTokenizer, images_to_tensor, tensor_to_images
+
+
+@dataclass
+class TokenizerReport:
+    images: int  # how many images were measured
+    scene_preservation: float  # share with parse(recon) == parse(original)
+    psnr: float  # dB, mean over images, on uint8 pixels
+    codebook_usage: float  # share of the codebook used at least once over these images
+    perplexity: float  # exp(entropy) of the code histogram
+    encode_images_per_s: float
+    decode_images_per_s: float
+    batch_size: int
+    device: str
+    failures: list[int] = field(default_factory=list)  # indices (first 20) whose scene changed
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def machine_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # time the kernels, not their launch
+
+
+@torch.no_grad()
+def evaluate_tokenizer(
+    tokenizer: VQTokenizer, images: torch.Tensor, batch_size: int = 100, progress: bool = True
+) -> TokenizerReport:
+    """Measure `tokenizer` on uint8 images (N, H, W, 3)."""
+    tokenizer.eval()
+    device = next(tokenizer.parameters()).device
+    counts = torch.zeros(tokenizer.cfg.num_codes, dtype=torch.long)
+    kept, psnrs, failures = 0, [], []
+    t_enc = t_dec = 0.0
+    for start in tqdm(range(0, len(images), batch_size), desc="tokenizer eval", disable=not progress, leave=False):
+        x8 = images[start : start + batch_size]  # (B, H, W, 3) uint8
+        x = images_to_tensor(x8).to(device)
+        t = time.perf_counter()
+        codes = tokenizer.encode(x).codes  # (B, h, w)
+        _sync(device)
+        t_enc += time.perf_counter() - t
+        t = time.perf_counter()
+        recon = tokenizer.decode(codes)  # (B, 3, H, W) in [-1, 1]
+        _sync(device)
+        t_dec += time.perf_counter() - t
+        recon8 = tensor_to_images(recon).cpu()  # (B, H, W, 3) uint8
+        counts += torch.bincount(codes.flatten().cpu(), minlength=len(counts))
+        mse = (recon8.float() - x8.float()).pow(2).mean(dim=(1, 2, 3))
+        psnrs.append(10 * torch.log10(255.0**2 / mse.clamp_min(1e-10)))
+        for i in range(len(x8)):
+            if shapes.parse(recon8[i].numpy()) == shapes.parse(x8[i].numpy()):
+                kept += 1
+            elif len(failures) < 20:
+                failures.append(start + i)
+    p = counts.float() / counts.sum()
+    entropy = -(p[p > 0] * p[p > 0].log()).sum()
+    n = len(images)
+    return TokenizerReport(
+        images=n,
+        scene_preservation=kept / n,
+        psnr=float(torch.cat(psnrs).mean()),
+        codebook_usage=float((counts > 0).float().mean()),
+        perplexity=float(entropy.exp()),
+        encode_images_per_s=n / t_enc,
+        decode_images_per_s=n / t_dec,
+        batch_size=batch_size,
+        device=machine_description(device),
+        failures=failures,
+    )
+
+
+def heldout_images(n: int, resolution: int, seed: int = 1234) -> torch.Tensor:
+    """`n` held-out shapes-world images (compositions training never sees) as uint8 (N, H, W, 3)."""
+    scenes = shapes.sample_scenes(n, seed=seed, split="heldout")
+    return torch.from_numpy(shapes.render_batch(scenes, resolution))

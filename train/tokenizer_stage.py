@@ -1,0 +1,195 @@
+"""Stage 1: train the VQ image tokenizer (on the shapes world by default).
+
+`train_tokenizer(cfg, run_dir)` renders / loads the images, runs the shared
+loop and writes `run_dir/tokenizer/` (config.json + model.safetensors). Named
+presets (`PRESETS`) are plain data: a CPU preset that trains in minutes on two
+cores and a GPU preset for one H100-class card.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from train.data import shapes
+from train.data.images import dataset_images
+from train.loop import LoopConfig, LossOutput, TrainConfigError, config_from_dict, train_loop
+from vqtok import TokenizerLoss, VQConfig, VQTokenizer, images_to_tensor, save_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TokenizerDataConfig:
+    source: str = "shapes"  # only the embedded shapes world for now
+    train_images: int = 20000  # distinct rendered scenes; the world is small, more adds little
+    max_objects: int = shapes.MAX_OBJECTS  # objects per scene, 1..max
+    seed: int = 0  # scene sampling seed (independent of the loop's seed)
+
+    def __post_init__(self):
+        if self.source != "shapes":
+            raise TrainConfigError(f"data.source must be 'shapes' for now, got {self.source!r}")
+        if self.train_images < 1:
+            raise TrainConfigError(f"data.train_images must be >= 1, got {self.train_images!r}")
+
+
+@dataclass
+class TokenizerStageConfig:
+    vq: VQConfig = field(default_factory=VQConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    data: TokenizerDataConfig = field(default_factory=TokenizerDataConfig)
+
+    def to_dict(self) -> dict:
+        return {"vq": self.vq.to_dict(), "loop": self.loop.to_dict(), "data": asdict(self.data)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TokenizerStageConfig":
+        unknown = sorted(set(d) - {"vq", "loop", "data"})
+        if unknown:
+            raise TrainConfigError(f"unknown tokenizer-stage section {unknown[0]!r} (known: data, loop, vq)")
+        return cls(
+            vq=VQConfig.from_dict(d.get("vq", {})),
+            loop=config_from_dict(LoopConfig, d.get("loop", {}), "loop"),
+            data=config_from_dict(TokenizerDataConfig, d.get("data", {}), "data"),
+        )
+
+    def override(self, assignments: dict[str, object]) -> "TokenizerStageConfig":
+        """A copy with dotted keys replaced, e.g. {"vq.codebook_size": 256, "loop.lr": 1e-3}."""
+        d = self.to_dict()
+        for key, value in assignments.items():
+            section, _, name = key.partition(".")
+            if section not in d or not name:
+                raise TrainConfigError(f"unknown setting {key!r}: use section.name with section in data, loop, vq")
+            if name not in d[section]:
+                raise TrainConfigError(
+                    f"unknown setting {key!r} (known in {section}: {', '.join(sorted(d[section]))})"
+                )
+            d[section][name] = value
+        return TokenizerStageConfig.from_dict(d)
+
+
+# Presets are data, not code paths (after DiT's DiT_models registry).
+PRESETS: dict[str, dict] = {
+    # 32 px, 8x8 codes: trains in a few minutes on 2 CPU cores.
+    "cpu": {
+        "vq": {"resolution": 32, "base_channels": 32, "channel_mult": [1, 2, 2], "latent_dim": 64,
+               "quantizer": "vq", "codebook_size": 256, "codebook_dim": 8},
+        "loop": {"steps": 1200, "batch_size": 32, "lr": 2e-3, "warmup_steps": 50, "ckpt_every": 200,
+                 "log_every": 20},
+        "data": {"train_images": 20000},
+    },
+    # 64 px, 8x8 codes, wider nets and the PatchGAN term: one H100/H200.
+    "gpu": {
+        "vq": {"resolution": 64, "base_channels": 128, "channel_mult": [1, 1, 2, 2], "latent_dim": 256,
+               "quantizer": "vq", "codebook_size": 1024, "codebook_dim": 8, "disc_weight": 0.1,
+               "disc_start": 5000},
+        "loop": {"steps": 20000, "batch_size": 128, "lr": 4e-4, "warmup_steps": 500, "ckpt_every": 1000,
+                 "log_every": 50},
+        "data": {"train_images": 200000},
+    },
+}
+
+
+def preset_config(name: str) -> TokenizerStageConfig:
+    if name not in PRESETS:
+        raise TrainConfigError(f"unknown tokenizer preset {name!r} (known: {', '.join(PRESETS)})")
+    return TokenizerStageConfig.from_dict(PRESETS[name])
+
+
+class _TrainModule(torch.nn.Module):
+    """Everything the optimizer updates: the tokenizer and its loss (discriminator)."""
+
+    def __init__(self, tokenizer: VQTokenizer, loss: TokenizerLoss):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.loss_fn = loss
+
+
+class TokenizerTask:
+    """The tokenizer stage as a `train.loop.Task` over an in-memory uint8 image set."""
+
+    def __init__(self, cfg: TokenizerStageConfig, images: torch.Tensor):
+        torch.manual_seed(cfg.loop.seed)  # model init is part of the run's identity
+        self.model = _TrainModule(VQTokenizer(cfg.vq), TokenizerLoss(cfg.vq))
+        self.images = images  # (N, H, W, 3) uint8
+        self.seed = cfg.loop.seed
+        self.accum = cfg.loop.grad_accum
+        self._perm: dict[int, torch.Tensor] = {}
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perm:
+            self._perm = {epoch: torch.randperm(len(self.images), generator=torch.Generator().manual_seed(
+                self.seed * 100003 + epoch))}
+        return self._perm[epoch]
+
+    def batch(self, step: int, micro: int, batch_size: int) -> torch.Tensor:
+        # the k-th example overall; its epoch and place in that epoch's order
+        start = (step * self.accum + micro) * batch_size
+        n = len(self.images)
+        idx = [self._permutation(g // n)[g % n] for g in range(start, start + batch_size)]
+        device = next(self.model.parameters()).device
+        return images_to_tensor(self.images[torch.stack(idx)]).to(device)  # (B, 3, H, W) in [-1, 1]
+
+    def loss(self, batch: torch.Tensor, step: int) -> LossOutput:
+        out = self.model.loss_fn(self.model.tokenizer, batch, step)
+        return LossOutput(out.loss, {"loss": float(out.loss.detach()), **out.metrics})
+
+    def items(self, batch: torch.Tensor) -> int:
+        return batch.shape[0]
+
+
+def training_images(cfg: TokenizerStageConfig, progress: bool = True) -> torch.Tensor:
+    """The stage's training images, through the same `datasets` path real data takes."""
+    ds = shapes.shapes_dataset(
+        cfg.data.train_images, resolution=cfg.vq.resolution, split="train",
+        seed=cfg.data.seed, max_objects=cfg.data.max_objects,
+    )
+    return dataset_images(ds, cfg.vq.resolution, progress=progress)
+
+
+def check_run_config(run_dir: Path, cfg: TokenizerStageConfig, name: str = "tokenizer_stage.json") -> None:
+    """Record the config in a new run; refuse to resume a run started with another one."""
+    path = run_dir / name
+    new = cfg.to_dict()
+    if path.exists():
+        old = json.loads(path.read_text())
+        diff = [f"{s}.{k}" for s in new for k in new[s] if old.get(s, {}).get(k) != new[s][k]]
+        # the step count may grow: resuming with more steps continues the run
+        diff = [d for d in diff if d != "loop.steps"]
+        if diff:
+            raise TrainConfigError(
+                f"{run_dir} was started with a different config (differs in: {', '.join(diff)}); "
+                "use a new --run directory, or the same settings to resume"
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(new, indent=2))
+    tmp.replace(path)
+
+
+def train_tokenizer(cfg: TokenizerStageConfig, run_dir: str | Path) -> Path:
+    """Train (or resume) the tokenizer of `run_dir`; returns the exported tokenizer directory."""
+    run_dir = Path(run_dir)
+    check_run_config(run_dir, cfg)
+    images = training_images(cfg, progress=cfg.loop.progress)
+    task = TokenizerTask(cfg, images)
+    result = train_loop(task, cfg.loop, run_dir, desc="tokenizer")
+    log.info("tokenizer: %d steps in %.1fs (resumed from %d)", result.step, result.seconds, result.resumed_from)
+    out = run_dir / "tokenizer"
+    save_tokenizer(task.model.tokenizer.eval(), out)
+    return out
+
+
+__all__ = [
+    "PRESETS",
+    "TokenizerDataConfig",
+    "TokenizerStageConfig",
+    "TokenizerTask",
+    "preset_config",
+    "train_tokenizer",
+    "training_images",
+]
