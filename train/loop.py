@@ -153,11 +153,11 @@ class EMA(torch.nn.Module):
         super().__init__()
         self.decay = decay
         self.params = torch.nn.ParameterDict()
-        self.bufs = {}
-        self._names = [n for n, p in model.named_parameters() if p.requires_grad]
-        for n in self._names:
-            p = dict(model.named_parameters())[n]
-            self.params[n.replace(".", "__")] = torch.nn.Parameter(p.detach().clone(), requires_grad=False)
+        self._names = []
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                self._names.append(n)
+                self.params[n.replace(".", "__")] = torch.nn.Parameter(p.detach().clone(), requires_grad=False)
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
