@@ -4,7 +4,7 @@ A library a notebook can use alone (it imports only torch, einops, transformers,
 tokenizers, safetensors and the standard library):
 
     tok = train_text_tokenizer(captions)                        # or load_text_tokenizer(local_dir)
-    layout = SequenceLayout.for_tokenizer(tok, codebook_size=256, grid=(8, 8), text_len=24)
+    layout = SequenceLayout.for_tokenizer(tok, codebook_size=256, grid=(8, 8), text_len=32)
     cfg = GeneratorConfig.from_size("tiny", layout)
     model = build_model(cfg)
     ids = build_sequences(encode_text(tok, captions, layout).ids, codes, layout)

@@ -42,7 +42,7 @@ NUM_SPECIALS = 4  # [BOS] [BOI] [EOI] [PAD]
 class SequenceLayout:
     """Plain data: the fixed sizes that define the token ids and the sequence length."""
 
-    text_len: int  # text tokens per sequence (padded / truncated); 24 holds every shapes-world caption
+    text_len: int  # text tokens per sequence (padded / truncated); the shapes world needs ~26, the stage uses 32
     text_vocab: int  # len(text_tokenizer): ids [0, text_vocab) are text (len(), not .vocab_size: added tokens count)
     codebook_size: int  # image codes K of the VQ tokenizer (its num_codes)
     grid: tuple[int, int]  # (h, w) of the code grid; h * w image tokens per sequence

@@ -14,9 +14,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from train.checkpoint import ResumeError
     from train.data.images import ImageError
     from train.loop import TrainConfigError
+    from ar_model import CheckpointError as GeneratorCheckpointError
+    from ar_model import ConfigError as GeneratorConfigError
     from vqtok import CheckpointError, ConfigError
 
-    return (ConfigError, CheckpointError, TrainConfigError, ResumeError, ImageError, FileNotFoundError)
+    return (ConfigError, CheckpointError, GeneratorConfigError, GeneratorCheckpointError, TrainConfigError,
+            ResumeError, ImageError, FileNotFoundError)
 
 
 def _parse_assignments(items: list[str]) -> dict[str, object]:
@@ -33,15 +36,19 @@ def _parse_assignments(items: list[str]) -> dict[str, object]:
     return out
 
 
-def _tokenizer_stage_config(args):
-    from train.tokenizer_stage import TokenizerStageConfig, preset_config
+def _stage_config(args, stage):
+    """The preset (or --config file) of `stage`, with --set / --steps / --device / --no-progress applied."""
+    if stage == "tokenizer":
+        from train.tokenizer_stage import TokenizerStageConfig as Config, preset_config
+    else:
+        from train.generator_stage import GeneratorStageConfig as Config, preset_config
 
     cfg = preset_config(args.preset)
     if args.config:
         path = Path(args.config)
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist")
-        cfg = TokenizerStageConfig.from_dict(json.loads(path.read_text()))
+        cfg = Config.from_dict(json.loads(path.read_text()))
     overrides = _parse_assignments(args.set)
     if args.steps is not None:
         overrides["loop.steps"] = args.steps
@@ -55,7 +62,7 @@ def _tokenizer_stage_config(args):
 def cmd_train_tokenizer(args) -> int:
     from train.tokenizer_stage import train_tokenizer
 
-    cfg = _tokenizer_stage_config(args)
+    cfg = _stage_config(args, "tokenizer")
     out = train_tokenizer(cfg, args.run)
     print(f"tokenizer written to {out}")
     return 0
@@ -93,44 +100,142 @@ def cmd_reconstruct(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
+def cmd_train(args) -> int:
+    from train.generator_stage import train_generator
+
+    cfg = _stage_config(args, "generator")
+    out = train_generator(cfg, args.run, tokenizer_dir=args.tokenizer)
+    print(f"generator written to {out}")
+    return 0
+
+
+def _read_prompts(args) -> list[str]:
+    prompts = list(args.prompt or [])
+    if args.prompts_file:
+        path = Path(args.prompts_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"prompts file {path} does not exist")
+        prompts += [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        raise SystemExit("error: give at least one --prompt (an empty string samples unconditionally) or --prompts-file")
+    return prompts
+
+
+def cmd_sample(args) -> int:
+    from ar_model import SampleConfig
     from eval.grids import save_grid
-    from eval.tokenizer_metrics import evaluate_tokenizer, heldout_images
-    from train.tokenizer_stage import preset_config, train_tokenizer
+    from tessera.pipeline import Pipeline, save_pngs
+
+    prompts = _read_prompts(args)
+    sc = SampleConfig(cfg_scale=args.cfg, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                      seed=args.seed)
+    pipe = Pipeline.from_run(args.run, device=args.device)
+    result = pipe.sample(prompts, n=args.n, sc=sc, batch_size=args.batch_size, progress=True)
+    out = Path(args.out)  # result.warnings (empty / truncated prompts) were logged as they were found
+    paths = save_pngs(result, out, run=str(args.run))
+    rows = [result.images[i * args.n : (i + 1) * args.n] for i in range(len(prompts))]
+    grid = save_grid(rows, out / "grid.png")
+    print(f"{len(paths)} images written to {out} (one row per prompt in {grid})")
+    return 0
+
+
+DEMO_SAMPLES = "samples"
+
+
+def _demo_overrides(items: list[str]) -> dict[str, dict[str, object]]:
+    """--set tokenizer.loop.steps=20 --set generator.data.train_images=500 -> per-stage assignments."""
+    out: dict[str, dict[str, object]] = {"tokenizer": {}, "generator": {}}
+    for key, value in _parse_assignments(items).items():
+        stage, _, rest = key.partition(".")
+        if stage not in out or not rest:
+            raise SystemExit(f"error: demo --set keys start with tokenizer. or generator., got {key!r}")
+        out[stage][rest] = value
+    return out
+
+
+def cmd_demo(args) -> int:
+    import time
+
     import torch
 
+    from ar_model import SampleConfig
+    from eval import faithfulness
+    from eval.grids import save_grid
+    from eval.tokenizer_metrics import evaluate_tokenizer, heldout_images
+    from tessera.pipeline import Pipeline
+    from train import generator_stage, tokenizer_stage
     from vqtok import images_to_tensor, load_tokenizer, tensor_to_images
 
+    t0 = time.perf_counter()
     out = Path(args.out)
-    cfg = preset_config(args.preset)
-    if args.steps is not None:
-        cfg = cfg.override({"loop.steps": args.steps})
-    print(f"[1/3] training the tokenizer ({args.preset} preset, {cfg.loop.steps} steps) in {out}")
-    train_tokenizer(cfg, out)
+    overrides = _demo_overrides(args.set)
+    progress = {"loop.progress": False} if args.no_progress else {}
+    tok_cfg = tokenizer_stage.preset_config(args.preset).override({**overrides["tokenizer"], **progress})
+    gen_cfg = generator_stage.preset_config(args.preset).override({**overrides["generator"], **progress})
+
+    print(f"[1/5] training the tokenizer ({args.preset} preset, {tok_cfg.loop.steps} steps) in {out}", flush=True)
+    tokenizer_stage.train_tokenizer(tok_cfg, out)
+    t_tok = time.perf_counter() - t0
     tok = load_tokenizer(out / "tokenizer")
-    print(f"[2/3] measuring it on {args.eval_images} held-out images")
+    print(f"[2/5] measuring it on {args.eval_images} held-out images", flush=True)
     images = heldout_images(args.eval_images, tok.cfg.resolution)
-    report = evaluate_tokenizer(tok, images)
-    (out / "tokenizer_eval.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    print("[3/3] writing originals vs reconstructions")
+    tok_report = evaluate_tokenizer(tok, images, progress=not args.no_progress)
+    (out / "tokenizer_eval.json").write_text(json.dumps(tok_report.to_dict(), indent=2) + "\n")
     with torch.no_grad():
         shown = images[:16]
         recon = tensor_to_images(tok.decode(tok.encode(images_to_tensor(shown)).codes))
-    grid = save_grid([shown, recon], out / "samples" / "reconstructions.png")
-    summary = (
-        "# Tessera demo: tokenizer\n\n"
-        f"- preset: {args.preset}, steps: {cfg.loop.steps}, codebook: {tok.cfg.num_codes} codes, "
-        f"grid {tok.cfg.grid_size}x{tok.cfg.grid_size} at {tok.cfg.resolution} px\n"
-        f"- held-out images: {report.images}\n"
-        f"- scene preserved (parse(recon) == parse(original)): {report.scene_preservation:.1%}\n"
-        f"- PSNR: {report.psnr:.2f} dB\n"
-        f"- codebook usage: {report.codebook_usage:.1%} (perplexity {report.perplexity:.1f})\n"
-        f"- encode {report.encode_images_per_s:.0f} images/s, decode {report.decode_images_per_s:.0f} images/s "
-        f"({report.device})\n"
-        f"- grid (originals over reconstructions): {grid.relative_to(out)}\n"
+    save_grid([shown, recon], out / DEMO_SAMPLES / "reconstructions.png")
+
+    print(f"[3/5] pre-tokenizing and training the generator ({gen_cfg.model['size']}, {gen_cfg.loop.steps} steps)",
+          flush=True)
+    t1 = time.perf_counter()
+    generator_stage.train_generator(gen_cfg, out)
+    t_gen = time.perf_counter() - t1
+
+    specs = faithfulness.demo_prompts()
+    print(f"[4/5] sampling {args.samples_per_prompt} images for each of {len(specs)} prompts "
+          f"(guidance {args.cfg})", flush=True)
+    t2 = time.perf_counter()
+    pipe = Pipeline.from_run(out, device="cpu" if gen_cfg.loop.device == "cpu" else None)
+    sc = SampleConfig(cfg_scale=args.cfg, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    result = pipe.sample([s.text for s in specs], n=args.samples_per_prompt, sc=sc, batch_size=64,
+                         progress=not args.no_progress)
+    t_sample = time.perf_counter() - t2
+
+    print("[5/5] scoring the samples against their prompts (the shapes world's parse)", flush=True)
+    k = args.samples_per_prompt
+    per_image_specs = [s for s in specs for _ in range(k)]
+    report = faithfulness.score_images(list(result.images), per_image_specs, [i % k for i in range(len(result.images))])
+    for cat in faithfulness.CATEGORIES:
+        idx = [i for i, s in enumerate(per_image_specs) if s.category == cat]
+        save_grid([result.images[i : i + k] for i in idx[::k][:12]], out / DEMO_SAMPLES / f"{cat}.png")
+    total = time.perf_counter() - t0
+    summary = {
+        "preset": args.preset,
+        "seconds": {"tokenizer": round(t_tok, 1), "generator": round(t_gen, 1), "sampling": round(t_sample, 1),
+                    "total": round(total, 1)},
+        "tokenizer": {k2: v for k2, v in tok_report.to_dict().items() if k2 != "failures"},
+        "generator": {"size": gen_cfg.model["size"], "steps": gen_cfg.loop.steps},
+        "sampling": result.sample_config | {"samples_per_prompt": k},
+        "faithfulness": report.to_dict(),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    md = (
+        "# Tessera demo\n\n"
+        f"- preset: {args.preset}; total {total / 60:.1f} min (tokenizer {t_tok / 60:.1f}, generator "
+        f"{t_gen / 60:.1f}, sampling {t_sample / 60:.1f})\n"
+        f"- tokenizer: {tok.cfg.num_codes} codes, {tok.cfg.grid_size}x{tok.cfg.grid_size} grid at "
+        f"{tok.cfg.resolution} px; on {tok_report.images} held-out images scene preserved "
+        f"{tok_report.scene_preservation:.1%}, PSNR {tok_report.psnr:.2f} dB, codebook usage "
+        f"{tok_report.codebook_usage:.1%}\n"
+        f"- generator: {gen_cfg.model['size']}, {gen_cfg.loop.steps} steps; sampled with guidance {args.cfg}, "
+        f"temperature {args.temperature}, top-k {args.top_k}, seed {args.seed}\n\n"
+        "## Samples that match their prompt (shape, colour and cell of every object; nothing extra)\n\n"
+        f"{report.to_markdown()}\n\n"
+        f"Grids: {DEMO_SAMPLES}/<category>.png (one row per prompt), {DEMO_SAMPLES}/reconstructions.png.\n"
     )
-    (out / "summary.md").write_text(summary)
-    print(summary)
+    (out / "summary.md").write_text(md)
+    print(md)
     return 0
 
 
@@ -146,18 +251,27 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--preset", default="cpu", help="named preset: cpu (minutes on 2 cores) or gpu")
         sp.add_argument("--config", help="a JSON file with the full stage config (replaces the preset)")
         sp.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
-                        help="override one setting, e.g. --set vq.codebook_size=512 --set loop.lr=1e-3")
+                        help="override one setting, e.g. --set loop.lr=1e-3 (tokenizer: vq.codebook_size=512; generator: model.size=S)")
         sp.add_argument("--steps", type=int, help="shorthand for --set loop.steps=N")
         sp.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
         sp.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
 
-    d = sub.add_parser("demo", help="train a tokenizer on the shapes world and show reconstructions",
-                       description="Train the tokenizer on the embedded shapes world (CPU preset), "
-                       "measure it on held-out images and write a grid of originals vs reconstructions.")
-    d.add_argument("--out", default="runs/demo", help="run directory (resumes if it exists)")
-    d.add_argument("--preset", default="cpu", help="tokenizer preset (cpu or gpu)")
-    d.add_argument("--steps", type=int, help="override the preset's step count")
-    d.add_argument("--eval-images", type=int, default=1000, help="held-out images to measure on")
+    d = sub.add_parser("demo", help="the whole pipeline on the shapes world, from nothing",
+                       description="Train the tokenizer, pre-tokenize, train the generator and sample a fixed "
+                       "prompt list (seen and held-out compositions) on the embedded shapes world; scores every "
+                       "sample against its prompt and writes OUT/summary.{json,md} and grids in OUT/samples/.")
+    d.add_argument("--out", default="runs/demo", help="run directory (a killed demo resumes where it stopped)")
+    d.add_argument("--preset", default="cpu", help="preset of both stages: cpu (minutes on 2 cores) or gpu")
+    d.add_argument("--set", action="append", metavar="STAGE.SECTION.KEY=VALUE",
+                   help="override a stage setting, e.g. --set tokenizer.loop.steps=100 "
+                   "--set generator.model.size=S")
+    d.add_argument("--eval-images", type=int, default=1000, help="held-out images to measure the tokenizer on")
+    d.add_argument("--samples-per-prompt", type=int, default=4, help="samples drawn for each demo prompt")
+    d.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (1 = none)")
+    d.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
+    d.add_argument("--top-k", type=int, default=0, help="keep the k most likely codes (0 = all)")
+    d.add_argument("--seed", type=int, default=0, help="sampling seed")
+    d.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("train-tokenizer", help="train the VQ image tokenizer",
@@ -165,6 +279,33 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--run", required=True, help="run directory, e.g. runs/tok (resumes if it has state/)")
     stage_args(t)
     t.set_defaults(func=cmd_train_tokenizer)
+
+    g = sub.add_parser("train", help="train the generator on a run's tokenizer",
+                       description="Pre-tokenize the training data with RUN/tokenizer (once, into RUN/codes), "
+                       "then train (or resume) the Llama generator; writes RUN/generator/, a Hugging Face model "
+                       "directory with the text tokenizer and the sequence layout.")
+    g.add_argument("--run", required=True, help="run directory holding tokenizer/ (resumes if it has state/)")
+    g.add_argument("--tokenizer", help="use this tokenizer directory instead of RUN/tokenizer")
+    stage_args(g)
+    g.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sample", help="sample images from prompts with a trained run",
+                       description="Draw N images per prompt; writes one PNG per image (prompt and settings in "
+                       "its text chunks) and OUT/grid.png with one row per prompt. An empty prompt samples "
+                       "unconditionally; a prompt longer than the model's text length is truncated with a warning.")
+    s.add_argument("--run", required=True, help="run directory holding tokenizer/ and generator/")
+    s.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
+    s.add_argument("--prompts-file", help="a text file with one prompt per line")
+    s.add_argument("--n", type=int, default=4, help="images per prompt")
+    s.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (1 = none)")
+    s.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
+    s.add_argument("--top-k", type=int, default=0, help="keep the k most likely codes (0 = all)")
+    s.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    s.add_argument("--seed", type=int, default=0, help="seed; the same seed and settings give the same images")
+    s.add_argument("--batch-size", type=int, default=32, help="images sampled together")
+    s.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    s.add_argument("--out", default="samples", help="output directory")
+    s.set_defaults(func=cmd_sample)
 
     e = sub.add_parser("eval-tokenizer", help="measure a trained tokenizer on held-out shapes",
                        description="Scene preservation, PSNR, codebook usage and speed on held-out images.")

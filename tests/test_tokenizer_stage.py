@@ -66,7 +66,7 @@ def test_cli_trains_evaluates_and_refuses_changed_config(tmp_path, capsys):
     assert main(["train-tokenizer", "--run", str(run), *_set_args(TINY)]) == 0
     tok = load_tokenizer(run / "tokenizer")
     assert tok.cfg.codebook_size == 32
-    assert (run / "metrics.jsonl").read_text().count("\n") == 6
+    assert (run / "metrics" / "tokenizer.jsonl").read_text().count("\n") == 6
     assert main(["eval-tokenizer", "--run", str(run), "--n", "20", "--out", str(tmp_path / "e.json")]) == 0
     report = json.loads((tmp_path / "e.json").read_text())
     assert report["images"] == 20 and 0 <= report["scene_preservation"] <= 1 and report["psnr"] > 0

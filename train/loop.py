@@ -103,6 +103,31 @@ class Task(Protocol):
         """How many examples the batch holds (for images/s)."""
 
 
+class EpochOrder:
+    """Which examples micro-batch (step, micro) holds: a pure function of its arguments.
+
+    The examples are read in epochs, each a fresh permutation of range(n) seeded by
+    (seed, epoch), so a resumed run sees exactly the batches an uninterrupted one would.
+    """
+
+    def __init__(self, n: int, seed: int, grad_accum: int = 1):
+        if n < 1:
+            raise TrainConfigError("the training set is empty")
+        self.n, self.seed, self.accum = n, seed, grad_accum
+        self._perm: dict[int, torch.Tensor] = {}  # the current epoch's permutation only
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perm:
+            g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+            self._perm = {epoch: torch.randperm(self.n, generator=g)}
+        return self._perm[epoch]
+
+    def indices(self, step: int, micro: int, batch_size: int) -> torch.Tensor:
+        """(batch_size,) long indices into the training set."""
+        start = (step * self.accum + micro) * batch_size  # the example's place in the whole run
+        return torch.stack([self._permutation(g // self.n)[g % self.n] for g in range(start, start + batch_size)])
+
+
 class LoopResult(NamedTuple):
     step: int  # steps completed
     resumed_from: int  # 0 when the run started fresh
@@ -194,8 +219,13 @@ def train_loop(
     run_dir: str | Path,
     on_step: Callable[[int], None] | None = None,
     desc: str = "train",
+    stage: str | None = None,
 ) -> LoopResult:
     """Train `task.model` for `cfg.steps` steps, resuming from `run_dir/state` if present.
+
+    With `stage` (several stages share a run directory) the checkpoints go to
+    `run_dir/state/<stage>/` and the log to `run_dir/metrics/<stage>.jsonl`;
+    without it, to `run_dir/state/` and `run_dir/metrics.jsonl`.
 
     `on_step(step)` is called after each completed optimizer step (after any
     checkpoint for that step is on disk); tests use it to interrupt a run.
@@ -203,7 +233,11 @@ def train_loop(
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    state_dir, metrics_path = run_dir / "state", run_dir / "metrics.jsonl"
+    if stage:
+        state_dir, metrics_path = run_dir / "state" / stage, run_dir / "metrics" / f"{stage}.jsonl"
+        metrics_path.parent.mkdir(exist_ok=True)
+    else:
+        state_dir, metrics_path = run_dir / "state", run_dir / "metrics.jsonl"
     device = resolve_device(cfg.device)
     model = task.model.to(device)
     model.train()

@@ -17,7 +17,7 @@ import torch
 
 from train.data import shapes
 from train.data.images import dataset_images
-from train.loop import LoopConfig, LossOutput, TrainConfigError, config_from_dict, train_loop
+from train.loop import EpochOrder, LoopConfig, LossOutput, TrainConfigError, config_from_dict, train_loop
 from vqtok import TokenizerLoss, VQConfig, VQTokenizer, images_to_tensor, save_tokenizer
 
 log = logging.getLogger(__name__)
@@ -116,23 +116,12 @@ class TokenizerTask:
         torch.manual_seed(cfg.loop.seed)  # model init is part of the run's identity
         self.model = _TrainModule(VQTokenizer(cfg.vq), TokenizerLoss(cfg.vq))
         self.images = images  # (N, H, W, 3) uint8
-        self.seed = cfg.loop.seed
-        self.accum = cfg.loop.grad_accum
-        self._perm: dict[int, torch.Tensor] = {}
-
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._perm:
-            self._perm = {epoch: torch.randperm(len(self.images), generator=torch.Generator().manual_seed(
-                self.seed * 100003 + epoch))}
-        return self._perm[epoch]
+        self.order = EpochOrder(len(images), cfg.loop.seed, cfg.loop.grad_accum)
 
     def batch(self, step: int, micro: int, batch_size: int) -> torch.Tensor:
-        # the k-th example overall; its epoch and place in that epoch's order
-        start = (step * self.accum + micro) * batch_size
-        n = len(self.images)
-        idx = [self._permutation(g // n)[g % n] for g in range(start, start + batch_size)]
+        idx = self.order.indices(step, micro, batch_size)  # (B,)
         device = next(self.model.parameters()).device
-        return images_to_tensor(self.images[torch.stack(idx)]).to(device)  # (B, 3, H, W) in [-1, 1]
+        return images_to_tensor(self.images[idx]).to(device)  # (B, 3, H, W) in [-1, 1]
 
     def loss(self, batch: torch.Tensor, step: int) -> LossOutput:
         out = self.model.loss_fn(self.model.tokenizer, batch, step)
@@ -177,7 +166,7 @@ def train_tokenizer(cfg: TokenizerStageConfig, run_dir: str | Path) -> Path:
     check_run_config(run_dir, cfg)
     images = training_images(cfg, progress=cfg.loop.progress)
     task = TokenizerTask(cfg, images)
-    result = train_loop(task, cfg.loop, run_dir, desc="tokenizer")
+    result = train_loop(task, cfg.loop, run_dir, desc="tokenizer", stage="tokenizer")
     log.info("tokenizer: %d steps in %.1fs (resumed from %d)", result.step, result.seconds, result.resumed_from)
     out = run_dir / "tokenizer"
     save_tokenizer(task.model.tokenizer.eval(), out)

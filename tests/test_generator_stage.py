@@ -1,0 +1,150 @@
+"""The generator stage end to end on tiny settings: pre-tokenizing, training, sampling, the demo, bad input."""
+
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ar_model import SequenceLayout, train_text_tokenizer
+from tessera.cli import main
+from train.data import shapes
+from train.generator_stage import GeneratorTask, preset_config
+from train.loop import TrainConfigError
+from train.pretokenize import check_manifest, load_codes, pretokenize, read_manifest
+from vqtok import VQConfig, VQTokenizer, load_tokenizer, save_tokenizer
+
+torch.set_num_threads(1)
+
+TOK = {
+    "vq.base_channels": 16, "vq.channel_mult": [1, 2, 2], "vq.latent_dim": 16, "vq.codebook_size": 32,
+    "vq.norm_groups": 4, "loop.steps": 4, "loop.batch_size": 8, "loop.log_every": 1, "loop.warmup_steps": 1,
+    "loop.device": "cpu", "data.train_images": 64,
+}
+GEN = {
+    "model.hidden_size": 32, "model.num_layers": 2, "model.num_heads": 2, "model.num_kv_heads": 1,
+    "model.intermediate_size": 64, "loop.steps": 4, "loop.batch_size": 8, "loop.log_every": 1,
+    "loop.warmup_steps": 1, "loop.ckpt_every": 2, "loop.device": "cpu", "data.train_images": 48,
+}
+
+
+def _set_args(d: dict, prefix: str = "") -> list[str]:
+    return [a for k, v in d.items() for a in ("--set", f"{prefix}{k}={json.dumps(v)}")]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A run with a tiny tokenizer and a tiny generator, trained through the CLI."""
+    path = tmp_path_factory.mktemp("gen") / "run"
+    assert main(["train-tokenizer", "--run", str(path), "--no-progress", *_set_args(TOK)]) == 0
+    assert main(["train", "--run", str(path), "--no-progress", *_set_args(GEN)]) == 0
+    return path
+
+
+def test_train_writes_codes_manifest_and_a_loadable_generator(run):
+    from transformers import AutoModelForCausalLM
+
+    manifest = read_manifest(run / "codes")
+    assert manifest.rows == 48 and manifest.skipped_empty_text == manifest.skipped_bad_image == 0
+    codes, text = load_codes(run / "codes")
+    assert codes.dtype == torch.int16 and codes.shape == (48, 64)
+    assert text.shape == (48, 32)
+    assert int(codes.min()) >= 0 and int(codes.max()) < 32
+    lines = [json.loads(x) for x in (run / "metrics" / "generator.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3, 4] and all(np.isfinite(x["loss"]) for x in lines)
+    model = AutoModelForCausalLM.from_pretrained(str(run / "generator"))
+    assert model.config.vocab_size == json.loads((run / "generator" / "tessera_layout.json").read_text())[
+        "token_ids"]["vocab_size"]
+
+
+def test_training_refuses_codes_from_another_tokenizer(run, tmp_path):
+    other = tmp_path / "other"
+    torch.manual_seed(1)
+    save_tokenizer(VQTokenizer(load_tokenizer(run / "tokenizer").cfg), other)  # same config, other weights
+    layout = SequenceLayout.from_dict(read_manifest(run / "codes").layout)
+    with pytest.raises(TrainConfigError, match="another tokenizer"):
+        check_manifest(read_manifest(run / "codes"), other, layout)
+    check_manifest(read_manifest(run / "codes"), run / "tokenizer", layout)  # and accepts its own
+
+
+def test_pretokenize_skips_empty_captions_and_bad_images_counting_them(tmp_path, caplog):
+    import datasets
+
+    cfg = VQConfig(resolution=32, base_channels=16, channel_mult=(1, 2, 2), latent_dim=16, codebook_size=32,
+                   norm_groups=4)
+    tok = VQTokenizer(cfg)
+    save_tokenizer(tok, tmp_path / "tok")
+    good = Image.fromarray(shapes.render(shapes.sample_scene(np.random.default_rng(0)), 32))
+    ds = datasets.Dataset.from_dict(
+        {"image": [good, good, Image.new("RGB", (32, 16)), good], "text": ["a red circle", "", "a cat", "x " * 60]},
+        features=datasets.Features({"image": datasets.Image(), "text": datasets.Value("string")}),
+    )
+    text_tok = train_text_tokenizer(["a red circle"], vocab_size=300)
+    layout = SequenceLayout.for_tokenizer(text_tok, codebook_size=32, grid=(8, 8), text_len=8)
+    m = pretokenize(ds, tok, tmp_path / "tok", text_tok, layout, tmp_path / "codes", progress=False)
+    assert (m.rows, m.skipped_empty_text, m.skipped_bad_image, m.truncated_text) == (2, 1, 1, 1)
+    assert "row 1 skipped: empty caption" in caplog.text and "row 2" in caplog.text
+    assert not (tmp_path / "codes.tmp").exists()
+
+
+def test_batches_are_a_function_of_the_step(run):
+    from train.generator_stage import GeneratorStageConfig
+    from ar_model import GeneratorConfig
+
+    cfg = preset_config("cpu").override(GEN)
+    codes, text = load_codes(run / "codes")
+    layout = SequenceLayout.from_dict(read_manifest(run / "codes").layout)
+    gcfg = cfg.generator_config(layout)
+    a = GeneratorTask(cfg, gcfg, codes, text)
+    b = GeneratorTask(cfg, gcfg, codes, text)
+    b.batch(0, 0, 8)  # a different history must not change batch (3, 0)
+    assert torch.equal(a.batch(3, 0, 8), b.batch(3, 0, 8))
+    assert not torch.equal(a.batch(3, 0, 8), a.batch(4, 0, 8))
+    # condition dropout: some rows' text is all [PAD] at p = 0.5, on average half
+    cfg_drop = cfg.override({"model.cond_dropout": 0.5})
+    t = GeneratorTask(cfg_drop, cfg_drop.generator_config(layout), codes, text)
+    ids = torch.cat([t.batch(s, 0, 8) for s in range(20)])
+    dropped = (ids[:, 1 : 1 + layout.text_len] == layout.pad_id).all(dim=1).float().mean()
+    assert 0.3 < float(dropped) < 0.7
+
+
+def test_sample_cli_handles_bad_prompts_and_is_reproducible(run, tmp_path, caplog):
+    long = "a red circle in the top left " * 10
+    args = ["sample", "--run", str(run), "--prompt", "a red circle in the top left", "--prompt", "",
+            "--prompt", long, "--prompt", "ein roter Kreis \u2764\ufe0f \u00e9\u00e8 \u4e2d\u6587", "--n", "2"]
+    assert main([*args, "--out", str(tmp_path / "a"), "--seed", "3"]) == 0
+    assert "empty prompt" in caplog.text and "truncated" in caplog.text
+    pngs = sorted(p.name for p in (tmp_path / "a").glob("*.png"))
+    assert len(pngs) == 9 and "grid.png" in pngs  # 4 prompts x 2 + the grid
+    assert main([*args, "--out", str(tmp_path / "b"), "--seed", "3"]) == 0
+    for name in pngs:
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "a" / name)), np.asarray(Image.open(tmp_path / "b" / name)))
+    info = Image.open(next((tmp_path / "a").glob("a-red-circle-in-the-top-left_000.png"))).text
+    assert info["prompt"] == "a red circle in the top left" and json.loads(info["tessera"])["seed"] == 3
+
+
+def test_sample_cli_errors_are_one_line(run, tmp_path, capsys):
+    assert main(["sample", "--run", str(tmp_path / "nowhere"), "--prompt", "x"]) == 2
+    assert "is not a trained run" in capsys.readouterr().err
+    assert main(["sample", "--run", str(run), "--prompt", "x", "--top-p", "0"]) == 2
+    assert "top_p" in capsys.readouterr().err
+    assert main(["train", "--run", str(tmp_path / "notok")]) == 2
+    assert "tokenizer" in capsys.readouterr().err
+
+
+def test_demo_runs_the_whole_pipeline(tmp_path):
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--no-progress", "--eval-images", "20", "--samples-per-prompt", "1",
+            *_set_args(TOK, "tokenizer."), *_set_args(GEN, "generator.")]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    cats = summary["faithfulness"]["categories"]
+    assert {c: v["n"] for c, v in cats.items()} == {"single_heldout": 18, "single_seen": 18, "two_object": 12}
+    assert summary["tokenizer"]["images"] == 20
+    for name in ("single_heldout", "single_seen", "two_object", "reconstructions"):
+        assert (out / "samples" / f"{name}.png").is_file()
+    assert "| single_heldout |" in (out / "summary.md").read_text()

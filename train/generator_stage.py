@@ -1,0 +1,223 @@
+"""The generator stage: text tokenizer, pre-tokenized codes, and the Llama generator trained on them.
+
+    run/tokenizer/            the VQ tokenizer (from `train_tokenizer`), required
+    run/codes/                pre-tokenized Arrow data (train.pretokenize), made once and reused
+    run/generator_stage.json  the stage config (a resumed run must keep it)
+    run/state/generator/      the shared loop's checkpoints (resume)
+    run/metrics/generator.jsonl  its log
+    run/generator/            the exported HF model directory + text tokenizer + layout
+
+The text tokenizer is a byte-level BPE trained on the run's captions (or a local
+HF tokenizer directory named by `data.text_tokenizer`); it is saved into
+`run/text_tokenizer/` before the codes are made, so a resumed run encodes text
+exactly as the first one did. Like the tokenizer stage, the presets are data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ar_model import (
+    GeneratorConfig,
+    SequenceLayout,
+    build_model,
+    condition_dropout,
+    load_text_tokenizer,
+    loss_targets,
+    save_generator,
+    train_text_tokenizer,
+)
+from ar_model.layout import build_sequences
+from train.data import shapes
+from train.loop import EpochOrder, LoopConfig, LossOutput, TrainConfigError, config_from_dict, train_loop
+from train.pretokenize import check_manifest, load_codes, pretokenize, read_manifest
+from train.tokenizer_stage import check_run_config
+from vqtok import load_tokenizer, read_tokenizer_config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GeneratorDataConfig:
+    source: str = "shapes"  # only the embedded shapes world for now (own data: issue 6)
+    train_images: int = 20000  # distinct scenes, one caption each
+    max_objects: int = shapes.MAX_OBJECTS
+    seed: int = 1  # scene / caption seed; 1, not the tokenizer stage's 0: other scenes, same world
+    text_len: int = 32  # text tokens per sequence; the longest shapes-world captions take ~26 with a small BPE
+    text_vocab: int = 512  # BPE vocabulary bound when the stage trains its own text tokenizer
+    text_tokenizer: str | None = None  # a local HF tokenizer directory to use instead of training one
+    encode_batch_size: int = 256  # images per tokenizer forward pass when pre-tokenizing
+
+    def __post_init__(self):
+        if self.source != "shapes":
+            raise TrainConfigError(f"data.source must be 'shapes' for now, got {self.source!r}")
+        for name in ("train_images", "text_len", "encode_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise TrainConfigError(f"data.{name} must be >= 1, got {getattr(self, name)!r}")
+
+
+@dataclass
+class GeneratorStageConfig:
+    # size names a preset of ar_model.SIZES; any other GeneratorConfig field overrides it
+    model: dict = field(default_factory=lambda: {"size": "tiny"})
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    data: GeneratorDataConfig = field(default_factory=GeneratorDataConfig)
+
+    def __post_init__(self):
+        if not isinstance(self.model, dict) or "size" not in self.model:
+            raise TrainConfigError(f"model must be a mapping with a 'size' key, got {self.model!r}")
+
+    def to_dict(self) -> dict:
+        return {"model": dict(self.model), "loop": self.loop.to_dict(), "data": asdict(self.data)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GeneratorStageConfig":
+        unknown = sorted(set(d) - {"model", "loop", "data"})
+        if unknown:
+            raise TrainConfigError(f"unknown generator-stage section {unknown[0]!r} (known: data, loop, model)")
+        return cls(
+            model=dict(d.get("model", {"size": "tiny"})),
+            loop=config_from_dict(LoopConfig, d.get("loop", {}), "loop"),
+            data=config_from_dict(GeneratorDataConfig, d.get("data", {}), "data"),
+        )
+
+    def override(self, assignments: dict[str, object]) -> "GeneratorStageConfig":
+        """A copy with dotted keys replaced, e.g. {"model.size": "S", "loop.lr": 1e-3}."""
+        d = self.to_dict()
+        for key, value in assignments.items():
+            section, _, name = key.partition(".")
+            if section not in d or not name:
+                raise TrainConfigError(f"--set key {key!r} must be section.key with section in data, loop, model")
+            d[section][name] = value
+        return GeneratorStageConfig.from_dict(d)
+
+    def generator_config(self, layout: SequenceLayout) -> GeneratorConfig:
+        opts = dict(self.model)
+        return GeneratorConfig.from_size(opts.pop("size"), layout, **opts)
+
+
+PRESETS: dict[str, dict] = {
+    # the tiny model (~1M parameters) on 8x8 codes: minutes on 2 CPU cores (the demo)
+    "cpu": {
+        "model": {"size": "tiny"},
+        "loop": {"steps": 2500, "batch_size": 64, "lr": 3e-3, "warmup_steps": 100, "weight_decay": 0.05,
+                 "betas": [0.9, 0.95], "min_lr_ratio": 0.05, "ckpt_every": 250, "log_every": 25},
+        "data": {"train_images": 20000},
+    },
+    # S (~28M) on one H100/H200
+    "gpu": {
+        "model": {"size": "S"},
+        "loop": {"steps": 20000, "batch_size": 256, "lr": 6e-4, "warmup_steps": 1000, "weight_decay": 0.05,
+                 "betas": [0.9, 0.95], "ema_decay": 0.999, "ckpt_every": 2000, "log_every": 50},
+        "data": {"train_images": 200000},
+    },
+}
+
+
+def preset_config(name: str) -> GeneratorStageConfig:
+    if name not in PRESETS:
+        raise TrainConfigError(f"unknown generator preset {name!r} (known: {', '.join(PRESETS)})")
+    return GeneratorStageConfig.from_dict(PRESETS[name])
+
+
+class GeneratorTask:
+    """The generator stage as a `train.loop.Task` over in-memory codes and text ids."""
+
+    def __init__(self, cfg: GeneratorStageConfig, gcfg: GeneratorConfig, codes: torch.Tensor, text_ids: torch.Tensor):
+        self.layout = gcfg.layout
+        self.model = build_model(gcfg, seed=cfg.loop.seed)
+        self.codes = codes.view(-1, *self.layout.grid)  # (N, h, w) int16
+        self.text_ids = text_ids  # (N, T) int32
+        self.cond_dropout = gcfg.cond_dropout
+        self.order = EpochOrder(len(codes), cfg.loop.seed, cfg.loop.grad_accum)
+        self.seed = cfg.loop.seed
+        self.accum = cfg.loop.grad_accum
+
+    def batch(self, step: int, micro: int, batch_size: int) -> torch.Tensor:
+        idx = self.order.indices(step, micro, batch_size)  # (B,)
+        # the dropped captions are a function of (seed, step, micro) too, like the example order
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + step) * 64 + micro)
+        text = condition_dropout(self.text_ids[idx].long(), self.cond_dropout, self.layout, generator=g)  # (B, T)
+        ids = build_sequences(text, self.codes[idx], self.layout)  # (B, seq_len)
+        return ids.to(next(self.model.parameters()).device)
+
+    def loss(self, batch: torch.Tensor, step: int) -> LossOutput:
+        out = self.model(input_ids=batch, labels=loss_targets(batch, self.layout))
+        return LossOutput(out.loss, {"loss": float(out.loss.detach())})
+
+    def items(self, batch: torch.Tensor) -> int:
+        return batch.shape[0]
+
+
+def training_rows(cfg: GeneratorStageConfig, resolution: int) -> Any:
+    """The stage's (image, text) rows as a `datasets.Dataset`, the path real data will take."""
+    return shapes.shapes_dataset(
+        cfg.data.train_images, resolution=resolution, split="train",
+        seed=cfg.data.seed, max_objects=cfg.data.max_objects,
+    )
+
+
+def prepare_text_tokenizer(cfg: GeneratorStageConfig, run_dir: Path, captions: list[str]) -> Any:
+    """The run's text tokenizer: made once (trained, or copied from data.text_tokenizer), then reloaded."""
+    path = run_dir / "text_tokenizer"
+    if not path.is_dir():
+        if cfg.data.text_tokenizer:
+            tok = load_text_tokenizer(cfg.data.text_tokenizer)
+        else:
+            tok = train_text_tokenizer(captions, vocab_size=cfg.data.text_vocab)
+        tmp = path.with_name(path.name + ".tmp")
+        tok.save_pretrained(str(tmp))
+        tmp.rename(path)
+    return load_text_tokenizer(path)
+
+
+def train_generator(cfg: GeneratorStageConfig, run_dir: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
+    """Train (or resume) the generator of `run_dir`; returns the exported generator directory.
+
+    The VQ tokenizer is `run_dir/tokenizer` unless `tokenizer_dir` names another.
+    """
+    run_dir = Path(run_dir)
+    tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir else run_dir / "tokenizer"
+    vq_cfg = read_tokenizer_config(tokenizer_dir)  # a clear error when it is missing or foreign
+    check_run_config(run_dir, cfg, name="generator_stage.json")
+
+    codes_dir = run_dir / "codes"
+    rows = None
+    if not (run_dir / "text_tokenizer").is_dir() or not codes_dir.is_dir():
+        rows = training_rows(cfg, vq_cfg.resolution)
+    text_tok = prepare_text_tokenizer(cfg, run_dir, rows["text"] if rows is not None else [])
+    layout = SequenceLayout.for_tokenizer(
+        text_tok, codebook_size=vq_cfg.num_codes, grid=(vq_cfg.grid_size, vq_cfg.grid_size), text_len=cfg.data.text_len
+    )
+    gcfg = cfg.generator_config(layout)
+    if not codes_dir.is_dir():
+        device = cfg.loop.device if cfg.loop.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        tokenizer = load_tokenizer(tokenizer_dir, device=device)
+        pretokenize(rows, tokenizer, tokenizer_dir, text_tok, layout, codes_dir,
+                    batch_size=cfg.data.encode_batch_size, progress=cfg.loop.progress)
+        del tokenizer
+    check_manifest(read_manifest(codes_dir), tokenizer_dir, layout)
+    codes, text_ids = load_codes(codes_dir)
+
+    task = GeneratorTask(cfg, gcfg, codes, text_ids)
+    log.info("generator: %s, %d parameters, %d training sequences of %d tokens", gcfg.size,
+             sum(p.numel() for p in task.model.parameters()), len(codes), layout.seq_len)
+    result = train_loop(task, cfg.loop, run_dir, desc="generator", stage="generator")
+    log.info("generator: %d steps in %.1fs (resumed from %d)", result.step, result.seconds, result.resumed_from)
+    return save_generator(task.model.eval(), gcfg, text_tok, run_dir / "generator")
+
+
+__all__ = [
+    "GeneratorDataConfig",
+    "GeneratorStageConfig",
+    "GeneratorTask",
+    "PRESETS",
+    "preset_config",
+    "train_generator",
+]
