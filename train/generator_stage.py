@@ -103,10 +103,11 @@ class GeneratorStageConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # the tiny model (~1M parameters) on 8x8 codes: minutes on 2 CPU cores (the demo)
+    # the tiny model (~1M parameters) on 8x8 codes: ~7 minutes on 2 CPU cores, what the demo's
+    # 15-minute budget leaves after the tokenizer; undertrained at that (docs/RESULTS.md)
     "cpu": {
         "model": {"size": "tiny"},
-        "loop": {"steps": 2500, "batch_size": 64, "lr": 3e-3, "warmup_steps": 100, "weight_decay": 0.05,
+        "loop": {"steps": 750, "batch_size": 64, "lr": 3e-3, "warmup_steps": 100, "weight_decay": 0.05,
                  "betas": [0.9, 0.95], "min_lr_ratio": 0.05, "ckpt_every": 250, "log_every": 25},
         "data": {"train_images": 20000},
     },
