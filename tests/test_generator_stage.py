@@ -92,9 +92,6 @@ def test_pretokenize_skips_empty_captions_and_bad_images_counting_them(tmp_path,
 
 
 def test_batches_are_a_function_of_the_step(run):
-    from train.generator_stage import GeneratorStageConfig
-    from ar_model import GeneratorConfig
-
     cfg = preset_config("cpu").override(GEN)
     codes, text = load_codes(run / "codes")
     layout = SequenceLayout.from_dict(read_manifest(run / "codes").layout)

@@ -15,7 +15,6 @@ exactly as the first one did. Like the tokenizer stage, the presets are data.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -138,7 +137,6 @@ class GeneratorTask:
         self.cond_dropout = gcfg.cond_dropout
         self.order = EpochOrder(len(codes), cfg.loop.seed, cfg.loop.grad_accum)
         self.seed = cfg.loop.seed
-        self.accum = cfg.loop.grad_accum
 
     def batch(self, step: int, micro: int, batch_size: int) -> torch.Tensor:
         idx = self.order.indices(step, micro, batch_size)  # (B,)
