@@ -34,7 +34,15 @@ from ar_model import (
 )
 from ar_model.layout import build_sequences
 from train.data import shapes
-from train.loop import EpochOrder, LoopConfig, LossOutput, TrainConfigError, config_from_dict, train_loop
+from train.loop import (
+    EpochOrder,
+    LoopConfig,
+    LossOutput,
+    TrainConfigError,
+    config_from_dict,
+    override_sections,
+    train_loop,
+)
 from train.pretokenize import check_manifest, load_codes, pretokenize, read_manifest
 from train.tokenizer_stage import check_run_config
 from vqtok import load_tokenizer, read_tokenizer_config
@@ -88,12 +96,7 @@ class GeneratorStageConfig:
 
     def override(self, assignments: dict[str, object]) -> "GeneratorStageConfig":
         """A copy with dotted keys replaced, e.g. {"model.size": "S", "loop.lr": 1e-3}."""
-        d = self.to_dict()
-        for key, value in assignments.items():
-            section, _, name = key.partition(".")
-            if section not in d or not name:
-                raise TrainConfigError(f"--set key {key!r} must be section.key with section in data, loop, model")
-            d[section][name] = value
+        d = override_sections(self.to_dict(), assignments, open_sections=("model",))
         return GeneratorStageConfig.from_dict(d)
 
     def generator_config(self, layout: SequenceLayout) -> GeneratorConfig:

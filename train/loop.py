@@ -46,6 +46,24 @@ def config_from_dict(cls, data: dict, what: str | None = None):
     return cls(**data)
 
 
+def override_sections(d: dict, assignments: dict[str, object], open_sections: tuple[str, ...] = ()) -> dict:
+    """Apply {"section.name": value} to a stage's dict of sections, naming any unknown key.
+
+    Sections in `open_sections` accept new names (their validation happens later,
+    e.g. the generator's `model` section is checked by GeneratorConfig).
+    """
+    for key, value in assignments.items():
+        section, _, name = key.partition(".")
+        if section not in d or not name:
+            raise TrainConfigError(
+                f"unknown setting {key!r}: use section.name with section in {', '.join(sorted(d))}"
+            )
+        if name not in d[section] and section not in open_sections:
+            raise TrainConfigError(f"unknown setting {key!r} (known in {section}: {', '.join(sorted(d[section]))})")
+        d[section][name] = value
+    return d
+
+
 @dataclass
 class LoopConfig:
     steps: int = 1000  # optimizer steps; the stage presets set this

@@ -17,7 +17,15 @@ import torch
 
 from train.data import shapes
 from train.data.images import dataset_images
-from train.loop import EpochOrder, LoopConfig, LossOutput, TrainConfigError, config_from_dict, train_loop
+from train.loop import (
+    EpochOrder,
+    LoopConfig,
+    LossOutput,
+    TrainConfigError,
+    config_from_dict,
+    override_sections,
+    train_loop,
+)
 from vqtok import TokenizerLoss, VQConfig, VQTokenizer, images_to_tensor, save_tokenizer
 
 log = logging.getLogger(__name__)
@@ -59,16 +67,7 @@ class TokenizerStageConfig:
 
     def override(self, assignments: dict[str, object]) -> "TokenizerStageConfig":
         """A copy with dotted keys replaced, e.g. {"vq.codebook_size": 256, "loop.lr": 1e-3}."""
-        d = self.to_dict()
-        for key, value in assignments.items():
-            section, _, name = key.partition(".")
-            if section not in d or not name:
-                raise TrainConfigError(f"unknown setting {key!r}: use section.name with section in data, loop, vq")
-            if name not in d[section]:
-                raise TrainConfigError(
-                    f"unknown setting {key!r} (known in {section}: {', '.join(sorted(d[section]))})"
-                )
-            d[section][name] = value
+        d = override_sections(self.to_dict(), assignments)
         return TokenizerStageConfig.from_dict(d)
 
 
