@@ -145,3 +145,6 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     for name in ("single_heldout", "single_seen", "two_object", "reconstructions"):
         assert (out / "samples" / f"{name}.png").is_file()
     assert "| single_heldout |" in (out / "summary.md").read_text()
+    # a second call on the same directory resumes every finished stage instead of refusing it
+    assert main(args) == 0
+    assert json.loads((out / "summary.json").read_text())["faithfulness"] == summary["faithfulness"]

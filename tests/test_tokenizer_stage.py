@@ -70,6 +70,9 @@ def test_cli_trains_evaluates_and_refuses_changed_config(tmp_path, capsys):
     assert main(["eval-tokenizer", "--run", str(run), "--n", "20", "--out", str(tmp_path / "e.json")]) == 0
     report = json.loads((tmp_path / "e.json").read_text())
     assert report["images"] == 20 and 0 <= report["scene_preservation"] <= 1 and report["psnr"] > 0
+    # the same config with more steps continues the run (the stored config is JSON: lists, not tuples)
+    assert main(["train-tokenizer", "--run", str(run), *_set_args({**TINY, "loop.steps": 7})]) == 0
+    assert (run / "metrics" / "tokenizer.jsonl").read_text().count("\n") == 7
     # resuming under another config is refused, naming what differs
     capsys.readouterr()
     assert main(["train-tokenizer", "--run", str(run), *_set_args({**TINY, "loop.lr": 0.5})]) == 2

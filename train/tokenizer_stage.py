@@ -144,7 +144,7 @@ def training_images(cfg: TokenizerStageConfig, progress: bool = True) -> torch.T
 def check_run_config(run_dir: Path, cfg: TokenizerStageConfig, name: str = "tokenizer_stage.json") -> None:
     """Record the config in a new run; refuse to resume a run started with another one."""
     path = run_dir / name
-    new = cfg.to_dict()
+    new = json.loads(json.dumps(cfg.to_dict()))  # as stored: tuples become lists, or every resume would differ
     if path.exists():
         old = json.loads(path.read_text())
         diff = [f"{s}.{k}" for s in new for k in new[s] if old.get(s, {}).get(k) != new[s][k]]
