@@ -13,6 +13,7 @@ vocabulary is laid out as
     text_vocab + 0 .. 3                     [BOS] [BOI] [EOI] [PAD] (our own ids, whatever the
                                             text tokenizer's specials are)
     [image_offset, image_offset + K)        image code k -> image_offset + k
+    image_offset + K + r, r < h             [ROW r], only with row_tokens
 
 Text is left-aligned and padded with our [PAD] to the fixed length T. The model
 *does* attend to the padding (no attention mask): the text block has a fixed
@@ -21,6 +22,18 @@ KV cache needs no per-row bookkeeping, and [PAD] simply learns an embedding.
 No loss is ever taken on the text, so the padding costs nothing but compute.
 The unconditional (dropped-condition) text for classifier-free guidance is all
 [PAD] -- the same form as an empty prompt.
+
+Row tokens (`row_tokens=True`): each row of codes is preceded by its own
+[ROW r] token,
+
+    [BOI] [ROW 0] codes of row 0 [ROW 1] codes of row 1 ... [EOI]
+
+Llama's rotary positions are relative, so a plain raster of codes leaves a small
+model to work out *where* in the image it is by counting; with row tokens the row
+is the identity of the last [ROW r] it saw and the column its distance from it
+(docs/RESULTS.md measures what that is worth on the shapes world). The row tokens are fixed, never sampled and never
+scored; they cost h extra positions. (Lumina-mGPT and Chameleon mark image rows
+with an end-of-line token for the same reason; one id per row is our variant.)
 """
 
 from __future__ import annotations
@@ -46,6 +59,7 @@ class SequenceLayout:
     text_vocab: int  # len(text_tokenizer): ids [0, text_vocab) are text (len(), not .vocab_size: added tokens count)
     codebook_size: int  # image codes K of the VQ tokenizer (its num_codes)
     grid: tuple[int, int]  # (h, w) of the code grid; h * w image tokens per sequence
+    row_tokens: bool = False  # a [ROW r] token before each row of codes (see the module docstring)
 
     def __post_init__(self) -> None:
         if isinstance(self.grid, list):  # JSON brings lists back; the layout keeps a tuple
@@ -63,6 +77,8 @@ class SequenceLayout:
         ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in g)
         if not ok:
             raise ConfigError(f"SequenceLayout.grid must be two integers [h, w] >= 1, got {g!r}")
+        if not isinstance(self.row_tokens, bool):
+            raise ConfigError(f"SequenceLayout.row_tokens must be true or false, got {self.row_tokens!r}")
 
     # ------------------------------------------------------------- derived ids
     @property
@@ -86,10 +102,14 @@ class SequenceLayout:
         """Token id of image code 0."""
         return self.text_vocab + NUM_SPECIALS
 
+    def row_id(self, row: int) -> int:
+        """Token id of [ROW row] (only meaningful with row_tokens)."""
+        return self.image_offset + self.codebook_size + row
+
     @property
     def vocab_size(self) -> int:
         """Size of the joint vocabulary (the model's embedding / output rows)."""
-        return self.image_offset + self.codebook_size
+        return self.image_offset + self.codebook_size + (self.grid[0] if self.row_tokens else 0)
 
     # ------------------------------------------------------------ derived sizes
     @property
@@ -105,14 +125,26 @@ class SequenceLayout:
         return self.grid[0] * self.grid[1]
 
     @property
+    def image_len(self) -> int:
+        """Positions of the image block between [BOI] and [EOI]: the codes, plus the row tokens if any."""
+        return self.num_image_tokens + (self.grid[0] if self.row_tokens else 0)
+
+    @property
     def prefix_len(self) -> int:
         """Length of `[BOS] text [BOI]`, the prompt the sampler prefills; also the first image position."""
         return 1 + self.text_len + 1
 
     @property
     def seq_len(self) -> int:
-        """Full training sequence: [BOS] text [BOI] codes [EOI]."""
-        return 1 + self.text_len + 1 + self.num_image_tokens + 1
+        """Full training sequence: [BOS] text [BOI] image block [EOI]."""
+        return self.prefix_len + self.image_len + 1
+
+    def code_positions(self) -> torch.Tensor:
+        """Sequence positions of the h * w codes, in raster order: (N,) long."""
+        n = torch.arange(self.num_image_tokens)
+        if self.row_tokens:  # row r's codes follow its [ROW r]: one extra position per row before them
+            n = n + n // self.grid[1] + 1
+        return self.prefix_len + n
 
     def token_ids(self) -> dict[str, int]:
         """The derived ids, for humans reading a checkpoint's json (never read back)."""
@@ -122,6 +154,7 @@ class SequenceLayout:
             "eoi": self.eoi_id,
             "pad": self.pad_id,
             "image_offset": self.image_offset,
+            **({"row_offset": self.row_id(0)} if self.row_tokens else {}),
             "vocab_size": self.vocab_size,
             "seq_len": self.seq_len,
         }
@@ -135,7 +168,7 @@ class SequenceLayout:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "SequenceLayout":
-        """Inverse of `to_dict`; every field is required, unknown keys are refused."""
+        """Inverse of `to_dict`; every field but row_tokens is required, unknown keys are refused."""
         if not isinstance(d, Mapping):
             raise ConfigError(f"a SequenceLayout must be a mapping of settings, got {type(d).__name__}")
         known = [f.name for f in dataclasses.fields(cls)]
@@ -143,14 +176,17 @@ class SequenceLayout:
             if key not in known:
                 raise ConfigError(f"unknown SequenceLayout key {key!r} (known: {', '.join(known)})")
         for key in known:
-            if key not in d:
+            if key not in d and key != "row_tokens":  # layouts saved before row tokens existed have none
                 raise ConfigError(f"SequenceLayout key {key!r} is missing (required: {', '.join(known)})")
         return cls(**dict(d))
 
     @classmethod
-    def for_tokenizer(cls, tokenizer: Any, codebook_size: int, grid: Sequence[int], text_len: int = 24) -> "SequenceLayout":
+    def for_tokenizer(
+        cls, tokenizer: Any, codebook_size: int, grid: Sequence[int], text_len: int = 24, row_tokens: bool = False
+    ) -> "SequenceLayout":
         """The layout for a text tokenizer (text_vocab = len(tokenizer)) and a VQ codebook / grid."""
-        return cls(text_len=text_len, text_vocab=len(tokenizer), codebook_size=codebook_size, grid=tuple(grid))
+        return cls(text_len=text_len, text_vocab=len(tokenizer), codebook_size=codebook_size, grid=tuple(grid),
+                   row_tokens=row_tokens)
 
 
 @dataclass
@@ -218,7 +254,10 @@ def build_prefix(text_ids: torch.Tensor, layout: SequenceLayout) -> torch.Tensor
 
 
 def build_sequences(text_ids: torch.Tensor, codes: torch.Tensor, layout: SequenceLayout) -> torch.Tensor:
-    """`[BOS] text [BOI] codes [EOI]`: text (B, T) + codes (B, h, w) -> input_ids (B, seq_len) long."""
+    """`[BOS] text [BOI] codes [EOI]`: text (B, T) + codes (B, h, w) -> input_ids (B, seq_len) long.
+
+    With row tokens the image block is `[ROW 0] row 0 [ROW 1] row 1 ...`.
+    """
     if codes.dim() != 3 or tuple(codes.shape[1:]) != layout.grid:
         raise ConfigError(f"codes must have shape (B, {layout.grid_h}, {layout.grid_w}), got {tuple(codes.shape)}")
     if codes.shape[0] != text_ids.shape[0]:
@@ -227,13 +266,19 @@ def build_sequences(text_ids: torch.Tensor, codes: torch.Tensor, layout: Sequenc
     if codes.numel() and bool(((codes < 0) | (codes >= layout.codebook_size)).any()):
         raise ConfigError(f"codes must lie in [0, {layout.codebook_size}), got min {int(codes.min())} max {int(codes.max())}")
     prefix = build_prefix(text_ids, layout)  # (B, 1 + T + 1)
-    image = rearrange(codes, "b h w -> b (h w)") + layout.image_offset  # (B, N) raster order
+    image = codes + layout.image_offset  # (B, h, w)
+    if layout.row_tokens:
+        rows = torch.arange(layout.grid_h, device=codes.device) + layout.row_id(0)  # (h,)
+        image = torch.cat([rows.view(1, -1, 1).expand(codes.shape[0], -1, 1), image], dim=2)  # (B, h, 1 + w)
+    image = rearrange(image, "b h w -> b (h w)")  # (B, image_len) raster order
     eoi = torch.full((codes.shape[0], 1), layout.eoi_id, dtype=torch.long, device=codes.device)
     return torch.cat([prefix, image.to(prefix.device), eoi.to(prefix.device)], dim=1)  # (B, seq_len)
 
 
 def loss_targets(input_ids: torch.Tensor, layout: SequenceLayout) -> torch.Tensor:
-    """Labels for `model(input_ids, labels=...)`: the image tokens and [EOI]; IGNORE_INDEX elsewhere.
+    """Labels for `model(input_ids, labels=...)`: the image codes and [EOI]; IGNORE_INDEX elsewhere.
+
+    Row tokens are fixed by the layout, so they are not scored either.
 
     HF convention: labels are aligned with input_ids and the model shifts them, so
     the logits at [BOI] are scored against the first image code, and so on.
@@ -242,6 +287,9 @@ def loss_targets(input_ids: torch.Tensor, layout: SequenceLayout) -> torch.Tenso
         raise ConfigError(f"input_ids must have shape (B, {layout.seq_len}), got {tuple(input_ids.shape)}")
     labels = input_ids.clone()
     labels[:, : layout.prefix_len] = IGNORE_INDEX  # [BOS] text [BOI]: conditioning, never predicted
+    if layout.row_tokens:
+        rows = layout.prefix_len + torch.arange(layout.grid_h) * (layout.grid_w + 1)  # positions of [ROW r]
+        labels[:, rows.to(labels.device)] = IGNORE_INDEX
     return labels  # (B, seq_len)
 
 
@@ -258,8 +306,8 @@ def codes_from_tokens(tokens: torch.Tensor, layout: SequenceLayout) -> torch.Ten
 
 
 def image_tokens(input_ids: torch.Tensor, layout: SequenceLayout) -> torch.Tensor:
-    """The image part (B, h*w) of full sequences (B, seq_len) or of sequences cut after the last code."""
-    return input_ids[:, layout.prefix_len : layout.prefix_len + layout.num_image_tokens]
+    """The image codes' tokens (B, h*w) of full sequences (B, seq_len) or of sequences cut after the last code."""
+    return input_ids[:, layout.code_positions().to(input_ids.device)]
 
 
 def _check_text(text_ids: torch.Tensor, layout: SequenceLayout) -> None:

@@ -10,7 +10,7 @@ conditional, rows [B, 2B) unconditional -- and are mixed on the logits:
 Both halves are fed the same sampled token at every step. With `cfg_scale == 1`
 the mix equals the conditional logits, so the unconditional half is skipped.
 Logits are restricted to the image vocabulary before any filtering, so a sample
-is always a valid code, and sampling draws from a `torch.Generator` seeded by
+is always a valid code; a layout's row tokens are fed, never sampled, and sampling draws from a `torch.Generator` seeded by
 `SampleConfig.seed`: the same seed gives the same codes whatever the global RNG.
 """
 
@@ -130,7 +130,8 @@ def prefill(model: Any, input_ids: torch.Tensor, cache: Any | None) -> torch.Ten
 
 
 def decode_one_token(model: Any, token: torch.Tensor, cache: Any) -> torch.Tensor:
-    """Feed one new token per row (B', 1) through the KV cache; returns its logits (B', V)."""
+    """Feed the new token(s) of each row (B', 1) -- or (B', 2): a code and a [ROW r] -- through the KV
+    cache; returns the last one's logits (B', V)."""
     out = model(input_ids=token, past_key_values=cache, use_cache=True)  # positions continue from the cache length
     return out.logits[:, -1]  # (B', V)
 
@@ -167,6 +168,8 @@ def _generate(model: Any, layout: SequenceLayout, text_ids: torch.Tensor, sc: Sa
     if guided:
         text_ids = torch.cat([text_ids, unconditional_text(b, layout, device=device)], dim=0)  # (2B, T)
     seq = build_prefix(text_ids, layout)  # (B', 1 + T + 1): [BOS] text [BOI]
+    if layout.row_tokens:
+        seq = torch.cat([seq, _row_token(layout, 0, seq.shape[0], device)], dim=1)  # ... [BOI] [ROW 0]
     generator = torch.Generator(device=device)
     if sc.seed is None:
         generator.seed()  # nondeterministic, still independent of the global RNG
@@ -184,12 +187,18 @@ def _generate(model: Any, layout: SequenceLayout, text_ids: torch.Tensor, sc: Sa
         token = codes[:, i : i + 1] + layout.image_offset  # (B, 1) joint-vocabulary id
         if guided:
             token = torch.cat([token, token], dim=0)  # (2B, 1): both halves continue with the same code
+        if layout.row_tokens and (i + 1) % layout.grid_w == 0:  # a row is done: [ROW r] comes next, fixed
+            token = torch.cat([token, _row_token(layout, (i + 1) // layout.grid_w, token.shape[0], device)], dim=1)
         if cache is not None:
             logits = decode_one_token(model, token, cache)
         else:  # slow reference: recompute the whole sequence so far
-            seq = torch.cat([seq, token], dim=1)  # (B', P + i + 1)
+            seq = torch.cat([seq, token], dim=1)  # (B', P + everything fed so far)
             logits = prefill(model, seq, None)
     return rearrange(codes, "b (h w) -> b h w", h=layout.grid_h, w=layout.grid_w)  # (B, h, w)
+
+
+def _row_token(layout: SequenceLayout, row: int, batch: int, device: torch.device) -> torch.Tensor:
+    return torch.full((batch, 1), layout.row_id(row), dtype=torch.long, device=device)  # (B', 1)
 
 
 __all__ = [

@@ -6,6 +6,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # nothing is ever downloaded; a stray hub id
 
 import ast
 import itertools
+import dataclasses
 import json
 from pathlib import Path
 
@@ -74,6 +75,11 @@ def tok():
 def layout(tok):
     # a non-square grid catches any h / w mix-up between the sequence and the grid
     return SequenceLayout.for_tokenizer(tok, codebook_size=32, grid=(3, 4), text_len=10)
+
+
+@pytest.fixture(scope="module")
+def row_layout(layout):
+    return dataclasses.replace(layout, row_tokens=True)
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +188,33 @@ def test_sequences_targets_and_codes_round_trip(tok, layout):
         build_sequences(text, codes.transpose(1, 2), layout)
 
 
+def test_row_tokens_frame_each_row_and_are_never_scored(tok, layout, row_layout):
+    h, w = row_layout.grid
+    assert row_layout.vocab_size == layout.vocab_size + h and row_layout.seq_len == layout.seq_len + h
+    assert [row_layout.row_id(r) for r in range(h)] == list(range(layout.vocab_size, layout.vocab_size + h))
+    codes = torch.randint(0, layout.codebook_size, (2, h, w), generator=torch.Generator().manual_seed(0))
+    text = _text(tok, layout, ["a red circle", ""])
+    ids = build_sequences(text, codes, row_layout)
+    plain = build_sequences(text, codes, layout)
+    p = row_layout.prefix_len
+    assert torch.equal(ids[:, :p], plain[:, :p]) and (ids[:, -1] == layout.eoi_id).all()
+    for r in range(h):  # [ROW r] then the w codes of row r
+        start = p + r * (w + 1)
+        assert (ids[:, start] == row_layout.row_id(r)).all()
+        assert torch.equal(ids[:, start + 1 : start + 1 + w], codes[:, r].long() + layout.image_offset)
+    assert torch.equal(codes_from_tokens(image_tokens(ids, row_layout), row_layout), codes)
+    labels = loss_targets(ids, row_layout)
+    scored = labels != IGNORE_INDEX
+    assert int(scored.sum(dim=1).max()) == h * w + 1  # the codes and [EOI], not the row tokens
+    assert torch.equal(labels[scored], ids[scored])
+    # a layout saved before row tokens existed still loads (as a plain raster)
+    d = layout.to_dict()
+    del d["row_tokens"]
+    assert SequenceLayout.from_dict(d) == layout
+    with pytest.raises(ConfigError, match="row_tokens"):
+        dataclasses.replace(layout, row_tokens="yes")
+
+
 def test_condition_dropout(tok, layout):
     text = _text(tok, layout, ["a red circle"] * 64)
     assert torch.equal(condition_dropout(text, 0.0, layout), text)
@@ -254,6 +287,28 @@ def test_kv_cache_decoding_equals_full_recomputation(tok, layout, model64, cfg_s
     assert torch.equal(generate(model64, layout, text, greedy), generate(model64, layout, text, greedy.replace(use_cache=False)))
     sampled = SampleConfig(cfg_scale=cfg_scale, temperature=1.3, top_k=20, top_p=0.95, seed=5)
     assert torch.equal(generate(model64, layout, text, sampled), generate(model64, layout, text, sampled.replace(use_cache=False)))
+
+
+def test_row_token_sampling_agrees_with_training_sequences(tok, row_layout):
+    """The sampler feeds [ROW r] where build_sequences puts it: greedy codes, fed back as a training
+    sequence, are the argmax at every code position; and the cache equals full recomputation."""
+    model = build_model(GeneratorConfig(row_layout), seed=0).double().eval()
+    text = _text(tok, row_layout, ["a red circle above a blue square", ""])
+    greedy = SampleConfig.greedy(cfg_scale=2.0)
+    codes = generate(model, row_layout, text, greedy)
+    assert torch.equal(codes, generate(model, row_layout, text, greedy.replace(use_cache=False)))
+    sampled = SampleConfig(cfg_scale=2.0, temperature=1.3, top_k=20, seed=5)
+    assert torch.equal(generate(model, row_layout, text, sampled),
+                       generate(model, row_layout, text, sampled.replace(use_cache=False)))
+
+    ids = build_sequences(text, codes, row_layout)
+    both = torch.cat([text, unconditional_text(2, row_layout)])
+    with torch.no_grad():
+        logits = model(build_sequences(both, torch.cat([codes, codes]), row_layout)).logits
+    pos = row_layout.code_positions()
+    img = logits[:, pos - 1, row_layout.image_offset : row_layout.image_offset + row_layout.codebook_size]
+    cond, uncond = img.chunk(2)
+    assert torch.equal((uncond + (cond - uncond) * 2.0).argmax(-1), ids[:, pos] - row_layout.image_offset)
 
 
 def _count_rows(model):
@@ -342,7 +397,9 @@ def test_filters_and_greedy():
 
 
 # --------------------------------------------------------------------------- training signal
-def test_tiny_model_overfits_one_batch(tok, layout):
+@pytest.mark.parametrize("rows", [False, True])
+def test_tiny_model_overfits_one_batch(tok, layout, rows):
+    layout = dataclasses.replace(layout, row_tokens=rows)
     model = build_model(GeneratorConfig(layout), seed=0).train()
     codes = torch.randint(0, layout.codebook_size, (4, *layout.grid), generator=torch.Generator().manual_seed(1))
     ids = build_sequences(_text(tok, layout, ["a red circle", "a blue star", "two green squares", ""]), codes, layout)
