@@ -51,8 +51,9 @@ def test_train_writes_codes_manifest_and_a_loadable_generator(run):
     manifest = read_manifest(run / "codes")
     assert manifest.rows == 48 and manifest.skipped_empty_text == manifest.skipped_bad_image == 0
     codes, text = load_codes(run / "codes")
-    assert codes.dtype == torch.int16 and codes.shape == (48, 64)
-    assert text.shape == (48, 32)
+    grid = load_tokenizer(run / "tokenizer").cfg.grid_size
+    assert codes.dtype == torch.int16 and codes.shape == (48, grid * grid)
+    assert text.shape == (48, preset_config("cpu").data.text_len)
     assert int(codes.min()) >= 0 and int(codes.max()) < 32
     lines = [json.loads(x) for x in (run / "metrics" / "generator.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2, 3, 4] and all(np.isfinite(x["loss"]) for x in lines)
@@ -122,6 +123,12 @@ def test_sample_cli_handles_bad_prompts_and_is_reproducible(run, tmp_path, caplo
         assert np.array_equal(np.asarray(Image.open(tmp_path / "a" / name)), np.asarray(Image.open(tmp_path / "b" / name)))
     info = Image.open(next((tmp_path / "a").glob("a-red-circle-in-the-top-left_000.png"))).text
     assert info["prompt"] == "a red circle in the top left" and json.loads(info["tessera"])["seed"] == 3
+
+
+@pytest.mark.parametrize("key, value", [("data.captions", "some"), ("data.row_tokens", "yes"), ("data.text_len", 0)])
+def test_data_settings_are_checked_by_name(key, value):
+    with pytest.raises(TrainConfigError, match=key.split(".")[1]):
+        preset_config("cpu").override({key: value})
 
 
 def test_sample_cli_errors_are_one_line(run, tmp_path, capsys):

@@ -35,7 +35,7 @@ def recovered(scenes, images) -> float:
 # ---------------------------------------------------------------- parse
 
 
-@pytest.mark.parametrize("resolution", [32, 64])
+@pytest.mark.parametrize("resolution", [24, 32, 64])  # 24: the cpu tokenizer preset
 def test_parse_inverts_render_on_10000_scenes(resolution):
     scenes = S.sample_scenes(10_000, seed=123, split="all")
     wrong = [i for i, s in enumerate(scenes) if S.parse(S.render(s, resolution)) != s]
@@ -107,7 +107,7 @@ def test_parse_empty_image_and_input_types():
         S.parse(img.astype(np.float32))
 
 
-@pytest.mark.parametrize("resolution", [32, 64])
+@pytest.mark.parametrize("resolution", [24, 32, 64])  # 24: the cpu tokenizer preset
 def test_neighbours_keep_a_gap(resolution):
     """Large squares in adjacent cells, jittered towards each other, leave >= 2 px of background at 32 px."""
     j = S.JITTER
@@ -188,6 +188,22 @@ def test_describe_is_complete():
         assert S.describe(scene) in S.captions(scene)
 
 
+def test_complete_captions_name_every_object_colour_shape_and_cell():
+    obj = re.compile(r"an? (?:(?:small|large) )?(\w+) (circle|square|triangle) in the (center|\w+ \w+)$")
+    rng = np.random.default_rng(0)
+    for scene in S.sample_scenes(500, seed=8, split="all", max_objects=4):
+        want = sorted((o.colour, o.shape, (o.row, o.col)) for o in scene.objects)
+        caps = S.complete_captions(scene)
+        assert len(caps) == 2 and set(caps) <= set(S.captions(scene))
+        for cap in caps:
+            assert sorted((c, s, _CELL[w]) for c, s, w in (obj.match(p).groups() for p in re.split(r", | and ", cap))) == want
+        assert S.caption(scene, rng, "complete") in caps
+    with pytest.raises(ValueError, match="'some'"):
+        S.caption(scene, rng, "some")
+    ds = S.shapes_dataset(20, resolution=24, seed=3, captions="complete")
+    assert all(t in S.complete_captions(Scene.from_json(j)) for t, j in zip(ds["text"], ds["scene"]))
+
+
 _RELATIONS = {
     "above": lambda a, b: a.row < b.row,
     "below": lambda a, b: a.row > b.row,
@@ -217,7 +233,11 @@ def test_captions_are_true():
                 assert len(objs) == 2 and any(_RELATIONS[rel](x, y) for x in xs for y in ys if x is not y), cap
             if not cap.endswith(" objects"):  # every other caption mentions each object exactly once
                 plural = sum(_NUM[n] for n in re.findall(r"\b(\w+) \w+ (?:circle|square|triangle)s\b", cap))
-                assert len(re.findall(r"\b(?:circle|square|triangle)\b", cap)) + plural == len(objs), cap
+                assert len(re.findall(r"\b(?:circle|square|triangle|shape)\b", cap)) + plural == len(objs), cap
+            for colour, where in re.findall(r"an? (\w+) shape in the (center|\w+ \w+)", cap):
+                assert any((o.colour, (o.row, o.col)) == (colour, _CELL[where]) for o in objs), cap
+            for shape, where in re.findall(r"(?:^|, | and )an? (circle|square|triangle) in the (center|\w+ \w+)", cap):
+                assert any((o.shape, (o.row, o.col)) == (shape, _CELL[where]) for o in objs), cap
     assert relations > 500
 
 

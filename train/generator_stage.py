@@ -55,8 +55,10 @@ class GeneratorDataConfig:
     source: str = "shapes"  # only the embedded shapes world for now (own data: issue 6)
     train_images: int = 20000  # distinct scenes, one caption each
     max_objects: int = shapes.MAX_OBJECTS
+    captions: str = "all"  # phrasings drawn from: "all", or "complete" (each object's colour, shape, cell; shapes.CAPTION_SETS)
     seed: int = 1  # scene / caption seed; 1, not the tokenizer stage's 0: other scenes, same world
     text_len: int = 32  # text tokens per sequence; the longest shapes-world captions take ~26 with a small BPE
+    row_tokens: bool = False  # a [ROW r] token before each row of codes (ar_model.layout): tells the model where it is
     text_vocab: int = 512  # BPE vocabulary bound when the stage trains its own text tokenizer
     text_tokenizer: str | None = None  # a local HF tokenizer directory to use instead of training one
     encode_batch_size: int = 256  # images per tokenizer forward pass when pre-tokenizing
@@ -64,6 +66,10 @@ class GeneratorDataConfig:
     def __post_init__(self):
         if self.source != "shapes":
             raise TrainConfigError(f"data.source must be 'shapes' for now, got {self.source!r}")
+        if self.captions not in shapes.CAPTION_SETS:
+            raise TrainConfigError(f"data.captions must be one of {', '.join(shapes.CAPTION_SETS)}, got {self.captions!r}")
+        if not isinstance(self.row_tokens, bool):
+            raise TrainConfigError(f"data.row_tokens must be true or false, got {self.row_tokens!r}")
         for name in ("train_images", "text_len", "encode_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise TrainConfigError(f"data.{name} must be >= 1, got {getattr(self, name)!r}")
@@ -161,7 +167,7 @@ def training_rows(cfg: GeneratorStageConfig, resolution: int) -> Any:
     """The stage's (image, text) rows as a `datasets.Dataset`, the path real data will take."""
     return shapes.shapes_dataset(
         cfg.data.train_images, resolution=resolution, split="train",
-        seed=cfg.data.seed, max_objects=cfg.data.max_objects,
+        seed=cfg.data.seed, max_objects=cfg.data.max_objects, captions=cfg.data.captions,
     )
 
 
@@ -195,7 +201,8 @@ def train_generator(cfg: GeneratorStageConfig, run_dir: str | Path, tokenizer_di
         rows = training_rows(cfg, vq_cfg.resolution)
     text_tok = prepare_text_tokenizer(cfg, run_dir, rows["text"] if rows is not None else [])
     layout = SequenceLayout.for_tokenizer(
-        text_tok, codebook_size=vq_cfg.num_codes, grid=(vq_cfg.grid_size, vq_cfg.grid_size), text_len=cfg.data.text_len
+        text_tok, codebook_size=vq_cfg.num_codes, grid=(vq_cfg.grid_size, vq_cfg.grid_size), text_len=cfg.data.text_len,
+        row_tokens=cfg.data.row_tokens,
     )
     gcfg = cfg.generator_config(layout)
     if not codes_dir.is_dir():

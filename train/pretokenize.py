@@ -177,7 +177,9 @@ def check_manifest(manifest: CodesManifest, tokenizer_dir: str | Path, layout: S
             f"the pre-tokenized codes were made by another tokenizer (sha256 {manifest.tokenizer_sha256[:12]}, "
             f"from {manifest.tokenizer_dir}) than {tokenizer_dir} (sha256 {sha[:12]}); pre-tokenize again"
         )
-    if manifest.layout != layout.to_dict():
+    # row tokens are added when sequences are built, not stored with the codes: they may differ
+    stored = {k: v for k, v in manifest.layout.items() if k != "row_tokens"}
+    if stored != {k: v for k, v in layout.to_dict().items() if k != "row_tokens"}:
         raise TrainConfigError(
             f"the pre-tokenized codes use layout {manifest.layout}, the generator {layout.to_dict()}; pre-tokenize again"
         )

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
@@ -419,6 +420,9 @@ def captions(scene: Scene) -> list[str]:
     Each mentions every object exactly once (but "three objects"), with more or less
     detail: grouped counts ("two green triangles and a red circle") are exact, and the
     relations (above / below / to the left of / to the right of) come with two-object scenes.
+    Two forms name only one attribute and the cell ("a red shape in the top left", "a circle
+    in the top left"): they tie the position words to the cell whatever the object, which is
+    what a model needs to place a (colour, shape) pair in a cell it never saw it in.
     """
     objs = scene.objects
     if not objs:
@@ -432,6 +436,8 @@ def captions(scene: Scene) -> list[str]:
         _join([_np(o, size=True) for o in objs]),
         _join([f"{_np(o)} {_where(o)}" for o in objs]),
         _join([f"{_np(o)} {_roughly(o)}" for o in objs]),
+        _join([f"{_a(o.colour)} shape {_where(o)}" for o in objs]),
+        _join([f"{_a(o.shape)} {_where(o)}" for o in objs]),
     ]
     if len(objs) >= 2:
         caps.append(f"{_NUMBERS[len(objs)]} objects")
@@ -445,9 +451,25 @@ def captions(scene: Scene) -> list[str]:
     return list(dict.fromkeys(caps))  # drop duplicates, keep order
 
 
-def caption(scene: Scene, rng: np.random.Generator) -> str:
-    """One phrasing from captions(scene), uniformly chosen by rng."""
-    caps = captions(scene)
+def complete_captions(scene: Scene) -> list[str]:
+    """The phrasings that give every object's colour, shape and cell: describe() and the same without sizes."""
+    if not scene.objects:
+        return ["nothing"]
+    return list(dict.fromkeys([describe(scene), _join([f"{_np(o)} {_where(o)}" for o in scene.objects])]))
+
+
+# Which phrasings a data set draws from. "complete" leaves out the ones that omit an attribute or
+# the cell: a caption such as "a red circle" (always shown somewhere but its held-out cell) or
+# "a red shape in the center" (never a circle) teaches a model the held-out split itself -- that
+# a pair never appears in its held-out cell -- which is what a compositional test must not see.
+CAPTION_SETS: dict[str, Callable[[Scene], list[str]]] = {"all": captions, "complete": complete_captions}
+
+
+def caption(scene: Scene, rng: np.random.Generator, which: str = "all") -> str:
+    """One phrasing from CAPTION_SETS[which](scene) (captions() or complete_captions()), uniformly chosen by rng."""
+    if which not in CAPTION_SETS:
+        raise ValueError(f"unknown caption set {which!r} (known: {', '.join(CAPTION_SETS)})")
+    caps = CAPTION_SETS[which](scene)
     return caps[int(rng.integers(len(caps)))]
 
 
@@ -455,9 +477,13 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
 
 
 def shapes_dataset(
-    n: int, resolution: int = 32, split: str = "train", seed: int = 0, max_objects: int = MAX_OBJECTS
+    n: int, resolution: int = 32, split: str = "train", seed: int = 0, max_objects: int = MAX_OBJECTS,
+    captions: str = "all",
 ) -> datasets.Dataset:
-    """A datasets.Dataset with columns image (PIL RGB), text, scene (JSON), n_objects; deterministic in seed."""
+    """A datasets.Dataset with columns image (PIL RGB), text, scene (JSON), n_objects; deterministic in seed.
+
+    `captions` names the phrasings the text column draws from (CAPTION_SETS: "all" or "complete").
+    """
     import datasets  # heavy import, only needed here
     from PIL import Image
 
@@ -474,7 +500,7 @@ def shapes_dataset(
     return datasets.Dataset.from_dict(
         {
             "image": [Image.fromarray(render(s, resolution), "RGB") for s in scenes],
-            "text": [caption(s, text_rng) for s in scenes],
+            "text": [caption(s, text_rng, captions) for s in scenes],
             "scene": [s.to_json() for s in scenes],
             "n_objects": [len(s.objects) for s in scenes],
         },
