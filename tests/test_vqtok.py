@@ -189,19 +189,20 @@ def test_codes_roundtrip_equals_forward(quantizer):
 def test_tiny_model_overfits_one_batch(quantizer):
     torch.manual_seed(0)
     cfg = tiny_config(quantizer)
+    assert cfg.recon_loss == "l2"  # compared below with the discrete path's squared error
     model, loss_fn, x = VQTokenizer(cfg), TokenizerLoss(cfg), squares()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     recon = []
-    for step in range(200):  # seeds 0-3 all end below 0.15x the first loss
+    for step in range(200):  # seeds 0-3, 1 or 2 threads: all end below 0.18x the first loss
         out = loss_fn(model, x, step)
         opt.zero_grad()
         out.loss.backward()
         opt.step()
-        recon.append(out.metrics["recon"])
+        recon.append(out.metrics["recon"])  # the config's recon loss: mean squared error
     assert recon[-1] < 0.3 * recon[0], (recon[0], recon[-1])
     model.eval()
-    with torch.no_grad():  # the discrete path, from stored codes, is as good
-        err = (model.decode(model.encode(x).codes) - x).abs().mean().item()
+    with torch.no_grad():  # the discrete path, from stored codes, is as good (same metric: MSE)
+        err = (model.decode(model.encode(x).codes) - x).pow(2).mean().item()
     assert err < 0.3 * recon[0], (recon[0], err)
 
 
