@@ -140,6 +140,10 @@ def cmd_sample(args) -> int:
 
 
 DEMO_SAMPLES = "samples"
+# Sampling defaults of `demo` and `sample`, from benchmarks/faithfulness_sweep.py on cpu-preset runs
+# (docs/RESULTS.md): light guidance and a low temperature; guidance 3 hurt these small models badly.
+DEMO_CFG = 1.5
+DEMO_TEMPERATURE = 0.5
 
 
 def _demo_overrides(items: list[str]) -> dict[str, dict[str, object]]:
@@ -267,8 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "--set generator.model.size=S")
     d.add_argument("--eval-images", type=int, default=1000, help="held-out images to measure the tokenizer on")
     d.add_argument("--samples-per-prompt", type=int, default=4, help="samples drawn for each demo prompt")
-    d.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (1 = none)")
-    d.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
+    d.add_argument("--cfg", type=float, default=DEMO_CFG, help="classifier-free guidance scale (1 = none)")
+    d.add_argument("--temperature", type=float, default=DEMO_TEMPERATURE, help="sampling temperature (0 = greedy)")
     d.add_argument("--top-k", type=int, default=0, help="keep the k most likely codes (0 = all)")
     d.add_argument("--seed", type=int, default=0, help="sampling seed")
     d.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
@@ -297,8 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
     s.add_argument("--prompts-file", help="a text file with one prompt per line")
     s.add_argument("--n", type=int, default=4, help="images per prompt")
-    s.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (1 = none)")
-    s.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
+    s.add_argument("--cfg", type=float, default=DEMO_CFG, help="classifier-free guidance scale (1 = none)")
+    s.add_argument("--temperature", type=float, default=DEMO_TEMPERATURE, help="sampling temperature (0 = greedy)")
     s.add_argument("--top-k", type=int, default=0, help="keep the k most likely codes (0 = all)")
     s.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
     s.add_argument("--seed", type=int, default=0, help="seed; the same seed and settings give the same images")

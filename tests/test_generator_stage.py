@@ -155,3 +155,21 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     # a second call on the same directory resumes every finished stage instead of refusing it
     assert main(args) == 0
     assert json.loads((out / "summary.json").read_text())["faithfulness"] == summary["faithfulness"]
+
+
+def test_faithfulness_sweep_benchmark_scores_each_setting(run, tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "faithfulness_sweep.py"
+    spec = importlib.util.spec_from_file_location("faithfulness_sweep", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "sweep.json"
+    assert bench.main(["--run", str(run), "--n", "1", "--setting", "1:0:0", "--setting", "2:1:5", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["cfg"], r["temperature"], r["top_k"]) for r in rows] == [(1.0, 0.0, 0), (2.0, 1.0, 5)]
+    assert all(0.0 <= r[c] <= 1.0 for r in rows for c in ("single_heldout", "single_seen", "two_object", "all"))
+    assert "| 2 | 1 | 5 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="CFG:TEMPERATURE:TOPK"):
+        bench.main(["--run", str(run), "--setting", "3"])
