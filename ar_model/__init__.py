@@ -8,7 +8,7 @@ tokenizers, safetensors and the standard library):
     cfg = GeneratorConfig.from_size("tiny", layout)
     model = build_model(cfg)
     ids = build_sequences(encode_text(tok, captions, layout).ids, codes, layout)
-    loss = model(input_ids=ids, labels=loss_targets(ids, layout)).loss
+    loss = image_loss(model, ids, layout)  # == model(input_ids=ids, labels=loss_targets(ids, layout)).loss
     codes = generate(model, layout, encode_text(tok, prompts, layout).ids, SampleConfig(cfg_scale=3.0))
     save_generator(model, cfg, tok, "runs/x/generator"); g = load_generator("runs/x/generator")
 """
@@ -23,8 +23,10 @@ from ar_model.layout import (
     codes_from_tokens,
     condition_dropout,
     encode_text,
+    image_loss,
     image_tokens,
     loss_targets,
+    scored_positions,
     unconditional_text,
 )
 from ar_model.model import (
@@ -71,6 +73,7 @@ __all__ = [
     "filter_logits",
     "generate",
     "guided_image_logits",
+    "image_loss",
     "image_tokens",
     "llama_config",
     "load_generator",
@@ -80,6 +83,7 @@ __all__ = [
     "prefill",
     "read_generator_config",
     "sample_from_logits",
+    "scored_positions",
     "save_generator",
     "train_text_tokenizer",
     "unconditional_text",

@@ -293,6 +293,26 @@ def loss_targets(input_ids: torch.Tensor, layout: SequenceLayout) -> torch.Tenso
     return labels  # (B, seq_len)
 
 
+def scored_positions(layout: SequenceLayout) -> torch.Tensor:
+    """Sequence positions whose token is scored: the codes and [EOI] (the row tokens are fixed): (N + 1,) long."""
+    return torch.cat([layout.code_positions(), torch.tensor([layout.seq_len - 1])])
+
+
+def image_loss(model: Any, input_ids: torch.Tensor, layout: SequenceLayout) -> torch.Tensor:
+    """Mean cross-entropy on the image codes and [EOI]: `model(ids, labels=loss_targets(ids, layout)).loss`.
+
+    The same number, but the LM head and the log-softmax run only at the positions that
+    predict a scored token (HF's `logits_to_keep` with a tensor of positions), not at the
+    text, [BOS] or row-token positions: a third of that work on the cpu preset's layout.
+    """
+    if input_ids.dim() != 2 or input_ids.shape[1] != layout.seq_len:
+        raise ConfigError(f"input_ids must have shape (B, {layout.seq_len}), got {tuple(input_ids.shape)}")
+    targets = scored_positions(layout).to(input_ids.device)
+    logits = model(input_ids=input_ids, logits_to_keep=targets - 1).logits  # (B, N + 1, V)
+    # float32 for the log-softmax, as HF's own causal-LM loss does under autocast
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), input_ids[:, targets].flatten())
+
+
 def codes_from_tokens(tokens: torch.Tensor, layout: SequenceLayout) -> torch.Tensor:
     """Image tokens (B, h*w) in the joint vocabulary -> codes (B, h, w) in [0, codebook_size)."""
     if tokens.dim() != 2 or tokens.shape[1] != layout.num_image_tokens:
@@ -333,5 +353,7 @@ __all__ = [
     "encode_text",
     "image_tokens",
     "loss_targets",
+    "image_loss",
+    "scored_positions",
     "unconditional_text",
 ]

@@ -4,8 +4,11 @@
 
 Times `--steps` optimizer steps (after 3 warm-up steps) of the tokenizer (cpu
 preset's VQConfig, batch 16) and of the tiny generator (batch 64, the cpu
-preset's sequence of 99 tokens) on random inputs, once in fp32 and once under
-bf16 autocast. This is how the presets' `precision` was chosen.
+preset's layout: 6x6 codes, row tokens, 18 text tokens) on random inputs, once in
+fp32 and once under bf16 autocast. This is how the presets' `precision` was
+chosen. The generator is timed twice: with the loss the stage trains with
+(`ar_model.image_loss`, logits only where a token is scored) and with HF's own
+`labels=` loss (logits everywhere).
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ def _time_steps(step, n: int, bf16: bool) -> float:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from ar_model import GeneratorConfig, SequenceLayout, build_model
+    from ar_model import GeneratorConfig, SequenceLayout, build_model, image_loss, loss_targets
+    from train.generator_stage import preset_config as generator_preset
     from train.tokenizer_stage import preset_config
     from vqtok import TokenizerLoss, VQTokenizer
 
@@ -54,19 +58,29 @@ def main(argv: list[str] | None = None) -> int:
         opt_t.zero_grad(set_to_none=True)
         return tok_loss(tok, images, 0).loss
 
-    layout = SequenceLayout(text_len=32, text_vocab=400, codebook_size=vq.num_codes, grid=(vq.grid_size,) * 2)
+    data = generator_preset("cpu").data
+    layout = SequenceLayout(text_len=data.text_len, text_vocab=400, codebook_size=vq.num_codes,
+                            grid=(vq.grid_size,) * 2, row_tokens=data.row_tokens)
     gen = build_model(GeneratorConfig.from_size("tiny", layout), seed=0)
     opt_g = torch.optim.AdamW(gen.parameters(), 1e-3)
     ids = torch.randint(0, layout.vocab_size, (64, layout.seq_len))
+    labels = loss_targets(ids, layout)
 
     def gen_step():
         opt_g.step()
         opt_g.zero_grad(set_to_none=True)
-        return gen(input_ids=ids, labels=ids).loss
+        return image_loss(gen, ids, layout)
+
+    def gen_step_hf():
+        opt_g.step()
+        opt_g.zero_grad(set_to_none=True)
+        return gen(input_ids=ids, labels=labels).loss
 
     print(f"{args.threads} threads, {args.steps} timed steps each")
     print("| model | batch | fp32 s/step | bf16 s/step | bf16 speed-up |\n|---|---:|---:|---:|---:|")
-    for name, step, batch in (("tokenizer (cpu preset)", tok_step, 16), ("generator tiny", gen_step, 64)):
+    rows = (("tokenizer (cpu preset)", tok_step, 16), ("generator tiny, image_loss", gen_step, 64),
+            ("generator tiny, HF labels loss", gen_step_hf, 64))
+    for name, step, batch in rows:
         fp32 = _time_steps(step, args.steps, False)
         bf16 = _time_steps(step, args.steps, True)
         print(f"| {name} | {batch} | {fp32:.3f} | {bf16:.3f} | {fp32 / bf16:.2f}x |", flush=True)

@@ -30,6 +30,7 @@ from ar_model import (
     encode_text,
     filter_logits,
     generate,
+    image_loss,
     image_tokens,
     llama_config,
     load_generator,
@@ -38,6 +39,7 @@ from ar_model import (
     param_count,
     sample_from_logits,
     save_generator,
+    scored_positions,
     train_text_tokenizer,
     unconditional_text,
 )
@@ -186,6 +188,20 @@ def test_sequences_targets_and_codes_round_trip(tok, layout):
         build_sequences(text, torch.full((3, *layout.grid), layout.codebook_size), layout)
     with pytest.raises(ConfigError, match="shape"):
         build_sequences(text, codes.transpose(1, 2), layout)
+
+
+@pytest.mark.parametrize("rows", [False, True])
+def test_image_loss_equals_the_hf_loss_on_the_scored_tokens(tok, layout, row_layout, rows):
+    lay = row_layout if rows else layout
+    model = build_model(GeneratorConfig.from_size("tiny", lay), seed=0)
+    codes = torch.randint(0, lay.codebook_size, (3, *lay.grid), generator=torch.Generator().manual_seed(1))
+    ids = build_sequences(_text(tok, lay, ["a red circle", "", "two blue squares"]), codes, lay)
+    ref = model(input_ids=ids, labels=loss_targets(ids, lay)).loss
+    fast = image_loss(model, ids, lay)
+    torch.testing.assert_close(fast, ref)
+    assert torch.equal(ids[:, scored_positions(lay)], ids[loss_targets(ids, lay) != IGNORE_INDEX].view(3, -1))
+    with pytest.raises(ConfigError, match="shape"):
+        image_loss(model, ids[:, :-1], lay)
 
 
 def test_row_tokens_frame_each_row_and_are_never_scored(tok, layout, row_layout):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from train.checkpoint import ResumeError, latest_checkpoint
-from train.loop import LoopConfig, LossOutput, TrainConfigError, config_from_dict, train_loop
+from train.loop import LoopConfig, LossOutput, TrainConfigError, config_from_dict, train_loop, uses_bf16
 
 
 class ToyTask:
@@ -114,3 +114,16 @@ def test_config_errors_name_the_key():
         LoopConfig(precision="fp8")
     with pytest.raises(TrainConfigError, match="batch_size"):
         LoopConfig(batch_size=0)
+
+
+@pytest.mark.parametrize("amx, avx512_bf16, expected", [(False, False, False), (True, False, True), (False, True, True)])
+def test_bf16_native_follows_the_cpu(monkeypatch, amx, avx512_bf16, expected):
+    # emulated bf16 on an AVX2 CPU made tokenizer steps 8x slower: bf16-native must fall back to fp32
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert uses_bf16(cpu, "bf16-native") is expected
+    assert uses_bf16(cuda, "bf16-native") and uses_bf16(cuda, "auto")
+    assert not uses_bf16(cpu, "auto") and not uses_bf16(cuda, "fp32")
+    assert uses_bf16(cpu, "bf16")
+    LoopConfig(precision="bf16-native")  # a valid value

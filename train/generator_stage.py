@@ -27,8 +27,8 @@ from ar_model import (
     SequenceLayout,
     build_model,
     condition_dropout,
+    image_loss,
     load_text_tokenizer,
-    loss_targets,
     save_generator,
     train_text_tokenizer,
 )
@@ -112,15 +112,16 @@ class GeneratorStageConfig:
 
 PRESETS: dict[str, dict] = {
     # the tiny model (~1M parameters) on the 6x6 codes of the cpu tokenizer, what the demo's
-    # 15-minute budget leaves after the tokenizer (~7 minutes on 2 CPU cores). Row tokens and
-    # complete captions are what make held-out compositions reachable at all (5% -> 44% with
-    # greedy decoding, docs/RESULTS.md); scenes of 1-2 objects keep captions within 20 tokens.
+    # 15-minute budget leaves after installing and the tokenizer (~7.5 minutes on 2 AVX2 cores:
+    # 1200 steps scored like 1500 did, docs/RESULTS.md). Row tokens and complete captions are
+    # what make held-out compositions reachable at all (5% -> 44% with greedy decoding);
+    # scenes of 1-2 objects keep captions within 17 BPE tokens, hence 18.
     "cpu": {
         "model": {"size": "tiny"},
-        "loop": {"steps": 1500, "batch_size": 64, "lr": 3e-3, "warmup_steps": 100, "weight_decay": 0.05,
+        "loop": {"steps": 1200, "batch_size": 64, "lr": 3e-3, "warmup_steps": 100, "weight_decay": 0.05,
                  "betas": [0.9, 0.95], "min_lr_ratio": 0.05, "ckpt_every": 250, "log_every": 25},
         "data": {"train_images": 20000, "max_objects": 2, "captions": "complete", "row_tokens": True,
-                 "text_len": 20},
+                 "text_len": 18},
     },
     # S (~28M) on one H100/H200 (not yet run on one): up to 3 objects, so 32 text tokens
     "gpu": {
@@ -159,8 +160,8 @@ class GeneratorTask:
         return ids.to(next(self.model.parameters()).device)
 
     def loss(self, batch: torch.Tensor, step: int) -> LossOutput:
-        out = self.model(input_ids=batch, labels=loss_targets(batch, self.layout))
-        return LossOutput(out.loss, {"loss": float(out.loss.detach())})
+        loss = image_loss(self.model, batch, self.layout)
+        return LossOutput(loss, {"loss": float(loss.detach())})
 
     def items(self, batch: torch.Tensor) -> int:
         return batch.shape[0]

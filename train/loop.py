@@ -13,6 +13,7 @@ reaches the same weights as an uninterrupted one (bitwise on the CPU).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, fields
@@ -30,6 +31,7 @@ from train.checkpoint import (
     set_rng_state,
 )
 
+logger = logging.getLogger(__name__)  # not `log`: train_loop names its metrics file that
 
 class TrainConfigError(ValueError):
     """A training option that does not exist or has a bad value."""
@@ -64,6 +66,9 @@ def override_sections(d: dict, assignments: dict[str, object], open_sections: tu
     return d
 
 
+PRECISIONS = ("auto", "bf16-native", "fp32", "bf16")
+
+
 @dataclass
 class LoopConfig:
     steps: int = 1000  # optimizer steps; the stage presets set this
@@ -81,7 +86,10 @@ class LoopConfig:
     keep_checkpoints: int = 2  # complete checkpoints kept in state/
     seed: int = 0  # seeds init, data order and every RNG
     device: str = "auto"  # auto = cuda when present, else cpu
-    precision: str = "auto"  # auto = bf16 autocast on cuda, fp32 on cpu; or fp32 / bf16
+    # auto = bf16 autocast on cuda, fp32 on cpu; bf16-native = bf16 on cuda and on CPUs with
+    # native bf16 (AMX / AVX512-BF16), fp32 on other CPUs (emulated bf16 was 8x slower on an
+    # AVX2 CPU, docs/RESULTS.md); or fp32 / bf16 everywhere
+    precision: str = "auto"
     progress: bool = True  # tqdm bar with loss and throughput
 
     def __post_init__(self):
@@ -93,8 +101,8 @@ class LoopConfig:
             raise TrainConfigError(f"lr must be > 0, got {self.lr!r}")
         if not 0 <= self.ema_decay < 1:
             raise TrainConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise TrainConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise TrainConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.device != "auto" and not self.device.startswith(("cpu", "cuda", "mps")):
             raise TrainConfigError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
 
@@ -216,9 +224,29 @@ class EMA(torch.nn.Module):
             named[n].copy_(self.params[n.replace(".", "__")])
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU does bf16 matmuls in hardware (AMX tiles or AVX512-BF16).
+
+    torch has no public query for this; its private `torch.cpu._is_*_supported` helpers are
+    read through getattr so a torch without them answers False (fp32, the safe choice).
+    """
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+def uses_bf16(device: torch.device, precision: str) -> bool:
+    """Whether `precision` means bf16 autocast on `device` (see LoopConfig.precision)."""
+    if precision == "bf16":
+        return True
+    if precision == "fp32" or device.type not in ("cuda", "cpu"):
+        return False
+    if device.type == "cuda":
+        return True  # auto and bf16-native
+    return precision == "bf16-native" and cpu_has_native_bf16()
+
+
 def _autocast(device: torch.device, precision: str):
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, precision))
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -259,6 +287,7 @@ def train_loop(
     device = resolve_device(cfg.device)
     model = task.model.to(device)
     model.train()
+    logger.info("%s on %s, %s", desc, device, "bf16 autocast" if uses_bf16(device, cfg.precision) else "fp32")
 
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
