@@ -33,6 +33,7 @@ from train.checkpoint import (
 
 logger = logging.getLogger(__name__)  # not `log`: train_loop names its metrics file that
 
+
 class TrainConfigError(ValueError):
     """A training option that does not exist or has a bad value."""
 
