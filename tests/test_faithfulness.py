@@ -82,7 +82,7 @@ def test_rendered_targets_score_100_percent(size):
     scenes = [Scene(tuple(dataclasses.replace(o, size=size) for o in p.target.objects)) for p in PROMPTS]
     verdicts = [F.score_image(S.render(s, RES), p) for s, p in zip(scenes, PROMPTS)]
     assert [v.reason for v in verdicts if not v.ok] == []
-    assert all(v == F.Verdict(True, "") for v in verdicts)
+    assert all(v == F.Verdict(True, "", ()) for v in verdicts)
 
 
 VIOLATIONS = ["recolour", "reshape", "move", "remove_all", "remove_one", "extra"]
@@ -102,7 +102,7 @@ def violate(p: F.PromptSpec, kind: str) -> tuple[Scene, str]:
     if kind == "move":
         row, col = free_cell(p.target)
         moved = dataclasses.replace(first, row=row, col=col)
-        return Scene((moved, *rest)), f"missing {want} at {at}; extra object {want} at ({row},{col})"
+        return Scene((moved, *rest)), f"wrong position: want {want} at {at}, got ({row},{col})"
     if kind == "remove_all":
         return Scene(()), f"missing {want} at {at}"
     if kind == "remove_one":
@@ -119,7 +119,7 @@ def test_each_violation_fails_with_its_reason(kind):
         v = F.score_image(S.render(scene, RES), p)
         assert not v.ok and v.reason.startswith(reason), (p.text, kind, v.reason)
         if kind in ("recolour", "reshape", "move", "remove_one", "extra"):  # the other object stays right
-            assert v.reason.count("; ") == (kind == "move"), v.reason
+            assert v.reason.count("; ") == 0, v.reason
     report = F.score_images([S.render(violate(p, kind)[0], RES) for p in PROMPTS], PROMPTS)
     assert report.correct == 0 and report.accuracy == 0.0
 
@@ -131,9 +131,12 @@ def test_reasons_name_what_was_found():
     square = F.score_image(S.render(Scene((Obj("square", "red", "small", 0, 2),)), RES), p)
     assert square.reason == "wrong shape at (0,2): want red circle, got square"
     both = F.score_image(S.render(Scene((Obj("square", "blue", "large", 0, 2),)), RES), p)
-    assert both.reason.startswith("wrong colour")  # the first that applies, once per object
+    assert both.reason == "wrong colour at (0,2): want red circle, got blue; wrong shape at (0,2): want red circle, got square"
+    assert both.failed == ("colour", "shape")
     blank = F.score_image(np.zeros((RES, RES, 3), np.uint8), p)
-    assert blank == F.Verdict(False, "missing red circle at (0,2)")
+    assert blank == F.Verdict(False, "missing red circle at (0,2)", ("count",))
+    far = F.score_image(S.render(Scene((Obj("square", "blue", "large", 2, 0),)), RES), p)  # nothing in common
+    assert far.reason == "missing red circle at (0,2); extra object blue square at (2,0)" and far.failed == ("count",)
 
 
 def test_jitter_and_higher_resolution_still_score():
@@ -154,11 +157,16 @@ def test_report_aggregates_a_handmade_mix():
               S.render(c.target, RES)]
     specs = [a, a, b, b, b, c, c]
     report = F.score_images(images, specs)
-    assert report.categories == {
-        F.SINGLE_HELDOUT: {"n": 2, "correct": 1, "accuracy": 0.5},
-        F.SINGLE_SEEN: {"n": 3, "correct": 2, "accuracy": pytest.approx(2 / 3)},
-        F.TWO_OBJECT: {"n": 2, "correct": 1, "accuracy": 0.5},
+    assert {c: (v["n"], v["correct"], v["accuracy"]) for c, v in report.categories.items()} == {
+        F.SINGLE_HELDOUT: (2, 1, 0.5),
+        F.SINGLE_SEEN: (3, 2, pytest.approx(2 / 3)),
+        F.TWO_OBJECT: (2, 1, 0.5),
     }
+    assert all(v["failed"] == {"count": 1} for v in report.categories.values())  # one blank image each
+    lo, hi = report.categories[F.SINGLE_SEEN]["ci95"]
+    assert 0.2 < lo < 2 / 3 < hi < 0.95  # Wilson interval of 2 / 3
+    assert report.constraints["count"] == {"n": 7, "held": 4, "rate": pytest.approx(4 / 7)}
+    assert report.constraints["colour"]["held"] == 7  # blank images fail on count alone
     assert (report.n, report.correct, report.accuracy) == (7, 4, pytest.approx(4 / 7))
     assert [(f["prompt"], f["sample"]) for f in report.failures] == [(a.text, 1), (b.text, 2), (c.text, 0)]
     assert all(f["reason"].startswith("missing") for f in report.failures)
@@ -172,6 +180,7 @@ def test_report_aggregates_a_handmade_mix():
     for name in (*F.CATEGORIES, "all"):
         assert f"| {name} |" in md
     assert "| single_seen | 3 | 2 | 66.7% |" in md and "| all | 7 | 4 | 57.1% |" in md
+    assert "| count | 7 | 4 | 57.1% |" in report.constraints_markdown()
 
 
 def test_failures_are_capped_but_counted():
@@ -189,3 +198,10 @@ def test_misaligned_inputs_raise():
         F.score_images([blank], PROMPTS[:1], sample_index=[0, 1])
     empty = F.score_images([], [])
     assert (empty.n, empty.accuracy, empty.categories) == (0, 0.0, {})
+
+
+def test_wilson_interval_known_values():
+    assert F.wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert F.wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert F.wilson(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    assert F.wilson(0, 0) == (0.0, 1.0)

@@ -382,36 +382,55 @@ def parse(image) -> Scene:
 # ---------------------------------------------------------------- captions
 
 
-def _a(word: str) -> str:
+def with_article(word: str) -> str:
     return ("an " if word[0] in "aeiou" else "a ") + word
 
 
-def _np(o: Obj, size: bool = False) -> str:
+def noun_phrase(o: Obj, size: bool = False) -> str:
     """'a red circle' / 'a large red circle'."""
-    return _a(f"{o.size} {o.colour} {o.shape}" if size else f"{o.colour} {o.shape}")
+    return with_article(f"{o.size} {o.colour} {o.shape}" if size else f"{o.colour} {o.shape}")
 
 
-def _where(o: Obj) -> str:
+def cell_phrase(o: Obj) -> str:
     """The exact cell: 'in the top left', 'in the center', 'in the middle right'."""
     return "in the center" if (o.row, o.col) == (1, 1) else f"in the {_ROWS[o.row]} {_COLS[o.col]}"
 
 
-def _roughly(o: Obj) -> str:
+def rough_phrase(o: Obj) -> str:
     """A true but coarser position: 'at the top', 'on the left', else 'in the center'."""
     if o.row != 1:
         return f"at the {_ROWS[o.row]}"
     return f"on the {_COLS[o.col]}" if o.col != 1 else "in the center"
 
 
-def _join(parts: list[str]) -> str:
+def join_phrases(parts: list[str]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def count_phrase(n: int, colour: str, shape: str) -> str:
+    """'a green triangle' / 'two green triangles'."""
+    return with_article(f"{colour} {shape}") if n == 1 else f"{_NUMBERS[n]} {colour} {shape}s"
+
+
+# Relations between two objects' cells, as captions() phrases them; each holds(a, b) on (row, col)
+RELATIONS: dict[str, tuple[str, Callable[[Obj, Obj], bool]]] = {
+    "above": ("above", lambda a, b: a.row < b.row),
+    "below": ("below", lambda a, b: a.row > b.row),
+    "left_of": ("to the left of", lambda a, b: a.col < b.col),
+    "right_of": ("to the right of", lambda a, b: a.col > b.col),
+}
+
+
+def relation_phrase(a: Obj, relation: str, b: Obj) -> str:
+    """'a red circle above a blue square' (relation: a key of RELATIONS)."""
+    return f"{noun_phrase(a)} {RELATIONS[relation][0]} {noun_phrase(b)}"
 
 
 def describe(scene: Scene) -> str:
     """Canonical complete caption: every object's size, colour, shape and cell, in (row, col) order."""
     if not scene.objects:
         return "nothing"
-    return _join([f"{_np(o, size=True)} {_where(o)}" for o in scene.objects])
+    return join_phrases([f"{noun_phrase(o, size=True)} {cell_phrase(o)}" for o in scene.objects])
 
 
 def captions(scene: Scene) -> list[str]:
@@ -432,22 +451,22 @@ def captions(scene: Scene) -> list[str]:
         groups[(o.colour, o.shape)] = groups.get((o.colour, o.shape), 0) + 1
     caps = [
         describe(scene),
-        _join([_a(f"{c} {s}") if n == 1 else f"{_NUMBERS[n]} {c} {s}s" for (c, s), n in groups.items()]),
-        _join([_np(o, size=True) for o in objs]),
-        _join([f"{_np(o)} {_where(o)}" for o in objs]),
-        _join([f"{_np(o)} {_roughly(o)}" for o in objs]),
-        _join([f"{_a(o.colour)} shape {_where(o)}" for o in objs]),
-        _join([f"{_a(o.shape)} {_where(o)}" for o in objs]),
+        join_phrases([count_phrase(n, c, s) for (c, s), n in groups.items()]),
+        join_phrases([noun_phrase(o, size=True) for o in objs]),
+        join_phrases([f"{noun_phrase(o)} {cell_phrase(o)}" for o in objs]),
+        join_phrases([f"{noun_phrase(o)} {rough_phrase(o)}" for o in objs]),
+        join_phrases([f"{with_article(o.colour)} shape {cell_phrase(o)}" for o in objs]),
+        join_phrases([f"{with_article(o.shape)} {cell_phrase(o)}" for o in objs]),
     ]
     if len(objs) >= 2:
         caps.append(f"{_NUMBERS[len(objs)]} objects")
     if len(objs) == 2:
         a, b = objs  # canonical order: a.row <= b.row, and a.col < b.col on a shared row
         if a.row < b.row:
-            caps += [f"{_np(a)} above {_np(b)}", f"{_np(b)} below {_np(a)}"]
+            caps += [relation_phrase(a, "above", b), relation_phrase(b, "below", a)]
         if a.col != b.col:
             left, right = (a, b) if a.col < b.col else (b, a)
-            caps += [f"{_np(left)} to the left of {_np(right)}", f"{_np(right)} to the right of {_np(left)}"]
+            caps += [relation_phrase(left, "left_of", right), relation_phrase(right, "right_of", left)]
     return list(dict.fromkeys(caps))  # drop duplicates, keep order
 
 
@@ -455,7 +474,7 @@ def complete_captions(scene: Scene) -> list[str]:
     """The phrasings that give every object's colour, shape and cell: describe() and the same without sizes."""
     if not scene.objects:
         return ["nothing"]
-    return list(dict.fromkeys([describe(scene), _join([f"{_np(o)} {_where(o)}" for o in scene.objects])]))
+    return list(dict.fromkeys([describe(scene), join_phrases([f"{noun_phrase(o)} {cell_phrase(o)}" for o in scene.objects])]))
 
 
 # Which phrasings a data set draws from. "complete" leaves out the ones that omit an attribute or
