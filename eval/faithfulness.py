@@ -18,7 +18,8 @@ Size is never scored (prompts do not name it), nor jitter (scene equality ignore
 When an image fails, the matching that satisfies the most constraints is the one
 reported, and the reason lists each failure it has: "missing ...", "extra object ...",
 "wrong colour / shape / position ...", "relation ...". The report counts, per
-category and per kind of constraint, how often they held, with 95% Wilson intervals.
+category and per kind of constraint, how often they held, with 95% Wilson intervals
+(an attribute is checked only on objects that were found: a missing object fails the count).
 
 The demo's 48 prompts (`demo_prompts`, used by `tessera demo` and issue 3's bars) come
 in three categories:
@@ -49,7 +50,7 @@ TWO_OBJECT = "two_object"
 CATEGORIES: tuple[str, ...] = (SINGLE_HELDOUT, SINGLE_SEEN, TWO_OBJECT)
 KINDS: tuple[str, ...] = ("count", "colour", "shape", "position", "relation")  # constraint kinds
 
-MAX_FAILURES = 50  # failures listed in a report: enough to read, small enough for a JSON summary
+MAX_FAILURES = 50  # failures listed per category: enough to read, small enough for a JSON summary
 PROMPT_SIZE = "large"  # size of target scenes; any size is faithful, the larger renders more robustly
 SEEN_OFFSET = 4  # single_seen cell = held-out cell + 4 (mod 9): a shift, so 2 pairs per cell
 N_TWO_OBJECT = 12
@@ -117,6 +118,8 @@ class Verdict:
     ok: bool
     reason: str  # "" when ok, else every failure found, joined with "; "
     failed: tuple[str, ...] = ()  # the KINDS that failed, in KINDS order
+    checked: tuple[str, ...] = ()  # the KINDS that could be checked: count, relations, and each attribute
+    # named for an object that was found (a missing object's colour is neither right nor wrong)
 
 
 def wilson(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -145,8 +148,8 @@ class FaithfulnessReport:
     correct: int  # faithful images
     accuracy: float  # correct / n, 0.0 when n == 0
     ci95: list[float] = field(default_factory=lambda: [0.0, 1.0])  # Wilson interval of `accuracy`
-    constraints: dict[str, dict] = field(default_factory=dict)  # kind -> {"n": stated, "held", "rate"}
-    failures: list[dict] = field(default_factory=list)  # {"prompt", "category", "sample", "reason"}, the first MAX_FAILURES
+    constraints: dict[str, dict] = field(default_factory=dict)  # kind -> {"n": images where checked, "held", "rate"}
+    failures: list[dict] = field(default_factory=list)  # {"prompt", "category", "sample", "reason"}, MAX_FAILURES per category
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -160,7 +163,7 @@ class FaithfulnessReport:
         return "\n".join(lines)
 
     def constraints_markdown(self) -> str:
-        lines = ["| constraint | images stating it | held | rate |", "|---|---:|---:|---:|"]
+        lines = ["| constraint | images where checked | held | rate |", "|---|---:|---:|---:|"]
         lines += [f"| {k} | {c['n']} | {c['held']} | {c['rate']:.1%} |" for k, c in self.constraints.items()]
         return "\n".join(lines)
 
@@ -273,7 +276,7 @@ def _relation_holds(r: Relation, match: tuple[int | None, ...], found: list[shap
 
 
 def _verdict(spec: PromptSpec, found: list[shapes.Obj], match: tuple[int | None, ...]) -> Verdict:
-    reasons, failed = [], set()
+    reasons, failed, checked = [], set(), {"count"} | ({"relation"} if spec.relations else set())
     for want, o in zip(spec.objects, match):
         if o is None:
             reasons.append(f"missing {want.describe()}")
@@ -281,6 +284,7 @@ def _verdict(spec: PromptSpec, found: list[shapes.Obj], match: tuple[int | None,
             continue
         got = found[o]
         colour, shape, position = _attrs(want, got)
+        checked |= {k for k, held in (("colour", colour), ("shape", shape), ("position", position)) if held is not None}
         noun = ObjectSpec(want.colour, want.shape).describe()
         if colour is False:
             reasons.append(f"wrong colour at {_at(got)}: want {noun}, got {got.colour}")
@@ -302,7 +306,8 @@ def _verdict(spec: PromptSpec, found: list[shapes.Obj], match: tuple[int | None,
     reasons += [f"extra object {o.colour} {o.shape} at {_at(o)}" for o in extra]
     if extra:
         failed.add("count")
-    return Verdict(not reasons, "; ".join(reasons), tuple(k for k in KINDS if k in failed))
+    return Verdict(not reasons, "; ".join(reasons), tuple(k for k in KINDS if k in failed),
+                   tuple(k for k in KINDS if k in checked))
 
 
 def score_images(
@@ -332,8 +337,9 @@ def aggregate(
         raise ValueError(f"{len(sample_index)} sample indices for {len(specs)} prompt specs")
     tally: dict[str, list[int]] = {}  # category -> [n, correct]
     failed_by_cat: dict[str, dict[str, int]] = {}
-    kinds = {k: [0, 0] for k in KINDS}  # kind -> [images stating it, images where it held]
+    kinds = {k: [0, 0] for k in KINDS}  # kind -> [images where checked, images where it held]
     seen: dict[str, int] = {}  # prompt text -> images so far
+    listed: dict[str, int] = {}  # category -> failures so far
     failures = []
     for i, (verdict, spec) in enumerate(zip(verdicts, specs)):
         sample = seen.get(spec.text, 0) if sample_index is None else int(sample_index[i])
@@ -342,12 +348,13 @@ def aggregate(
         t[0] += 1
         t[1] += int(verdict.ok)
         cat_failed = failed_by_cat.setdefault(spec.category, {})
-        for k in spec.kinds():
+        for k in verdict.checked:
             kinds[k][0] += 1
             kinds[k][1] += int(k not in verdict.failed)
         for k in verdict.failed:
             cat_failed[k] = cat_failed.get(k, 0) + 1
-        if not verdict.ok and len(failures) < MAX_FAILURES:
+        listed[spec.category] = listed.get(spec.category, 0) + (not verdict.ok)
+        if not verdict.ok and listed[spec.category] <= MAX_FAILURES:
             failures.append({"prompt": spec.text, "category": spec.category, "sample": sample,
                              "reason": verdict.reason})
     n, correct = sum(t[0] for t in tally.values()), sum(t[1] for t in tally.values())

@@ -1,8 +1,11 @@
-"""How well a tokenizer keeps the image: scene preservation, PSNR, codebook use, speed.
+"""How well a tokenizer keeps the image: scene preservation, PSNR, SSIM, rFID, codebook use, speed.
 
 Scene preservation is the exact measure the shapes world allows: the share of
 images whose reconstruction parses to the same scene as the original
-(`parse(decode(encode(x))) == parse(x)`).
+(`parse(decode(encode(x))) == parse(x)`). SSIM is torchmetrics' (Gaussian 11x11
+window, sigma 1.5, on [0, 1] pixels); reconstruction FID is the Fréchet distance
+between features of the originals and of their reconstructions (`eval.fid`), when
+a feature source is given.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ class TokenizerReport:
     images: int  # how many images were measured
     scene_preservation: float  # share with parse(recon) == parse(original)
     psnr: float  # dB, mean over images, on uint8 pixels
+    ssim: float  # mean over images, on [0, 1] pixels
     codebook_usage: float  # share of the codebook used at least once over these images
     perplexity: float  # exp(entropy) of the code histogram
     encode_images_per_s: float
@@ -30,6 +34,7 @@ class TokenizerReport:
     batch_size: int
     device: str
     failures: list[int] = field(default_factory=list)  # indices (first 20) whose scene changed
+    rfid: dict | None = None  # eval.fid.QualityReport of originals vs reconstructions, when features were given
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,13 +53,15 @@ def _sync(device: torch.device) -> None:
 
 @torch.no_grad()
 def evaluate_tokenizer(
-    tokenizer: VQTokenizer, images: torch.Tensor, batch_size: int = 100, progress: bool = True
+    tokenizer: VQTokenizer, images: torch.Tensor, batch_size: int = 100, progress: bool = True, features=None,
 ) -> TokenizerReport:
-    """Measure `tokenizer` on uint8 images (N, H, W, 3)."""
+    """Measure `tokenizer` on uint8 images (N, H, W, 3); `features` (eval.fid.resolve_features' result) adds rFID."""
+    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
     tokenizer.eval()
     device = next(tokenizer.parameters()).device
     counts = torch.zeros(tokenizer.cfg.num_codes, dtype=torch.long)
-    kept, psnrs, failures = 0, [], []
+    kept, psnrs, ssims, failures, recons = 0, [], [], [], []
     t_enc = t_dec = 0.0
     for start in tqdm(range(0, len(images), batch_size), desc="tokenizer eval", disable=not progress, leave=False):
         x8 = images[start : start + batch_size]  # (B, H, W, 3) uint8
@@ -71,6 +78,10 @@ def evaluate_tokenizer(
         counts += torch.bincount(codes.flatten().cpu(), minlength=len(counts))
         mse = (recon8.float() - x8.float()).pow(2).mean(dim=(1, 2, 3))
         psnrs.append(10 * torch.log10(255.0**2 / mse.clamp_min(1e-10)))
+        to01 = lambda im: im.permute(0, 3, 1, 2).float() / 255  # noqa: E731  (B, 3, H, W)
+        ssims.append(ssim(to01(recon8), to01(x8.cpu()), data_range=1.0, reduction="none"))  # (B,)
+        if features is not None:
+            recons.append(recon8)
         for i in range(len(x8)):
             if shapes.parse(recon8[i].numpy()) == shapes.parse(x8[i].numpy()):
                 kept += 1
@@ -79,10 +90,16 @@ def evaluate_tokenizer(
     p = counts.float() / counts.sum()
     entropy = -(p[p > 0] * p[p > 0].log()).sum()
     n = len(images)
+    rfid = None
+    if features is not None:
+        from eval.fid import quality_metrics
+
+        rfid = quality_metrics(images.numpy(), torch.cat(recons).numpy(), features).to_dict()
     return TokenizerReport(
         images=n,
         scene_preservation=kept / n,
         psnr=float(torch.cat(psnrs).mean()),
+        ssim=float(torch.cat(ssims).mean()),
         codebook_usage=float((counts > 0).float().mean()),
         perplexity=float(entropy.exp()),
         encode_images_per_s=n / t_enc,
@@ -90,6 +107,7 @@ def evaluate_tokenizer(
         batch_size=batch_size,
         device=machine_description(device),
         failures=failures,
+        rfid=rfid,
     )
 
 

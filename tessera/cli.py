@@ -243,6 +243,35 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from eval.fid import FeaturesUnavailableError
+    from eval.harness import EvalConfig, evaluate_run
+
+    try:
+        cfg = EvalConfig(
+            suites=args.suite or None, n=args.n, seed=args.seed, cfg_scale=args.cfg, temperature=args.temperature,
+            top_k=args.top_k, top_p=args.top_p, batch_size=args.batch_size, fid=not args.no_fid,
+            fid_images=args.fid_images, features=args.features, tokenizer=not args.no_tokenizer,
+            tokenizer_images=args.tokenizer_images, speed=not args.no_speed, speed_batch_sizes=args.speed_batch_sizes,
+            device=args.device, progress=not args.no_progress,
+        )
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    out = Path(args.out) if args.out else Path(args.run) / "eval"
+    try:
+        result = evaluate_run(args.run, cfg, out)
+    except FeaturesUnavailableError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    f = result.faithfulness
+    print(f"faithfulness {f['accuracy']:.1%} ({f['correct']}/{f['n']}); "
+          + ", ".join(f"{c} {v['accuracy']:.1%}" for c, v in f["categories"].items()))
+    if result.fid:
+        print(f"FID {result.fid['fid']:.3f} on {result.fid['feature_name']} features")
+    print(f"wrote {out / 'result.json'} and {out / 'report.md'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tessera",
@@ -310,6 +339,38 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     s.add_argument("--out", default="samples", help="output directory")
     s.set_defaults(func=cmd_sample)
+
+    from eval.suites import DEFAULT_SUITES, SUITES
+
+    v = sub.add_parser("eval", help="measure a trained run: faithfulness per category, FID, tokenizer, speed",
+                       description="Sample every prompt of the chosen suites N times with fixed seeds and score "
+                       "each image against its prompt's constraints (the shapes world's parse); FID of generated "
+                       "vs rendered scenes on the harness's own classifier features (trained once and cached in "
+                       "$TESSERA_CACHE or ~/.cache/tessera) or Inception from a local weights file; tokenizer "
+                       "metrics; sampling speed. Writes OUT/result.json, OUT/report.md and OUT/grids/.")
+    v.add_argument("--run", required=True, help="run directory holding tokenizer/ and generator/")
+    v.add_argument("--suite", action="append", choices=list(SUITES),
+                   help=f"a suite to run (repeat for several; default: {' '.join(DEFAULT_SUITES)})")
+    v.add_argument("--n", type=int, default=4, help="samples per prompt")
+    v.add_argument("--seed", type=int, default=0, help="sampling seed; the same seed gives the same numbers")
+    v.add_argument("--cfg", type=float, default=DEMO_CFG, help="classifier-free guidance scale (1 = none)")
+    v.add_argument("--temperature", type=float, default=DEMO_TEMPERATURE, help="sampling temperature (0 = greedy)")
+    v.add_argument("--top-k", type=int, default=0, help="keep the k most likely codes (0 = all)")
+    v.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    v.add_argument("--batch-size", type=int, default=64, help="images sampled together")
+    v.add_argument("--features", default="classifier",
+                   help="FID features: classifier (default, offline) or inception:PATH (a local Inception-v3 "
+                   "state dict, .pth or .safetensors; needs torch-fidelity and torchvision)")
+    v.add_argument("--fid-images", type=int, default=500, help="generated and rendered images for FID")
+    v.add_argument("--no-fid", action="store_true", help="skip FID")
+    v.add_argument("--tokenizer-images", type=int, default=500, help="held-out images for the tokenizer metrics")
+    v.add_argument("--no-tokenizer", action="store_true", help="skip the tokenizer metrics")
+    v.add_argument("--no-speed", action="store_true", help="skip the speed measurement")
+    v.add_argument("--speed-batch-sizes", type=int, nargs="+", default=[1, 32], help="batch sizes timed")
+    v.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    v.add_argument("--out", help="output directory (default: RUN/eval)")
+    v.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    v.set_defaults(func=cmd_eval)
 
     e = sub.add_parser("eval-tokenizer", help="measure a trained tokenizer on held-out shapes",
                        description="Scene preservation, PSNR, codebook usage and speed on held-out images.")

@@ -1,0 +1,285 @@
+"""`tessera eval`: one trained run measured the same way every time.
+
+    result = evaluate_run("runs/demo", EvalConfig())      # writes runs/demo/eval/{result.json, report.md, grids/}
+
+Four parts, each optional:
+    faithfulness  every prompt of the chosen suites (eval.suites), `n` samples each with
+                  fixed seeds, scored by the shapes world's parse (eval.faithfulness):
+                  accuracy per category and per constraint, 95% intervals, failures with reasons
+    fid           images generated from `fid_images` captions of fresh training-distribution
+                  scenes vs the world's renders of the same scenes, on features (eval.fid:
+                  the harness's own classifier by default, Inception from a local file, or a callable)
+    tokenizer     scene preservation, PSNR, SSIM, reconstruction FID, codebook usage/perplexity
+    speed         images/s, s/image, tokens/s and peak memory at fixed batch sizes (eval.speed)
+
+Each suite is sampled on its own with the same seed (batch b of a suite uses seed + b),
+so a suite's numbers do not depend on which other suites ran beside it, and two runs
+with the same config give the same faithfulness numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from eval import faithfulness, suites
+
+log = logging.getLogger(__name__)
+
+RESULT_VERSION = 1
+GRID_TILES = 8  # images per grid row in the report
+
+
+@dataclass
+class EvalConfig:
+    suites: list[str] = field(default_factory=lambda: list(suites.DEFAULT_SUITES))
+    n: int = 4  # samples per prompt: GenEval's 4
+    seed: int = 0
+    # the demo's sampling defaults (tessera demo / sample): light guidance and a low temperature
+    cfg_scale: float = 1.5
+    temperature: float = 0.5
+    top_k: int = 0
+    top_p: float = 1.0
+    batch_size: int = 64
+    fid: bool = True
+    fid_images: int = 500  # Fréchet distance is biased at small N: compare runs at the same N only
+    fid_seed: int = 4321  # scenes no training run draws (training uses seeds 0 and 1)
+    features: Any = "classifier"  # "classifier", "inception:PATH" or a callable (eval.fid.resolve_features)
+    tokenizer: bool = True
+    tokenizer_images: int = 500
+    speed: bool = True
+    speed_batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
+    speed_images: int = 32
+    device: str | None = None  # default: cuda when present
+    progress: bool = True
+
+    def __post_init__(self):
+        self.suites = list(dict.fromkeys(self.suites or suites.DEFAULT_SUITES))
+        for name in ("n", "batch_size", "fid_images", "tokenizer_images", "speed_images"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"eval {name} must be >= 1, got {getattr(self, name)!r}")
+        if self.fid and self.fid_images < 5:
+            raise ValueError(f"eval fid_images must be >= 5 (precision/recall use 3 neighbours), got {self.fid_images}")
+        if isinstance(self.features, str) and not (
+            self.features == "classifier" or (self.features.startswith("inception:") and len(self.features) > 10)
+        ):
+            raise ValueError(f"eval features must be 'classifier' or 'inception:PATH', got {self.features!r}")
+        suites.get_suites(self.suites)  # unknown suite names fail here, before any work
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if callable(self.features):
+            d["features"] = getattr(self.features, "__name__", "custom")
+        return d
+
+
+@dataclass
+class EvalResult:
+    version: int
+    run: str
+    config: dict
+    machine: dict
+    suite_version: int
+    faithfulness: dict  # faithfulness.FaithfulnessReport.to_dict() over every suite's images
+    fid: dict | None
+    tokenizer: dict | None
+    speed: dict | None
+    seconds: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _sample_config(cfg: EvalConfig):
+    from ar_model import SampleConfig
+
+    return SampleConfig(cfg_scale=cfg.cfg_scale, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                        seed=cfg.seed)
+
+
+def _run_data(run_dir: Path) -> dict:
+    """The run's generator data config (max_objects), when it has one."""
+    path = run_dir / "generator_stage.json"
+    return json.loads(path.read_text()).get("data", {}) if path.is_file() else {}
+
+
+def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out_dir: str | Path | None = None) -> EvalResult:
+    """Evaluate the trained run in `run_dir`; write result.json, report.md and grids/ to out_dir (default run/eval)."""
+    from eval.grids import save_grid
+    from eval.speed import machine_info, measure_sampling
+    from tessera.pipeline import Pipeline
+    from train.data import shapes
+
+    cfg = cfg or EvalConfig()
+    run_dir = Path(run_dir)
+    out = Path(out_dir) if out_dir else run_dir / "eval"
+    pipe = Pipeline.from_run(run_dir, device=cfg.device)
+    sc = _sample_config(cfg)
+    seconds: dict[str, float] = {}
+    features = None
+    if cfg.fid or cfg.tokenizer:  # first: a missing weights file or package fails before minutes of sampling
+        from eval.fid import resolve_features
+
+        t = time.perf_counter()
+        features = resolve_features(cfg.features, progress=cfg.progress)  # may train the classifier once (~1 min)
+        seconds["features"] = time.perf_counter() - t
+
+    # ---- faithfulness, suite by suite
+    t = time.perf_counter()
+    specs, images, sample_index = [], [], []
+    for name, prompts in suites.get_suites(cfg.suites).items():
+        log.info("eval: suite %s, %d prompts x %d samples", name, len(prompts), cfg.n)
+        result = pipe.sample([p.text for p in prompts], n=cfg.n, sc=sc, batch_size=cfg.batch_size,
+                             progress=cfg.progress)
+        specs += [p for p in prompts for _ in range(cfg.n)]
+        images += list(result.images)
+        sample_index += [i % cfg.n for i in range(len(result.images))]
+    verdicts = faithfulness.score_all(images, specs)
+    report = faithfulness.aggregate(verdicts, specs, sample_index)
+    seconds["faithfulness"] = time.perf_counter() - t
+    grids = _save_grids(out / "grids", images, specs, verdicts, sample_index, save_grid)
+
+    # ---- FID on generated vs rendered scenes
+    fid = None
+    if cfg.fid:
+        t = time.perf_counter()
+        fid = _generation_fid(pipe, cfg, sc, features, _run_data(run_dir).get("max_objects", shapes.MAX_OBJECTS))
+        seconds["fid"] = time.perf_counter() - t
+
+    # ---- tokenizer
+    tok = None
+    if cfg.tokenizer:
+        from eval.tokenizer_metrics import evaluate_tokenizer, heldout_images
+
+        t = time.perf_counter()
+        res = pipe.tokenizer.cfg.resolution
+        tok = evaluate_tokenizer(pipe.tokenizer, heldout_images(cfg.tokenizer_images, res), progress=cfg.progress,
+                                 features=features).to_dict()
+        seconds["tokenizer"] = time.perf_counter() - t
+
+    # ---- speed
+    speed = None
+    if cfg.speed:
+        t = time.perf_counter()
+        speed = measure_sampling(pipe, [p.text for p in suites.get_suites(["position"])["position"]],
+                                 cfg.speed_batch_sizes, cfg.speed_images, cfg.cfg_scale).to_dict()
+        seconds["speed"] = time.perf_counter() - t
+
+    result = EvalResult(
+        version=RESULT_VERSION, run=str(run_dir), config=cfg.to_dict(), machine=machine_info(pipe.device),
+        suite_version=suites.SUITE_VERSION, faithfulness=report.to_dict(), fid=fid, tokenizer=tok, speed=speed,
+        seconds={k: round(v, 1) for k, v in seconds.items()},
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out / "result.json", json.dumps(result.to_dict(), indent=2) + "\n")
+    _write_atomic(out / "report.md", render_markdown(result, report, grids))
+    return result
+
+
+def _generation_fid(pipe: Any, cfg: EvalConfig, sc: Any, features: Any, max_objects: int) -> dict:
+    """Generated images for complete captions of fresh scenes vs the world's renders of those scenes."""
+    from eval.fid import quality_metrics
+    from train.data import shapes
+
+    scenes = shapes.sample_scenes(cfg.fid_images, seed=cfg.fid_seed, split="train", max_objects=max_objects)
+    real = shapes.render_batch(scenes, pipe.tokenizer.cfg.resolution)
+    fake = pipe.sample([shapes.describe(s) for s in scenes], n=1, sc=sc, batch_size=cfg.batch_size,
+                       progress=cfg.progress).images
+    return quality_metrics(real, fake, features).to_dict()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _save_grids(out: Path, images: list, specs: list, verdicts: list, sample_index: list,
+                save_grid: Callable) -> dict[str, dict]:
+    """Per category: one row of good samples and one of failed ones (the first GRID_TILES of each)."""
+    grids: dict[str, dict] = {}
+    for cat in dict.fromkeys(s.category for s in specs):
+        entry: dict[str, Any] = {}
+        for kind, want in (("good", True), ("failed", False)):
+            idx = [i for i, (s, v) in enumerate(zip(specs, verdicts)) if s.category == cat and v.ok == want]
+            idx = idx[:GRID_TILES]
+            if not idx:
+                continue
+            blank = np.full_like(images[idx[0]], 128)  # grey tiles pad a short row
+            row = [images[i] for i in idx] + [blank] * (GRID_TILES - len(idx))
+            path = save_grid([np.stack(row)], out / f"{cat}_{kind}.png")
+            entry[kind] = {"path": str(Path("grids") / path.name),
+                           "tiles": [{"prompt": specs[i].text, "sample": sample_index[i],
+                                      "reason": verdicts[i].reason} for i in idx]}
+        grids[cat] = entry
+    return grids
+
+
+def render_markdown(result: EvalResult, report: faithfulness.FaithfulnessReport, grids: dict[str, dict]) -> str:
+    from eval.speed import describe_machine
+
+    c = result.config
+    lines = [
+        f"# Evaluation of {result.run}",
+        "",
+        f"- machine: {describe_machine(result.machine)}; torch {result.machine['torch']}",
+        f"- sampling: guidance {c['cfg_scale']:g}, temperature {c['temperature']:g}, top-k {c['top_k']}, "
+        f"top-p {c['top_p']:g}, seed {c['seed']}, {c['n']} samples per prompt",
+        f"- suites (version {result.suite_version}): {', '.join(c['suites'])}",
+        f"- seconds: " + ", ".join(f"{k} {v:g}" for k, v in result.seconds.items()),
+        "",
+        "## Faithfulness per category",
+        "",
+        report.to_markdown(),
+        "",
+        "Failures by constraint (images), per category: " + "; ".join(
+            f"{cat}: " + (", ".join(f"{k} {n}" for k, n in v["failed"].items()) or "none")
+            for cat, v in report.categories.items()),
+        "",
+        "## Per constraint",
+        "",
+        report.constraints_markdown(),
+    ]
+    if result.fid:
+        f = result.fid
+        lines += ["", "## Image quality (generated vs rendered scenes)", "",
+                  f"features: {f['feature_name']} ({f['feature_dim']}-d); {f['n_real']} real, {f['n_fake']} generated",
+                  "", "| FID | KID (x1000) | precision | recall |", "|---:|---:|---:|---:|",
+                  f"| {f['fid']:.3f} | {1000 * f['kid_mean']:.2f} ± {1000 * f['kid_std']:.2f} | "
+                  f"{f['precision']:.3f} | {f['recall']:.3f} |"]
+    if result.tokenizer:
+        t = result.tokenizer
+        rfid = f"{t['rfid']['fid']:.3f}" if t.get("rfid") else "—"
+        lines += ["", "## Tokenizer (held-out scenes)", "",
+                  "| images | scene preserved | PSNR (dB) | SSIM | rFID | codebook usage | perplexity |",
+                  "|---:|---:|---:|---:|---:|---:|---:|",
+                  f"| {t['images']} | {t['scene_preservation']:.1%} | {t['psnr']:.2f} | {t['ssim']:.4f} | {rfid} | "
+                  f"{t['codebook_usage']:.1%} | {t['perplexity']:.1f} |"]
+    if result.speed:
+        from eval.speed import SpeedReport, SpeedRow
+
+        s = result.speed
+        speed = SpeedReport(s["machine"], s["cfg_scale"], s["image_tokens"], [SpeedRow(**r) for r in s["rows"]])
+        lines += ["", "## Sampling speed", "", speed.to_markdown()]
+    lines += ["", "## Samples", ""]
+    for cat, entry in grids.items():
+        for kind in ("good", "failed"):
+            if kind not in entry:
+                continue
+            lines += [f"### {cat}: {kind}", "", f"![{cat} {kind}]({entry[kind]['path']})", ""]
+            lines += [f"{i + 1}. {t['prompt']!r} (sample {t['sample']})" + (f": {t['reason']}" if t["reason"] else "")
+                      for i, t in enumerate(entry[kind]["tiles"])]
+            lines.append("")
+    if report.failures:
+        lines += ["## Failures (first %d)" % len(report.failures), ""]
+        lines += [f"- [{f['category']}] {f['prompt']!r} #{f['sample']}: {f['reason']}" for f in report.failures]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["EvalConfig", "EvalResult", "evaluate_run", "render_markdown"]

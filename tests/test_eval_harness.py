@@ -1,0 +1,100 @@
+"""`tessera eval` end to end on a tiny run: the report's parts, repeatability, clear errors."""
+
+import dataclasses
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import torch
+
+from eval import fid
+from eval.harness import EvalConfig, evaluate_run
+from tessera.cli import main
+from test_generator_stage import GEN, TOK, _set_args  # the same tiny tokenizer and generator
+
+torch.set_num_threads(1)
+
+
+def mean_colour(images: np.ndarray) -> np.ndarray:
+    """A cheap feature callable for the library path: per-image mean RGB and its spread."""
+    x = images.astype(np.float64) / 255
+    return np.concatenate([x.mean(axis=(1, 2)), x.std(axis=(1, 2))], axis=1)  # (N, 6)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    path = tmp_path_factory.mktemp("eval") / "run"
+    assert main(["train-tokenizer", "--run", str(path), "--no-progress", *_set_args(TOK)]) == 0
+    assert main(["train", "--run", str(path), "--no-progress", *_set_args(GEN)]) == 0
+    return path
+
+
+@pytest.fixture
+def quick_classifier(tmp_path, monkeypatch):
+    """The CLI's default classifier features, trained for a few steps into a private cache."""
+    monkeypatch.setenv("TESSERA_CACHE", str(tmp_path / "cache"))
+    train = fid.train_shapes_classifier
+    monkeypatch.setattr(fid, "train_shapes_classifier",
+                        lambda cfg, progress=True: train(dataclasses.replace(cfg, steps=3), progress))
+    return tmp_path / "cache"
+
+
+def test_eval_cli_writes_every_part(run, tmp_path, quick_classifier, capsys):
+    out = tmp_path / "ev"
+    args = ["eval", "--run", str(run), "--out", str(out), "--suite", "position", "--suite", "relation",
+            "--suite", "counting", "--n", "2", "--fid-images", "8", "--tokenizer-images", "8",
+            "--speed-batch-sizes", "1", "2", "--no-progress"]
+    assert main(args) == 0
+    assert "wrote" in capsys.readouterr().out
+    result = json.loads((out / "result.json").read_text())
+    f = result["faithfulness"]
+    assert {c: v["n"] for c, v in f["categories"].items()} == {"position": 36, "relation": 32, "counting": 36}
+    assert f["n"] == 104 and 0 <= f["accuracy"] <= 1 and f["ci95"][0] <= f["accuracy"] <= f["ci95"][1]
+    # attributes are checked only on objects found; a 4-step model may draw none
+    assert {"count", "relation"} <= set(f["constraints"]) <= {"count", "colour", "shape", "position", "relation"}
+    assert f["constraints"]["count"]["n"] == 104
+    assert result["fid"]["n_real"] == result["fid"]["n_fake"] == 8 and np.isfinite(result["fid"]["fid"])
+    assert result["fid"]["feature_name"].startswith("shapes-classifier-v")
+    assert list(quick_classifier.iterdir()), "the classifier was cached"
+    tok = result["tokenizer"]
+    assert tok["images"] == 8 and -1 <= tok["ssim"] <= 1 and np.isfinite(tok["rfid"]["fid"])
+    assert [r["batch_size"] for r in result["speed"]["rows"]] == [1, 2]
+    assert all(r["images_per_s"] > 0 and r["peak_memory_mb"] > 0 for r in result["speed"]["rows"])
+    assert result["machine"]["device"] == "cpu" and result["suite_version"] >= 1
+    report = (out / "report.md").read_text()
+    for needle in ("| position |", "| relation |", "| counting |", "| all |", "## Per constraint", "| FID |",
+                   "| images | scene preserved | PSNR (dB) | SSIM | rFID |", "## Sampling speed", "## Samples"):
+        assert needle in report, needle
+    grids = sorted(p.name for p in (out / "grids").iterdir())
+    assert grids and all(g.split("_")[0] in ("position", "relation", "counting") for g in grids)
+    for g in grids:  # every grid is linked from the report
+        assert f"(grids/{g})" in report
+
+
+def test_same_seed_same_numbers(run, tmp_path):
+    cfg = EvalConfig(suites=["heldout", "binding"], n=2, fid_images=6, features=mean_colour, tokenizer=False,
+                     speed=False, progress=False)
+    a = evaluate_run(run, cfg, tmp_path / "a")
+    b = evaluate_run(run, cfg, tmp_path / "b")
+    assert a.faithfulness == b.faithfulness and a.fid == b.fid
+    assert a.fid["feature_name"] == "mean_colour"
+    # a suite's numbers do not depend on the suites run beside it
+    alone = evaluate_run(run, dataclasses.replace(cfg, suites=["binding"], fid=False), tmp_path / "c")
+    assert alone.faithfulness["categories"]["binding"] == a.faithfulness["categories"]["binding"]
+
+
+def test_bad_eval_input_is_a_clear_error(run, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--run", str(run), "--suite", "colours"])  # argparse names the choices
+    assert "invalid choice" in capsys.readouterr().err
+    assert main(["eval", "--run", str(tmp_path / "nope"), "--no-progress"]) == 2
+    assert "not a trained run" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="fid_images must be >= 5"):
+        main(["eval", "--run", str(run), "--fid-images", "2"])
+    with pytest.raises(SystemExit, match="features must be"):
+        main(["eval", "--run", str(run), "--features", "clip"])
+    assert main(["eval", "--run", str(run), "--features", f"inception:{tmp_path / 'missing.pth'}", "--no-progress"]) == 2
+    assert "missing.pth" in capsys.readouterr().err
