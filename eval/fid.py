@@ -83,11 +83,16 @@ class KID:
 
 
 def kid(a: np.ndarray, b: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> KID:
-    """Kernel Inception Distance: unbiased MMD^2 with k(x, y) = (x.y / D + 1)^3, averaged over random subsets."""
+    """Kernel Inception Distance: unbiased MMD^2 with k(x, y) = (x.y / D + 1)^3, averaged over random subsets.
+
+    Sets smaller than subset_size use subsets of half the smaller set, so the subsets differ
+    and `std` says how much the estimate moves (subsets of the whole set would all be equal).
+    """
     # after: Bińkowski et al. 2018, "Demystifying MMD GANs"
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    m = min(subset_size, len(a), len(b))
-    if m < 2:
+    n = min(len(a), len(b))
+    m = subset_size if n >= subset_size else max(2, n // 2)
+    if n < 2:
         raise ValueError(f"KID needs at least 2 samples in each set, got {len(a)} and {len(b)}")
     rng = np.random.default_rng(seed)
     d = a.shape[1]
@@ -202,7 +207,7 @@ CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    VERSION: ClassVar[int] = 1  # bump when the architecture or recipe changes: old caches are then never read
+    VERSION: ClassVar[int] = 2  # bump when the architecture or recipe changes: old caches are then never read
     steps: int = 800  # ~60 s on 2 idle CPU cores for 99.8% per-cell accuracy (600: 99.5% at width 32, slower)
     batch_size: int = 64  # fresh scenes every step, so nothing to overfit; smaller batches just add steps
     lr: float = 3e-3  # peak of a one-cycle schedule; BatchNorm keeps it stable
@@ -252,6 +257,9 @@ class ShapesClassifier(nn.Module):
         )
         self.feature = nn.Linear(2 * w * 16, cfg.feature_dim)
         self.heads = nn.Linear(cfg.feature_dim, CELLS * NUM_CLASSES)  # the 9 per-cell heads as one matrix
+        # set after training so the features' RMS on clean renders is 1: FID and KID then have a scale that
+        # survives retraining, and KID's cubic kernel (x.y / D + 1)^3 sees unit-scale inputs as with Inception
+        self.register_buffer("feature_scale", torch.ones(()))
 
     def forward(self, images: torch.Tensor) -> ClassifierOutput:
         x = rearrange(images, "b h w c -> b c h w").float() / 255  # (B, 3, R, R) in [0, 1]
@@ -260,7 +268,7 @@ class ShapesClassifier(nn.Module):
         x = rearrange(self.convs(x), "b c h w -> b (c h w)")  # (B, 2w * 16)
         feats = self.feature(x)  # (B, F) pre-activation: no dead (all-zero) dimensions in the covariance
         logits = rearrange(self.heads(F.relu(feats)), "b (cell k) -> b cell k", cell=CELLS)  # (B, 9, 19)
-        return ClassifierOutput(feats, logits)
+        return ClassifierOutput(feats * self.feature_scale, logits)
 
 
 def scene_targets(scenes: list[shapes.Scene]) -> torch.Tensor:
@@ -310,7 +318,12 @@ def train_shapes_classifier(cfg: ClassifierConfig = ClassifierConfig(), progress
         loss.backward()
         opt.step()
         sched.step()
-    return model.eval()
+    model.eval()
+    with torch.no_grad():
+        scenes = shapes.sample_scenes(1000, seed=int(rng.integers(2**63)), split="all")
+        feats = model(torch.from_numpy(shapes.render_batch(scenes, 32))).features  # (1000, F), scale still 1
+        model.feature_scale.fill_(float(feats.pow(2).mean().sqrt().reciprocal()))
+    return model
 
 
 @torch.no_grad()

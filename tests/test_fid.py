@@ -99,7 +99,8 @@ def test_kid_is_deterministic_in_its_seed():
 
 def test_kid_clips_subset_size_and_rejects_single_samples():
     a = np.random.default_rng(9).normal(size=(5, 4))
-    assert np.isfinite(kid(a, a + 1, subset_size=1000).mean)  # clipped to 5
+    clipped = kid(a, a + 1, subset_size=1000)  # subsets of 2 (half the set), so they differ
+    assert np.isfinite(clipped.mean) and clipped.std > 0
     with pytest.raises(ValueError, match="at least 2"):
         kid(a[:1], a)
 
@@ -200,6 +201,15 @@ def test_training_is_seeded_and_save_load_is_exact(tmp_path, scenes24):
     meta = json.loads((tmp_path / "clf" / "config.json").read_text())
     assert meta["version"] == ClassifierConfig.VERSION and meta["metrics"]["cell_accuracy"] == 0.5
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left behind
+
+
+def test_features_have_unit_scale_on_clean_renders():
+    model = fid.train_shapes_classifier(TINY, progress=False)
+    assert float(model.feature_scale) != 1.0  # set after training, saved with the weights
+    images = shapes.render_batch(shapes.sample_scenes(300, seed=21, split="all"), 32)
+    with torch.no_grad():
+        rms = model(torch.from_numpy(images)).features.pow(2).mean().sqrt()
+    assert 0.8 < float(rms) < 1.25  # other scenes than the ones the scale was set on
 
 
 def test_cache_is_reused_and_keyed_by_config(cache, tiny_features, scenes24, monkeypatch):
