@@ -373,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_eval)
 
     e = sub.add_parser("eval-tokenizer", help="measure a trained tokenizer on held-out shapes",
-                       description="Scene preservation, PSNR, codebook usage and speed on held-out images.")
+                       description="Scene preservation, PSNR, SSIM, codebook usage and speed on held-out images "
+                       "(`tessera eval` adds reconstruction FID).")
     e.add_argument("--run", required=True, help="run directory holding tokenizer/")
     e.add_argument("--n", type=int, default=1000, help="number of held-out images")
     e.add_argument("--seed", type=int, default=1234, help="held-out scene seed")
