@@ -201,7 +201,8 @@ def cmd_demo(args) -> int:
           f"(guidance {args.cfg})", flush=True)
     t2 = time.perf_counter()
     pipe = Pipeline.from_run(out, device="cpu" if gen_cfg.loop.device == "cpu" else None)
-    sc = SampleConfig(cfg_scale=args.cfg, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    sc = SampleConfig(cfg_scale=args.cfg, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                      seed=args.seed)
     result = pipe.sample([s.text for s in specs], n=args.samples_per_prompt, sc=sc, batch_size=64,
                          progress=not args.no_progress)
     t_sample = time.perf_counter() - t2
@@ -233,7 +234,7 @@ def cmd_demo(args) -> int:
         f"{tok_report.scene_preservation:.1%}, PSNR {tok_report.psnr:.2f} dB, codebook usage "
         f"{tok_report.codebook_usage:.1%}\n"
         f"- generator: {gen_cfg.model['size']}, {gen_cfg.loop.steps} steps; sampled with guidance {args.cfg}, "
-        f"temperature {args.temperature}, top-k {args.top_k}, seed {args.seed}\n\n"
+        f"temperature {args.temperature}, top-k {args.top_k}, top-p {args.top_p}, seed {args.seed}\n\n"
         "## Samples that match their prompt (shape, colour and cell of every object; nothing extra)\n\n"
         f"{report.to_markdown()}\n\n"
         f"Grids: {DEMO_SAMPLES}/<category>.png (one row per prompt), {DEMO_SAMPLES}/reconstructions.png.\n"
@@ -289,6 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
         sp.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
 
+    def sampling_args(sp, seed_help: str):
+        sp.add_argument("--cfg", type=float, default=DEMO_CFG, help="classifier-free guidance scale (1 = none)")
+        sp.add_argument("--temperature", type=float, default=DEMO_TEMPERATURE,
+                        help="sampling temperature (0 = greedy)")
+        sp.add_argument("--top-k", type=int, default=0, help="keep the k most likely codes (0 = all)")
+        sp.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+        sp.add_argument("--seed", type=int, default=0, help=seed_help)
+
     d = sub.add_parser("demo", help="the whole pipeline on the shapes world, from nothing",
                        description="Train the tokenizer, pre-tokenize, train the generator and sample a fixed "
                        "prompt list (seen and held-out compositions) on the embedded shapes world; scores every "
@@ -300,10 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "--set generator.model.size=S")
     d.add_argument("--eval-images", type=int, default=1000, help="held-out images to measure the tokenizer on")
     d.add_argument("--samples-per-prompt", type=int, default=4, help="samples drawn for each demo prompt")
-    d.add_argument("--cfg", type=float, default=DEMO_CFG, help="classifier-free guidance scale (1 = none)")
-    d.add_argument("--temperature", type=float, default=DEMO_TEMPERATURE, help="sampling temperature (0 = greedy)")
-    d.add_argument("--top-k", type=int, default=0, help="keep the k most likely codes (0 = all)")
-    d.add_argument("--seed", type=int, default=0, help="sampling seed")
+    sampling_args(d, "sampling seed")
     d.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     d.set_defaults(func=cmd_demo)
 
@@ -330,11 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
     s.add_argument("--prompts-file", help="a text file with one prompt per line")
     s.add_argument("--n", type=int, default=4, help="images per prompt")
-    s.add_argument("--cfg", type=float, default=DEMO_CFG, help="classifier-free guidance scale (1 = none)")
-    s.add_argument("--temperature", type=float, default=DEMO_TEMPERATURE, help="sampling temperature (0 = greedy)")
-    s.add_argument("--top-k", type=int, default=0, help="keep the k most likely codes (0 = all)")
-    s.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
-    s.add_argument("--seed", type=int, default=0, help="seed; the same seed and settings give the same images")
+    sampling_args(s, "seed; the same seed and settings give the same images")
     s.add_argument("--batch-size", type=int, default=32, help="images sampled together")
     s.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     s.add_argument("--out", default="samples", help="output directory")
@@ -352,11 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--suite", action="append", choices=list(SUITES),
                    help=f"a suite to run (repeat for several; default: {' '.join(DEFAULT_SUITES)})")
     v.add_argument("--n", type=int, default=4, help="samples per prompt")
-    v.add_argument("--seed", type=int, default=0, help="sampling seed; the same seed gives the same numbers")
-    v.add_argument("--cfg", type=float, default=DEMO_CFG, help="classifier-free guidance scale (1 = none)")
-    v.add_argument("--temperature", type=float, default=DEMO_TEMPERATURE, help="sampling temperature (0 = greedy)")
-    v.add_argument("--top-k", type=int, default=0, help="keep the k most likely codes (0 = all)")
-    v.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    sampling_args(v, "sampling seed; the same seed gives the same numbers")
     v.add_argument("--batch-size", type=int, default=64, help="images sampled together")
     v.add_argument("--features", default="classifier",
                    help="FID features: classifier (default, offline) or inception:PATH (a local Inception-v3 "
