@@ -13,6 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pytest
 import torch
+from einops import rearrange
 from safetensors.torch import save_file
 from torch import nn
 
@@ -326,3 +327,25 @@ def test_inception_without_torch_fidelity_says_how_to_install(tmp_path, monkeypa
     with pytest.raises(FeaturesUnavailableError, match="pip install torch-fidelity torchvision.*'classifier'"):
         resolve_features(f"inception:{path}")
     assert issubclass(FeaturesUnavailableError, ImportError)
+
+
+def test_inception_features_from_a_local_file_match_torch_fidelity(tmp_path):
+    """Skipped where torch-fidelity is absent (CI: it needs torchvision); run where it is installed."""
+    fe = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
+
+    # weights the test makes itself: torch-fidelity's architecture at its random init, nothing downloaded
+    cls = fe.FeatureExtractorInceptionV3
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fe, "load_state_dict_from_url", lambda *a, **k: {})
+        mp.setattr(cls, "load_state_dict", lambda self, *a, **k: None)
+        ref = cls("inception-v3-compat", ["2048"])
+    state = {k: v.clone() for k, v in ref.state_dict().items()}
+    torch.save(state, tmp_path / "w.pth")
+    save_file(state, str(tmp_path / "w.safetensors"))
+    images = shapes.render_batch(shapes.sample_scenes(6, seed=3, split="all"), 24)
+    with torch.no_grad():
+        want = ref(rearrange(torch.from_numpy(images), "b h w c -> b c h w").contiguous())[0].double().numpy()
+    for name in ("w.pth", "w.safetensors"):
+        feats = resolve_features(f"inception:{tmp_path / name}")
+        got = feats.fn(images)
+        assert got.shape == (6, 2048) and np.allclose(got, want, rtol=1e-5, atol=1e-12), name
