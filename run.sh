@@ -31,7 +31,7 @@ case "$cmd" in
         exec tessera demo "$@"
         ;;
     test)
-        pip install -q -e ".[dev,metrics]"
+        pip install -q -e ".[dev,metrics,baseline]"
         export HF_HUB_OFFLINE=1 WANDB_MODE=disabled
         exec python -m pytest -q "$@"
         ;;

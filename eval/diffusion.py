@@ -1,0 +1,251 @@
+"""The diffusion baseline: a small text-conditioned UNet (diffusers) that denoises pixels.
+
+The comparison's other side (issue 5): the same captions, encoded by the same text
+tokenizer as the generator's, go through a small transformer text encoder trained with
+the UNet; the UNet (`diffusers.UNet2DConditionModel`) attends to its output by
+cross-attention and predicts the noise (DDPM objective, Ho et al. 2020). Captions are
+dropped to all-[PAD] with probability `cond_dropout`, so one model serves conditional
+and unconditional predictions and classifier-free guidance mixes them:
+
+    eps = uncond + (cond - uncond) * scale                      (Ho & Salimans 2022)
+
+Sampling uses diffusers' schedulers built from the training schedule's config: DDIM
+(deterministic, eta 0) or DPM-Solver++ (multistep, 2nd order), at any step count.
+Pixel space at the world's resolution: images in [-1, 1], (B, 3, R, R).
+
+Saved as a directory: config.json (this module's format and version) + model.safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from einops import rearrange
+from torch import nn
+
+FORMAT = "tessera.diffusion-baseline"
+VERSION = 1
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+SAMPLERS = ("ddim", "dpm++")
+
+
+class BaselineError(ValueError):
+    """A bad baseline config or checkpoint; the message names the field or file."""
+
+
+def _diffusers() -> Any:
+    """The diffusers module, or an ImportError that says how to get it (it is the `baseline` extra)."""
+    try:
+        import diffusers
+    except ImportError as e:
+        raise ImportError("the diffusion baseline needs diffusers: pip install 'tessera[baseline]' "
+                          "(or pip install diffusers)") from e
+    return diffusers
+
+
+@dataclass
+class DiffusionConfig:
+    text_vocab: int  # len(text tokenizer): ids are looked up directly
+    pad_id: int  # the text tokenizer's [PAD]: an all-pad caption is the unconditional one
+    text_len: int = 18  # the generator's text length, so both read the same ids
+    resolution: int = 24  # pixels; must be divisible by 2 ** (levels - 1)
+    # 1.16M parameters with the text encoder at the demo's 342-token BPE, the tiny generator's 1.14M
+    # (the issue's budget: within 25%); three levels 24 -> 12 -> 6 px, cross-attention at 12 and 6 px
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 48, 48])
+    layers_per_block: int = 1
+    attention_head_dim: int = 8
+    norm_num_groups: int = 8
+    text_dim: int = 64  # text encoder width = the UNet's cross-attention dim
+    text_layers: int = 2
+    text_heads: int = 4
+    num_train_timesteps: int = 1000  # DDPM's
+    beta_schedule: str = "squaredcos_cap_v2"  # the cosine schedule: better than linear at low resolution
+    cond_dropout: float = 0.1  # the generator's default too
+
+    def __post_init__(self):
+        levels = len(self.block_out_channels)
+        if self.resolution % 2 ** (levels - 1):
+            raise BaselineError(f"resolution {self.resolution} is not divisible by 2^{levels - 1} "
+                                f"({levels} UNet levels)")
+        if any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise BaselineError(f"block_out_channels {self.block_out_channels} must be multiples of "
+                                f"norm_num_groups {self.norm_num_groups}")
+        if not 0 <= self.cond_dropout < 1:
+            raise BaselineError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
+        if self.text_dim % self.text_heads:
+            raise BaselineError(f"text_dim {self.text_dim} must be a multiple of text_heads {self.text_heads}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DiffusionConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise BaselineError(f"unknown baseline config key {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        return cls(**d)
+
+
+class TextEncoder(nn.Module):
+    """Token + position embeddings and a pre-norm transformer encoder: (B, T) ids -> (B, T, D).
+
+    Pads are not masked: an all-[PAD] caption is the unconditional input and must give
+    finite states (a fully masked row would give NaN attention).
+    """
+
+    def __init__(self, cfg: DiffusionConfig):
+        super().__init__()
+        self.embed = nn.Embedding(cfg.text_vocab, cfg.text_dim)
+        self.pos = nn.Parameter(torch.zeros(cfg.text_len, cfg.text_dim))
+        layer = nn.TransformerEncoderLayer(cfg.text_dim, cfg.text_heads, 4 * cfg.text_dim, dropout=0.0,
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, cfg.text_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(cfg.text_dim)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids) + self.pos[: ids.shape[1]]  # (B, T, D)
+        return self.norm(self.encoder(x))  # (B, T, D)
+
+
+class DiffusionBaseline(nn.Module):
+    def __init__(self, cfg: DiffusionConfig):
+        super().__init__()
+        self.cfg = cfg
+        levels = len(cfg.block_out_channels)
+        self.text = TextEncoder(cfg)
+        self.unet = _diffusers().UNet2DConditionModel(
+            sample_size=cfg.resolution, in_channels=3, out_channels=3, layers_per_block=cfg.layers_per_block,
+            block_out_channels=tuple(cfg.block_out_channels),
+            down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1),
+            up_block_types=("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",),
+            cross_attention_dim=cfg.text_dim, attention_head_dim=cfg.attention_head_dim,
+            norm_num_groups=cfg.norm_num_groups,
+        )
+
+    def forward(self, noisy: torch.Tensor, t: torch.Tensor, text_ids: torch.Tensor) -> torch.Tensor:
+        """Predicted noise (B, 3, R, R) for noisy images (B, 3, R, R) at timesteps t (B,)."""
+        return self.unet(noisy, t, encoder_hidden_states=self.text(text_ids)).sample
+
+
+def train_scheduler(cfg: DiffusionConfig) -> Any:
+    return _diffusers().DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
+                         prediction_type="epsilon")
+
+
+def make_sampler(cfg: DiffusionConfig, name: str) -> Any:
+    """A diffusers scheduler for sampling, on the training schedule's betas."""
+    d = _diffusers()
+    base = train_scheduler(cfg).config
+    if name == "ddim":
+        return d.DDIMScheduler.from_config(base, clip_sample=False, set_alpha_to_one=True)
+    if name == "dpm++":
+        return d.DPMSolverMultistepScheduler.from_config(base, algorithm_type="dpmsolver++", solver_order=2)
+    raise BaselineError(f"unknown sampler {name!r} (known: {', '.join(SAMPLERS)})")
+
+
+def diffusion_loss(model: DiffusionBaseline, images: torch.Tensor, text_ids: torch.Tensor, scheduler: Any,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """DDPM's simple loss: MSE between the noise added at a uniform timestep and the predicted noise."""
+    b = images.shape[0]
+    noise = torch.randn(images.shape, generator=generator).to(images.device)  # (B, 3, R, R)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator).to(images.device)  # (B,)
+    noisy = scheduler.add_noise(images, noise, t)
+    return nn.functional.mse_loss(model(noisy, t, text_ids), noise)
+
+
+@dataclass(frozen=True)
+class DiffusionSampleConfig:
+    sampler: str = "ddim"  # or "dpm++"
+    steps: int = 25  # network evaluations per image (twice that with guidance != 1)
+    cfg_scale: float = 1.5
+    seed: int | None = 0  # seeds the initial noise (and DDIM is deterministic after it)
+
+    def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise BaselineError(f"unknown sampler {self.sampler!r} (known: {', '.join(SAMPLERS)})")
+        if self.steps < 1:
+            raise BaselineError(f"steps must be >= 1, got {self.steps}")
+
+
+@torch.no_grad()
+def sample(model: DiffusionBaseline, text_ids: torch.Tensor, sc: DiffusionSampleConfig) -> torch.Tensor:
+    """Images in [-1, 1], (B, 3, R, R), for text ids (B, T); conditional and unconditional rows in one batch."""
+    model.eval()
+    device = next(model.parameters()).device
+    cfg = model.cfg
+    b = text_ids.shape[0]
+    gen = torch.Generator().manual_seed(sc.seed) if sc.seed is not None else None
+    x = torch.randn((b, 3, cfg.resolution, cfg.resolution), generator=gen).to(device)  # (B, 3, R, R)
+    scheduler = make_sampler(cfg, sc.sampler)
+    scheduler.set_timesteps(sc.steps)
+    text_ids = text_ids.to(device)
+    guided = sc.cfg_scale != 1
+    if guided:
+        uncond = torch.full_like(text_ids, cfg.pad_id)
+        text_ids = torch.cat([text_ids, uncond])  # (2B, T): rows [0, B) conditional, [B, 2B) unconditional
+    for t in scheduler.timesteps:
+        inp = torch.cat([x, x]) if guided else x
+        eps = model(scheduler.scale_model_input(inp, t), t.expand(len(inp)).to(device), text_ids)
+        if guided:
+            cond, unc = eps.chunk(2)
+            eps = unc + (cond - unc) * sc.cfg_scale
+        x = scheduler.step(eps, t, x).prev_sample
+    return x.clamp(-1, 1)
+
+
+def save_baseline(model: DiffusionBaseline, directory: str | Path) -> Path:
+    """config.json + model.safetensors, written to a temporary directory and renamed into place."""
+    import shutil
+
+    from safetensors.torch import save_model
+
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    meta = {"format": FORMAT, "version": VERSION, "config": model.cfg.to_dict()}
+    (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+    save_model(model, str(tmp / WEIGHTS_NAME))
+    if directory.exists():
+        shutil.rmtree(directory)
+    tmp.rename(directory)
+    return directory
+
+
+def load_baseline(directory: str | Path, device: str | torch.device = "cpu") -> DiffusionBaseline:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+
+    directory = Path(directory)
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        raise BaselineError(f"'{directory}' is not a diffusion-baseline directory: {CONFIG_NAME} is missing")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BaselineError(f"cannot read '{path}' as JSON: {e}") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise BaselineError(f"'{path}' is not a version-{VERSION} Tessera diffusion baseline "
+                            f"(format {meta.get('format') if isinstance(meta, dict) else None!r})")
+    model = DiffusionBaseline(DiffusionConfig.from_dict(meta["config"]))
+    try:
+        load_model(model, str(directory / WEIGHTS_NAME), strict=True)
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise BaselineError(f"cannot load '{directory / WEIGHTS_NAME}': {e}") from e
+    return model.to(device).eval()
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] (B, 3, R, R) -> uint8 (B, R, R, 3)."""
+    x = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return rearrange(x, "b c h w -> b h w c").cpu()
+
+
+__all__ = ["BaselineError", "DiffusionBaseline", "DiffusionConfig", "DiffusionSampleConfig", "SAMPLERS",
+           "diffusion_loss", "load_baseline", "make_sampler", "sample", "save_baseline", "to_uint8",
+           "train_scheduler"]

@@ -1,0 +1,108 @@
+"""The diffusion baseline's model, loss, samplers and checkpoints, on a tiny config."""
+
+import json
+
+import pytest
+import torch
+
+from eval.diffusion import (
+    SAMPLERS,
+    BaselineError,
+    DiffusionBaseline,
+    DiffusionConfig,
+    DiffusionSampleConfig,
+    diffusion_loss,
+    load_baseline,
+    sample,
+    save_baseline,
+    to_uint8,
+    train_scheduler,
+)
+
+torch.set_num_threads(1)
+TINY = dict(text_vocab=40, pad_id=0, text_len=6, resolution=8, block_out_channels=[8, 16], norm_num_groups=4,
+            attention_head_dim=4, text_dim=16, text_layers=1, text_heads=2)
+
+
+def tiny(seed: int = 0) -> DiffusionBaseline:
+    torch.manual_seed(seed)
+    return DiffusionBaseline(DiffusionConfig(**TINY))
+
+
+def ids(b: int = 3, seed: int = 1) -> torch.Tensor:
+    return torch.randint(1, TINY["text_vocab"], (b, TINY["text_len"]), generator=torch.Generator().manual_seed(seed))
+
+
+def test_config_is_checked_and_round_trips():
+    cfg = DiffusionConfig(**TINY)
+    assert DiffusionConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(BaselineError, match="not divisible"):
+        DiffusionConfig(**{**TINY, "resolution": 10, "block_out_channels": [8, 16, 16]})
+    with pytest.raises(BaselineError, match="unknown baseline config key 'chanels'"):
+        DiffusionConfig.from_dict({**TINY, "chanels": 3})
+    with pytest.raises(BaselineError, match="cond_dropout"):
+        DiffusionConfig(**TINY, cond_dropout=1.0)
+    with pytest.raises(BaselineError, match="unknown sampler"):
+        DiffusionSampleConfig(sampler="euler")
+
+
+def test_one_batch_overfits():
+    model = tiny()
+    sched = train_scheduler(model.cfg)
+    images = torch.rand(4, 3, 8, 8) * 2 - 1
+    text = ids(4)
+    fixed = lambda: diffusion_loss(model, images, text, sched, torch.Generator().manual_seed(7))  # noqa: E731
+    with torch.no_grad():
+        before = float(fixed())
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for step in range(150):
+        loss = diffusion_loss(model, images, text, sched, torch.Generator().manual_seed(step))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after = float(fixed())
+    assert after < 0.5 * before, (before, after)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_samplers_are_seeded_and_bounded(sampler):
+    model = tiny()
+    sc = DiffusionSampleConfig(sampler=sampler, steps=4, cfg_scale=2.0, seed=3)
+    a, b = sample(model, ids(), sc), sample(model, ids(), sc)
+    assert a.shape == (3, 3, 8, 8) and torch.isfinite(a).all() and a.abs().max() <= 1
+    assert torch.equal(a, b)
+    other = sample(model, ids(), DiffusionSampleConfig(sampler=sampler, steps=4, cfg_scale=2.0, seed=4))
+    assert not torch.equal(a, other)
+    u8 = to_uint8(a)
+    assert u8.dtype == torch.uint8 and u8.shape == (3, 8, 8, 3)
+
+
+def test_guidance_mixes_the_unconditional_row():
+    model = tiny()
+    uncond = torch.zeros(2, TINY["text_len"], dtype=torch.long)  # all [PAD]: cond == uncond
+    plain = sample(model, uncond, DiffusionSampleConfig(steps=3, cfg_scale=1.0))
+    guided = sample(model, uncond, DiffusionSampleConfig(steps=3, cfg_scale=4.0))
+    assert torch.allclose(plain, guided, atol=1e-5)  # eps = u + (u - u) * s = u
+    text = ids(2)
+    assert not torch.allclose(sample(model, text, DiffusionSampleConfig(steps=3, cfg_scale=1.0)),
+                              sample(model, text, DiffusionSampleConfig(steps=3, cfg_scale=4.0)))
+
+
+def test_save_load_is_exact_and_errors_are_named(tmp_path):
+    model = tiny()
+    out = save_baseline(model, tmp_path / "b")
+    loaded = load_baseline(out)
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([5, 500])
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x, t, ids(2)), loaded(x, t, ids(2)))
+    assert not (tmp_path / "b.tmp").exists()
+    with pytest.raises(BaselineError, match="config.json is missing"):
+        load_baseline(tmp_path / "nothing")
+    (out / "config.json").write_text(json.dumps({"format": "other", "version": 1}))
+    with pytest.raises(BaselineError, match="not a version-1"):
+        load_baseline(out)
+    save_baseline(model, out)  # overwrites in place
+    (out / "model.safetensors").write_bytes(b"junk")
+    with pytest.raises(BaselineError, match="cannot load"):
+        load_baseline(out)
