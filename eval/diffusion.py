@@ -13,7 +13,8 @@ Sampling uses diffusers' schedulers built from the training schedule's config: D
 (deterministic, eta 0) or DPM-Solver++ (multistep, 2nd order), at any step count.
 Pixel space at the world's resolution: images in [-1, 1], (B, 3, R, R).
 
-Saved as a directory: config.json (this module's format and version) + model.safetensors.
+Saved as a directory: config.json (this module's format and version) + model.safetensors, and
+the text tokenizer the ids came from (text_tokenizer/, loadable with ar_model.load_text_tokenizer).
 """
 
 from __future__ import annotations
@@ -198,8 +199,9 @@ def sample(model: DiffusionBaseline, text_ids: torch.Tensor, sc: DiffusionSample
     return x.clamp(-1, 1)
 
 
-def save_baseline(model: DiffusionBaseline, directory: str | Path) -> Path:
-    """config.json + model.safetensors, written to a temporary directory and renamed into place."""
+def save_baseline(model: DiffusionBaseline, directory: str | Path, text_tokenizer: Any = None) -> Path:
+    """config.json + model.safetensors (+ text_tokenizer/ when given), written to a temporary directory
+    and renamed into place."""
     import shutil
 
     from safetensors.torch import save_model
@@ -211,6 +213,8 @@ def save_baseline(model: DiffusionBaseline, directory: str | Path) -> Path:
     meta = {"format": FORMAT, "version": VERSION, "config": model.cfg.to_dict()}
     (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
     save_model(model, str(tmp / WEIGHTS_NAME))
+    if text_tokenizer is not None:
+        text_tokenizer.save_pretrained(str(tmp / "text_tokenizer"))
     if directory.exists():
         shutil.rmtree(directory)
     tmp.rename(directory)

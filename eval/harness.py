@@ -10,7 +10,12 @@ Four parts, each optional:
                   scenes vs the world's renders of the same scenes, on features (eval.fid:
                   the harness's own classifier by default, Inception from a local file, or a callable)
     tokenizer     scene preservation, PSNR, SSIM, reconstruction FID, codebook usage/perplexity
-    speed         images/s, s/image, tokens/s and peak memory at fixed batch sizes (eval.speed)
+                  (the generator's tokenizer; the diffusion baseline has none)
+    speed         images/s, s/image, steps/s, network evaluations and peak memory at fixed
+                  batch sizes (eval.speed)
+
+`model` picks what is measured: the run's generator (default) or its diffusion baseline
+(`tessera train-baseline`), with the same suites, seeds and features.
 
 Each suite is sampled on its own with the same seed (batch b of a suite uses seed + b),
 so a suite's numbers do not depend on which other suites ran beside it, and two runs
@@ -36,8 +41,12 @@ RESULT_VERSION = 1
 GRID_TILES = 8  # images per grid row in the report
 
 
+MODELS = ("generator", "baseline")
+
+
 @dataclass
 class EvalConfig:
+    model: str = "generator"  # the run's autoregressive generator, or its diffusion baseline (eval.diffusion)
     suites: list[str] = field(default_factory=lambda: list(suites.DEFAULT_SUITES))
     n: int = 4  # samples per prompt: GenEval's 4
     seed: int = 0
@@ -46,6 +55,8 @@ class EvalConfig:
     temperature: float = 0.5
     top_k: int = 0
     top_p: float = 1.0
+    diffusion_sampler: str = "ddim"  # the baseline's: ddim or dpm++ (guidance: cfg_scale above)
+    diffusion_steps: int = 25
     batch_size: int = 64
     fid: bool = True
     fid_images: int = 500  # Fréchet distance is biased at small N: compare runs at the same N only
@@ -61,6 +72,8 @@ class EvalConfig:
 
     def __post_init__(self):
         self.suites = list(dict.fromkeys(self.suites or suites.DEFAULT_SUITES))
+        if self.model not in MODELS:
+            raise ValueError(f"eval model must be one of {', '.join(MODELS)}, got {self.model!r}")
         for name in ("n", "batch_size", "fid_images", "tokenizer_images", "speed_images"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"eval {name} must be >= 1, got {getattr(self, name)!r}")
@@ -97,6 +110,11 @@ class EvalResult:
 
 
 def _sample_config(cfg: EvalConfig):
+    if cfg.model == "baseline":
+        from eval.diffusion import DiffusionSampleConfig
+
+        return DiffusionSampleConfig(sampler=cfg.diffusion_sampler, steps=cfg.diffusion_steps,
+                                     cfg_scale=cfg.cfg_scale, seed=cfg.seed)
     from ar_model import SampleConfig
 
     return SampleConfig(cfg_scale=cfg.cfg_scale, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
@@ -113,13 +131,13 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out_dir: st
     """Evaluate the trained run in `run_dir`; write result.json, report.md and grids/ to out_dir (default run/eval)."""
     from eval.grids import save_grid
     from eval.speed import machine_info, measure_sampling
-    from tessera.pipeline import Pipeline
+    from tessera.pipeline import BaselinePipeline, Pipeline
     from train.data import shapes
 
     cfg = cfg or EvalConfig()
     run_dir = Path(run_dir)
-    out = Path(out_dir) if out_dir else run_dir / "eval"
-    pipe = Pipeline.from_run(run_dir, device=cfg.device)
+    out = Path(out_dir) if out_dir else run_dir / ("eval" if cfg.model == "generator" else "eval-baseline")
+    pipe = (Pipeline if cfg.model == "generator" else BaselinePipeline).from_run(run_dir, device=cfg.device)
     sc = _sample_config(cfg)
     seconds: dict[str, float] = {}
     features = None
@@ -154,7 +172,7 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out_dir: st
 
     # ---- tokenizer
     tok = None
-    if cfg.tokenizer:
+    if cfg.tokenizer and cfg.model == "generator":  # the baseline has no tokenizer: it works in pixels
         from eval.tokenizer_metrics import evaluate_tokenizer, heldout_images
 
         t = time.perf_counter()
@@ -167,8 +185,10 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out_dir: st
     speed = None
     if cfg.speed:
         t = time.perf_counter()
+        setting = (f"{cfg.diffusion_sampler} {cfg.diffusion_steps} steps" if cfg.model == "baseline"
+                   else "kv cache on")
         speed = measure_sampling(pipe, [p.text for p in suites.get_suites(["position"])["position"]],
-                                 cfg.speed_batch_sizes, cfg.speed_images, cfg.cfg_scale).to_dict()
+                                 {setting: sc}, cfg.speed_batch_sizes, cfg.speed_images).to_dict()
         seconds["speed"] = time.perf_counter() - t
 
     result = EvalResult(
@@ -188,7 +208,7 @@ def _generation_fid(pipe: Any, cfg: EvalConfig, sc: Any, features: Any, max_obje
     from train.data import shapes
 
     scenes = shapes.sample_scenes(cfg.fid_images, seed=cfg.fid_seed, split="train", max_objects=max_objects)
-    real = shapes.render_batch(scenes, pipe.tokenizer.cfg.resolution)
+    real = shapes.render_batch(scenes, pipe.resolution)
     fake = pipe.sample([shapes.describe(s) for s in scenes], n=1, sc=sc, batch_size=cfg.batch_size,
                        progress=cfg.progress).images
     return quality_metrics(real, fake, features).to_dict()
@@ -226,11 +246,13 @@ def render_markdown(result: EvalResult, report: faithfulness.FaithfulnessReport,
 
     c = result.config
     lines = [
-        f"# Evaluation of {result.run}",
+        f"# Evaluation of {result.run} ({c['model']})",
         "",
         f"- machine: {describe_machine(result.machine)}; torch {result.machine['torch']}",
-        f"- sampling: guidance {c['cfg_scale']:g}, temperature {c['temperature']:g}, top-k {c['top_k']}, "
-        f"top-p {c['top_p']:g}, seed {c['seed']}, {c['n']} samples per prompt",
+        (f"- sampling: guidance {c['cfg_scale']:g}, temperature {c['temperature']:g}, top-k {c['top_k']}, "
+         f"top-p {c['top_p']:g}, seed {c['seed']}, {c['n']} samples per prompt" if c["model"] == "generator" else
+         f"- sampling: {c['diffusion_sampler']}, {c['diffusion_steps']} steps, guidance {c['cfg_scale']:g}, "
+         f"seed {c['seed']}, {c['n']} samples per prompt"),
         f"- suites (version {result.suite_version}): {', '.join(c['suites'])}",
         f"- seconds: " + ", ".join(f"{k} {v:g}" for k, v in result.seconds.items()),
         "",
@@ -265,7 +287,7 @@ def render_markdown(result: EvalResult, report: faithfulness.FaithfulnessReport,
         from eval.speed import SpeedReport, SpeedRow
 
         s = result.speed
-        speed = SpeedReport(s["machine"], s["cfg_scale"], s["image_tokens"], [SpeedRow(**r) for r in s["rows"]])
+        speed = SpeedReport(s["machine"], s["cfg_scale"], s["steps_per_image"], [SpeedRow(**r) for r in s["rows"]])
         lines += ["", "## Sampling speed", "", speed.to_markdown()]
     lines += ["", "## Samples", ""]
     for cat, entry in grids.items():
@@ -282,4 +304,4 @@ def render_markdown(result: EvalResult, report: faithfulness.FaithfulnessReport,
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["EvalConfig", "EvalResult", "evaluate_run", "render_markdown"]
+__all__ = ["MODELS", "EvalConfig", "EvalResult", "evaluate_run", "render_markdown"]

@@ -1,7 +1,10 @@
-"""Sampling speed of a trained run: images/s, seconds per image, tokens/s and peak memory per batch size.
+"""Sampling speed of a trained model: images/s, seconds per image, steps/s, network evaluations, peak memory.
 
-Measured end to end as a user sees it: text -> image codes (with guidance, so two rows
-per image when the scale is not 1) -> pixels, after one warm-up batch. On a GPU the
+Measured end to end as a user sees it: text -> image (the generator: codes one token at a
+time, then the tokenizer's decoder; the diffusion baseline: its denoising steps), with
+guidance as two rows per image when the scale is not 1, after one warm-up batch. A
+"step" is one sequential network call: an image token for the generator, a denoising
+step for diffusion; network evaluations per image = steps x rows. On a GPU the
 kernels are synchronised before the clock stops and the peak is CUDA's allocator peak
 for the setting; on the CPU the peak is the process's resident-set high-water mark
 (`ru_maxrss`), which never goes down, so it bounds the run so far rather than the setting.
@@ -9,6 +12,7 @@ for the setting; on the CPU the peak is the process's resident-set high-water ma
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import resource
@@ -49,12 +53,13 @@ def describe_machine(info: dict) -> str:
 @dataclass
 class SpeedRow:
     batch_size: int
-    kv_cache: bool
+    setting: str  # e.g. "kv cache on", "ddim 25 steps"
     images: int
     seconds: float
     images_per_s: float
     seconds_per_image: float
-    tokens_per_s: float  # image tokens sampled per second (guidance's second row not counted)
+    steps_per_s: float  # images x steps per second: tokens/s for the generator, image-steps/s for diffusion
+    nfe_per_image: int  # network evaluations per image: steps x rows (2 with guidance)
     peak_memory_mb: float  # see the module docstring
 
 
@@ -62,7 +67,7 @@ class SpeedRow:
 class SpeedReport:
     machine: dict
     cfg_scale: float
-    image_tokens: int  # tokens sampled per image
+    steps_per_image: int  # sequential network calls per image: image tokens, or denoising steps
     rows: list[SpeedRow] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -70,11 +75,11 @@ class SpeedReport:
 
     def to_markdown(self) -> str:
         lines = [f"machine: {describe_machine(self.machine)}; guidance {self.cfg_scale:g}; "
-                 f"{self.image_tokens} image tokens per image", "",
-                 "| batch | KV cache | images/s | s/image | tokens/s | peak memory (MB) |",
-                 "|---:|---|---:|---:|---:|---:|"]
-        lines += [f"| {r.batch_size} | {'on' if r.kv_cache else 'off'} | {r.images_per_s:.2f} | "
-                  f"{r.seconds_per_image:.4f} | {r.tokens_per_s:.0f} | {r.peak_memory_mb:.0f} |" for r in self.rows]
+                 f"{self.steps_per_image} sequential steps per image", "",
+                 "| batch | setting | images/s | s/image | steps/s | network evals / image | peak memory (MB) |",
+                 "|---:|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r.batch_size} | {r.setting} | {r.images_per_s:.2f} | {r.seconds_per_image:.4f} | "
+                  f"{r.steps_per_s:.0f} | {r.nfe_per_image} | {r.peak_memory_mb:.0f} |" for r in self.rows]
         return "\n".join(lines)
 
 
@@ -85,37 +90,38 @@ def _peak_mb(device: torch.device) -> float:
 
 
 def measure_sampling(
-    pipe: Any, prompts: Sequence[str], batch_sizes: Sequence[int] = (1, 32), images: int = 32,
-    cfg_scale: float = 1.5, kv_cache: Sequence[bool] = (True,),
+    pipe: Any, prompts: Sequence[str], settings: dict[str, Any], batch_sizes: Sequence[int] = (1, 32),
+    images: int = 32,
 ) -> SpeedReport:
-    """Time `pipe` (a tessera.pipeline.Pipeline) sampling `images` images (whole batches) per setting.
+    """Time `pipe` (tessera.pipeline's Pipeline or BaselinePipeline) sampling `images` images (whole
+    batches) with each named sample config of `settings`, at each batch size.
 
     Settings run interleaved in one process, so ratios between them share the machine's state.
+    All settings should share one guidance scale (the report states the first's).
     """
-    from ar_model import SampleConfig
-
-    if not prompts:
-        raise ValueError("measure_sampling needs at least one prompt")
+    if not prompts or not settings:
+        raise ValueError("measure_sampling needs at least one prompt and one setting")
     device = pipe.device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    report = SpeedReport(machine_info(device), cfg_scale, pipe.layout.num_image_tokens)
+    first = next(iter(settings.values()))
+    report = SpeedReport(machine_info(device), first.cfg_scale, pipe.steps_per_image(first))
     for bs in batch_sizes:
         batches = max(1, -(-images // bs))
         texts = [prompts[i % len(prompts)] for i in range(bs)]
-        for use_cache in kv_cache:
-            sc = SampleConfig(cfg_scale=cfg_scale, seed=0, use_cache=use_cache)
+        for name, sc in settings.items():
             pipe.sample(texts, n=1, sc=sc, batch_size=bs)  # warm-up: allocator, kernels, caches
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             sync()
             t = time.perf_counter()
             for b in range(batches):
-                pipe.sample(texts, n=1, sc=sc.replace(seed=b), batch_size=bs)
+                pipe.sample(texts, n=1, sc=dataclasses.replace(sc, seed=b), batch_size=bs)
             sync()
             dt = time.perf_counter() - t
-            n = batches * bs
-            report.rows.append(SpeedRow(bs, use_cache, n, round(dt, 4), n / dt, dt / n,
-                                        n * pipe.layout.num_image_tokens / dt, _peak_mb(device)))
+            n, steps = batches * bs, pipe.steps_per_image(sc)
+            rows = 2 if sc.cfg_scale != 1 else 1  # guidance: a conditional and an unconditional row
+            report.rows.append(SpeedRow(bs, name, n, round(dt, 4), n / dt, dt / n, n * steps / dt,
+                                        steps * rows, _peak_mb(device)))
     return report
 
 

@@ -16,10 +16,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from train.loop import TrainConfigError
     from ar_model import CheckpointError as GeneratorCheckpointError
     from ar_model import ConfigError as GeneratorConfigError
+    from eval.diffusion import BaselineError
     from vqtok import CheckpointError, ConfigError
 
     return (ConfigError, CheckpointError, GeneratorConfigError, GeneratorCheckpointError, TrainConfigError,
-            ResumeError, ImageError, FileNotFoundError)
+            ResumeError, ImageError, FileNotFoundError, BaselineError)
 
 
 def _parse_assignments(items: list[str]) -> dict[str, object]:
@@ -40,6 +41,8 @@ def _stage_config(args, stage):
     """The preset (or --config file) of `stage`, with --set / --steps / --device / --no-progress applied."""
     if stage == "tokenizer":
         from train.tokenizer_stage import TokenizerStageConfig as Config, preset_config
+    elif stage == "baseline":
+        from train.diffusion_stage import BaselineStageConfig as Config, preset_config
     else:
         from train.generator_stage import GeneratorStageConfig as Config, preset_config
 
@@ -106,6 +109,15 @@ def cmd_train(args) -> int:
     cfg = _stage_config(args, "generator")
     out = train_generator(cfg, args.run, tokenizer_dir=args.tokenizer)
     print(f"generator written to {out}")
+    return 0
+
+
+def cmd_train_baseline(args) -> int:
+    from train.diffusion_stage import train_baseline
+
+    cfg = _stage_config(args, "baseline")
+    out = train_baseline(cfg, args.run)
+    print(f"diffusion baseline written to {out}")
     return 0
 
 
@@ -250,6 +262,7 @@ def cmd_eval(args) -> int:
 
     try:
         cfg = EvalConfig(
+            model=args.model, diffusion_sampler=args.sampler, diffusion_steps=args.steps,
             suites=args.suite or None, n=args.n, seed=args.seed, cfg_scale=args.cfg, temperature=args.temperature,
             top_k=args.top_k, top_p=args.top_p, batch_size=args.batch_size, fid=not args.no_fid,
             fid_images=args.fid_images, features=args.features, tokenizer=not args.no_tokenizer,
@@ -258,7 +271,7 @@ def cmd_eval(args) -> int:
         )
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
-    out = Path(args.out) if args.out else Path(args.run) / "eval"
+    out = Path(args.out) if args.out else Path(args.run) / ("eval" if args.model == "generator" else "eval-baseline")
     try:
         result = evaluate_run(args.run, cfg, out)
     except FeaturesUnavailableError as e:
@@ -328,6 +341,14 @@ def build_parser() -> argparse.ArgumentParser:
     stage_args(g)
     g.set_defaults(func=cmd_train)
 
+    b = sub.add_parser("train-baseline", help="train the diffusion baseline on the generator's data",
+                       description="Train (or resume) a small text-conditioned UNet (diffusers) on the same scenes, "
+                       "captions and text ids as the generator, in pixels; writes RUN/baseline/. Measure it with "
+                       "`tessera eval --run RUN --model baseline`.")
+    b.add_argument("--run", required=True, help="run directory (shares text_tokenizer/ with the generator)")
+    stage_args(b)
+    b.set_defaults(func=cmd_train_baseline)
+
     s = sub.add_parser("sample", help="sample images from prompts with a trained run",
                        description="Draw N images per prompt; writes one PNG per image (prompt and settings in "
                        "its text chunks) and OUT/grid.png with one row per prompt. An empty prompt samples "
@@ -349,8 +370,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "each image against its prompt's constraints (the shapes world's parse); FID of generated "
                        "vs rendered scenes on the harness's own classifier features (trained once and cached in "
                        "$TESSERA_CACHE or ~/.cache/tessera) or Inception from a local weights file; tokenizer "
-                       "metrics; sampling speed. Writes OUT/result.json, OUT/report.md and OUT/grids/.")
-    v.add_argument("--run", required=True, help="run directory holding tokenizer/ and generator/")
+                       "metrics; sampling speed. Writes OUT/result.json, OUT/report.md and OUT/grids/ (OUT: RUN/eval, "
+                       "or RUN/eval-baseline with --model baseline).")
+    v.add_argument("--run", required=True, help="run directory holding tokenizer/ and generator/ (or baseline/)")
+    v.add_argument("--model", choices=["generator", "baseline"], default="generator",
+                   help="what to measure: the autoregressive generator, or the diffusion baseline")
+    v.add_argument("--sampler", choices=["ddim", "dpm++"], default="ddim", help="the baseline's sampler")
+    v.add_argument("--steps", type=int, default=25, help="the baseline's denoising steps")
     v.add_argument("--suite", action="append", choices=list(SUITES),
                    help=f"a suite to run (repeat for several; default: {' '.join(DEFAULT_SUITES)})")
     v.add_argument("--n", type=int, default=4, help="samples per prompt")
@@ -366,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--no-speed", action="store_true", help="skip the speed measurement")
     v.add_argument("--speed-batch-sizes", type=int, nargs="+", default=[1, 32], help="batch sizes timed")
     v.add_argument("--device", help="cpu or cuda (default: cuda when present)")
-    v.add_argument("--out", help="output directory (default: RUN/eval)")
+    v.add_argument("--out", help="output directory (default: RUN/eval or RUN/eval-baseline)")
     v.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     v.set_defaults(func=cmd_eval)
 

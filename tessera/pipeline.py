@@ -15,6 +15,7 @@ prompt longer than the model's text length is truncated; both are reported in
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from dataclasses import dataclass, field
@@ -70,6 +71,16 @@ class Pipeline:
                 )
         return cls(load_tokenizer(run_dir / "tokenizer"), load_generator(run_dir / "generator"), dev)
 
+    kind = "autoregressive"
+
+    @property
+    def resolution(self) -> int:
+        return self.tokenizer.cfg.resolution
+
+    def steps_per_image(self, sc: SampleConfig) -> int:
+        """Sequential model calls per image: one per image token."""
+        return self.layout.num_image_tokens
+
     def check_prompts(self, prompts: Sequence[str]) -> list[str]:
         """Warnings for prompts that will not be used as written (empty, truncated)."""
         if isinstance(prompts, str):
@@ -111,6 +122,67 @@ class Pipeline:
         return SampleResult(images, rows, sc.seed, sc.to_dict(), warnings)
 
 
+class BaselinePipeline:
+    """A run's diffusion baseline (eval.diffusion) behind the same `sample` as Pipeline."""
+
+    kind = "diffusion"
+
+    def __init__(self, model: Any, text_tokenizer: Any, device: torch.device):
+        from ar_model import SequenceLayout
+
+        self.model = model.to(device).eval()  # eval.diffusion.DiffusionBaseline
+        self.text_tokenizer = text_tokenizer
+        self.device = device
+        # the generator's text ids (ar_model.encode_text); the layout's image part is unused
+        self.text_layout = SequenceLayout.for_tokenizer(text_tokenizer, 1, (1, 1), model.cfg.text_len)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, device: str | None = None) -> "BaselinePipeline":
+        from ar_model import load_text_tokenizer
+        from eval.diffusion import load_baseline
+
+        path = Path(run_dir) / "baseline"
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path} does not exist: {run_dir} has no diffusion baseline "
+                                    "(train it with `tessera train-baseline`)")
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        return cls(load_baseline(path), load_text_tokenizer(path / "text_tokenizer"), dev)
+
+    @property
+    def resolution(self) -> int:
+        return self.model.cfg.resolution
+
+    def steps_per_image(self, sc: Any) -> int:
+        """Sequential model calls per image: one per denoising step."""
+        return sc.steps
+
+    def sample(self, prompts: Sequence[str], n: int = 4, sc: Any = None, batch_size: int = 32,
+               progress: bool = False) -> SampleResult:
+        """`n` images per prompt (prompt-major); batch b uses seed sc.seed + b, as Pipeline.sample."""
+        from tqdm.auto import tqdm
+
+        from eval.diffusion import DiffusionSampleConfig, sample, to_uint8
+
+        sc = sc or DiffusionSampleConfig()
+        if n < 1 or batch_size < 1:
+            raise ValueError(f"n and batch_size must be >= 1, got n={n}, batch_size={batch_size}")
+        batch = encode_text(self.text_tokenizer, list(prompts), self.text_layout)
+        warnings = [f"prompt longer than the model's {self.text_layout.text_len} text tokens, truncated: {p[:60]!r}"
+                    for p, cut in zip(prompts, batch.truncated) if cut]
+        for w in warnings:
+            log.warning(w)
+        rows = [p for p in prompts for _ in range(n)]
+        text = batch.ids.repeat_interleave(n, dim=0)  # (P * n, T)
+        out = []
+        for b, start in enumerate(tqdm(range(0, len(rows), batch_size), desc="sampling", disable=not progress,
+                                       leave=False)):
+            seed = None if sc.seed is None else sc.seed + b
+            images = sample(self.model, text[start : start + batch_size], dataclasses.replace(sc, seed=seed))
+            out.append(to_uint8(images).numpy())
+        images = np.concatenate(out) if out else np.zeros((0, 0, 0, 3), np.uint8)
+        return SampleResult(images, rows, sc.seed, dataclasses.asdict(sc), warnings)
+
+
 def _slug(text: str, limit: int = 40) -> str:
     s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-")
     return s or "unconditional"
@@ -136,4 +208,4 @@ def save_pngs(result: SampleResult, out_dir: str | Path, run: str = "") -> list[
     return paths
 
 
-__all__ = ["Pipeline", "SampleResult", "save_pngs"]
+__all__ = ["BaselinePipeline", "Pipeline", "SampleResult", "save_pngs"]

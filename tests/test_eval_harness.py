@@ -98,3 +98,35 @@ def test_bad_eval_input_is_a_clear_error(run, tmp_path, capsys):
         main(["eval", "--run", str(run), "--features", "clip"])
     assert main(["eval", "--run", str(run), "--features", f"inception:{tmp_path / 'missing.pth'}", "--no-progress"]) == 2
     assert "missing.pth" in capsys.readouterr().err
+
+
+BASE = {
+    "model.block_out_channels": [8, 16], "model.norm_num_groups": 4, "model.attention_head_dim": 4,
+    "model.text_dim": 16, "model.text_layers": 1, "model.text_heads": 2, "loop.steps": 3, "loop.batch_size": 4,
+    "loop.log_every": 1, "loop.warmup_steps": 1, "loop.ema_decay": 0.0, "loop.device": "cpu",
+    "data.train_images": 32,
+}
+
+
+def test_baseline_trains_and_is_evaluated_by_the_same_harness(run, tmp_path, capsys):
+    assert main(["train-baseline", "--run", str(run), "--no-progress", *_set_args(BASE)]) == 0
+    assert (run / "baseline" / "model.safetensors").is_file() and (run / "metrics" / "baseline.jsonl").is_file()
+    out = tmp_path / "evb"
+    args = ["eval", "--run", str(run), "--model", "baseline", "--sampler", "dpm++", "--steps", "2", "--out",
+            str(out), "--suite", "position", "--n", "1", "--fid-images", "6", "--speed-batch-sizes", "2",
+            "--features", "classifier", "--no-progress"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TESSERA_CACHE", str(tmp_path / "cache"))
+        train = fid.train_shapes_classifier
+        mp.setattr(fid, "train_shapes_classifier", lambda cfg, progress=True: train(dataclasses.replace(cfg, steps=3), progress))
+        assert main(args) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["config"]["model"] == "baseline" and result["tokenizer"] is None
+    assert result["faithfulness"]["categories"]["position"]["n"] == 18
+    assert result["fid"]["n_fake"] == 6
+    row = result["speed"]["rows"][0]
+    assert row["setting"] == "dpm++ 2 steps" and row["nfe_per_image"] == 4  # 2 steps x 2 rows (guidance 1.5)
+    assert "dpm++, 2 steps" in (out / "report.md").read_text()
+    # a run without a baseline says how to make one
+    assert main(["eval", "--run", str(tmp_path / "none"), "--model", "baseline", "--no-progress"]) == 2
+    assert "train-baseline" in capsys.readouterr().err

@@ -1,0 +1,157 @@
+"""The diffusion baseline's training stage: the generator's data, text ids and loop, a UNet instead.
+
+    run/text_tokenizer/      shared with the generator stage (made by whichever stage runs first)
+    run/baseline_stage.json  the stage config (a resumed run must keep it)
+    run/state/baseline/      the shared loop's checkpoints (resume)
+    run/metrics/baseline.jsonl
+    run/baseline/            the exported model (eval.diffusion) + its text tokenizer
+
+The data section is the generator stage's (`GeneratorDataConfig`): the same scenes,
+captions and text length by default, so the two models see the same examples and the
+same text ids; images are rendered at `model.resolution` (the tokenizer's 24 px by
+default) and scaled to [-1, 1].
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ar_model import SequenceLayout, condition_dropout, encode_text
+from eval.diffusion import DiffusionBaseline, DiffusionConfig, diffusion_loss, save_baseline, train_scheduler
+from train.data.images import dataset_images
+from train.generator_stage import GeneratorDataConfig, prepare_text_tokenizer, training_rows
+from train.loop import (
+    EpochOrder,
+    LoopConfig,
+    LossOutput,
+    TrainConfigError,
+    config_from_dict,
+    override_sections,
+    train_loop,
+)
+from train.tokenizer_stage import check_run_config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BaselineStageConfig:
+    model: dict = field(default_factory=dict)  # DiffusionConfig fields but the text ones (set from the tokenizer)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    data: GeneratorDataConfig = field(default_factory=GeneratorDataConfig)
+
+    def to_dict(self) -> dict:
+        return {"model": dict(self.model), "loop": self.loop.to_dict(), "data": asdict(self.data)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BaselineStageConfig:
+        unknown = sorted(set(d) - {"model", "loop", "data"})
+        if unknown:
+            raise TrainConfigError(f"unknown baseline-stage section {unknown[0]!r} (known: data, loop, model)")
+        return cls(model=dict(d.get("model", {})), loop=config_from_dict(LoopConfig, d.get("loop", {}), "loop"),
+                   data=config_from_dict(GeneratorDataConfig, d.get("data", {}), "data"))
+
+    def override(self, assignments: dict[str, object]) -> BaselineStageConfig:
+        d = override_sections(self.to_dict(), assignments, open_sections=("model",))
+        return BaselineStageConfig.from_dict(d)
+
+    def diffusion_config(self, layout: SequenceLayout) -> DiffusionConfig:
+        taken = {"text_vocab", "pad_id", "text_len"} & set(self.model)
+        if taken:
+            raise TrainConfigError(f"model.{sorted(taken)[0]} comes from the text tokenizer and data.text_len")
+        try:
+            return DiffusionConfig.from_dict({**self.model, "text_vocab": layout.pad_id + 1, "pad_id": layout.pad_id,
+                                              "text_len": layout.text_len})
+        except (TypeError, ValueError) as e:
+            raise TrainConfigError(f"baseline model config: {e}") from e
+
+
+PRESETS: dict[str, dict] = {
+    # the cpu generator preset's data (20,000 scenes, complete captions, 18 text tokens, 1-2 objects)
+    # at the tokenizer's 24 px; the default UNet (1.16M parameters, the tiny generator's 1.14M).
+    # 330 steps of batch 64 (~1.15 s each on 2 AVX2 cores) take the generator's ~6.5 minutes of
+    # training: the same wall-clock on the same machine, issue 5's budget (a UNet step costs ~3x
+    # a step of the tiny transformer, so it sees ~3x fewer images)
+    "cpu": {
+        "model": {"resolution": 24},
+        "loop": {"steps": 330, "batch_size": 64, "lr": 1e-3, "warmup_steps": 30, "weight_decay": 0.0,
+                 "betas": [0.9, 0.99], "min_lr_ratio": 0.1, "ema_decay": 0.99, "ckpt_every": 100,
+                 "log_every": 10},
+        "data": {"train_images": 20000, "max_objects": 2, "captions": "complete", "text_len": 18},
+    },
+}
+
+
+def preset_config(name: str) -> BaselineStageConfig:
+    if name not in PRESETS:
+        raise TrainConfigError(f"unknown baseline preset {name!r} (known: {', '.join(PRESETS)})")
+    return BaselineStageConfig.from_dict(PRESETS[name])
+
+
+def text_layout(text_tok: Any, text_len: int) -> SequenceLayout:
+    """The generator's text ids for this tokenizer (ar_model.encode_text); the image part is unused."""
+    return SequenceLayout.for_tokenizer(text_tok, codebook_size=1, grid=(1, 1), text_len=text_len)
+
+
+class BaselineTask:
+    """The baseline as a `train.loop.Task` over in-memory images and text ids."""
+
+    def __init__(self, cfg: BaselineStageConfig, dcfg: DiffusionConfig, layout: SequenceLayout,
+                 images: torch.Tensor, text_ids: torch.Tensor):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.loop.seed)
+            self.model = DiffusionBaseline(dcfg)
+        self.layout = layout
+        self.images = images  # (N, R, R, 3) uint8
+        self.text_ids = text_ids  # (N, T) long
+        self.scheduler = train_scheduler(dcfg)
+        self.cond_dropout = dcfg.cond_dropout
+        self.order = EpochOrder(len(images), cfg.loop.seed, cfg.loop.grad_accum)
+        self.seed = cfg.loop.seed
+
+    def batch(self, step: int, micro: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        idx = self.order.indices(step, micro, batch_size)  # (B,)
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + step) * 64 + micro)  # a function of (step, micro)
+        text = condition_dropout(self.text_ids[idx], self.cond_dropout, self.layout, generator=g)  # (B, T)
+        x = self.images[idx].permute(0, 3, 1, 2).float() / 127.5 - 1  # (B, 3, R, R) in [-1, 1]
+        device = next(self.model.parameters()).device
+        noise_seed = int(torch.randint(0, 2**62, (1,), generator=g))  # the loss's noise and timesteps
+        return x.to(device), text.to(device), noise_seed
+
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor, int], step: int) -> LossOutput:
+        x, text, noise_seed = batch
+        loss = diffusion_loss(self.model, x, text, self.scheduler, torch.Generator().manual_seed(noise_seed))
+        return LossOutput(loss, {"loss": float(loss.detach())})
+
+    def items(self, batch: tuple[torch.Tensor, torch.Tensor, int]) -> int:
+        return batch[0].shape[0]
+
+
+def train_baseline(cfg: BaselineStageConfig, run_dir: str | Path) -> Path:
+    """Train (or resume) the diffusion baseline of `run_dir`; returns the exported model directory."""
+    run_dir = Path(run_dir)
+    check_run_config(run_dir, cfg, name="baseline_stage.json")
+    resolution = int(cfg.model.get("resolution", 24))
+    rows = training_rows(cfg, resolution)  # the generator stage's scenes and captions
+    text_tok = prepare_text_tokenizer(cfg, run_dir, rows["text"])
+    layout = text_layout(text_tok, cfg.data.text_len)
+    dcfg = cfg.diffusion_config(layout)
+    batch = encode_text(text_tok, rows["text"], layout)
+    if any(batch.truncated):
+        log.warning("baseline: %d of %d captions longer than %d text tokens were truncated",
+                    sum(batch.truncated), len(batch.truncated), layout.text_len)
+    images = dataset_images(rows, resolution, progress=cfg.loop.progress)  # (N, R, R, 3) uint8
+    task = BaselineTask(cfg, dcfg, layout, images, batch.ids)
+    log.info("baseline: %d parameters, %d training images at %d px", sum(p.numel() for p in task.model.parameters()),
+             len(images), resolution)
+    result = train_loop(task, cfg.loop, run_dir, desc="baseline", stage="baseline")
+    log.info("baseline: %d steps in %.1fs (resumed from %d)", result.step, result.seconds, result.resumed_from)
+    return save_baseline(task.model.eval(), run_dir / "baseline", text_tokenizer=text_tok)
+
+
+__all__ = ["BaselineStageConfig", "BaselineTask", "PRESETS", "preset_config", "text_layout", "train_baseline"]
