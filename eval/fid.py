@@ -432,6 +432,10 @@ class FeaturesUnavailableError(ImportError):
     """A feature source needs a package that is not installed."""
 
 
+class FeaturesError(ValueError):
+    """A feature source that cannot be used as given (a weights file refused, an unknown spec)."""
+
+
 def _plain_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The file's tensors, loaded without running any pickled code; refuses anything but a flat state dict."""
     if not path.is_file():
@@ -440,14 +444,14 @@ def _plain_state_dict(path: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError) as e:
-            raise ValueError(f"cannot read '{path}' as safetensors: {e}") from e
+            raise FeaturesError(f"cannot read '{path}' as safetensors: {e}") from e
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)  # refuses pickled classes and code
     except Exception as e:  # UnpicklingError, RuntimeError (not a torch file), ...: all mean "not plain tensors"
-        raise ValueError(f"refusing '{path}': only plain state dicts of tensors are accepted (or .safetensors); "
+        raise FeaturesError(f"refusing '{path}': only plain state dicts of tensors are accepted (or .safetensors); "
                          f"torch.load(weights_only=True) failed: {e}") from e
     if not (isinstance(state, dict) and all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items())):
-        raise ValueError(f"refusing '{path}': expected a flat state dict {{name: tensor}}, got {type(state).__name__}")
+        raise FeaturesError(f"refusing '{path}': expected a flat state dict {{name: tensor}}, got {type(state).__name__}")
     return state
 
 
@@ -492,6 +496,12 @@ def resolve_features(spec: str | FeatureFn | Features = "classifier", cache_dir:
         return classifier_features(cache_dir, progress=progress)
     if isinstance(spec, str) and spec.startswith("inception:") and spec != "inception:":
         return inception_features(spec.removeprefix("inception:"))
-    raise ValueError(f"unknown features {spec!r}: use 'classifier' (default, offline), 'inception:PATH' (a local "
-                     "Inception-v3 state dict, .pth or .safetensors) or a callable uint8 (N, R, R, 3) -> (N, D)")
+    raise FeaturesError(f"unknown features {spec!r}: use 'classifier' (default, offline), 'inception:PATH' (a local "
+                        "Inception-v3 state dict, .pth or .safetensors) or a callable uint8 (N, R, R, 3) -> (N, D)")
 
+
+__all__ = ["KID", "ClassifierConfig", "ClassifierOutput", "Features", "FeaturesError", "FeaturesUnavailableError",
+           "PrecisionRecall", "QualityReport", "ShapesClassifier", "classifier_features", "default_cache_dir",
+           "evaluate_classifier", "extract_features", "frechet_distance", "inception_features", "kid",
+           "load_classifier", "precision_recall", "quality_metrics", "report_from_features", "resolve_features",
+           "save_classifier", "scene_targets", "train_shapes_classifier"]

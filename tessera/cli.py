@@ -257,7 +257,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from eval.fid import FeaturesUnavailableError
+    from eval.fid import FeaturesError, FeaturesUnavailableError
     from eval.harness import EvalConfig, evaluate_run
 
     try:
@@ -274,7 +274,7 @@ def cmd_eval(args) -> int:
     out = Path(args.out) if args.out else Path(args.run) / ("eval" if args.model == "generator" else "eval-baseline")
     try:
         result = evaluate_run(args.run, cfg, out)
-    except FeaturesUnavailableError as e:
+    except (FeaturesError, FeaturesUnavailableError) as e:  # a refused weights file, a missing package
         print(f"error: {e}", file=sys.stderr)
         return 2
     f = result.faithfulness

@@ -98,6 +98,9 @@ def test_bad_eval_input_is_a_clear_error(run, tmp_path, capsys):
         main(["eval", "--run", str(run), "--features", "clip"])
     assert main(["eval", "--run", str(run), "--features", f"inception:{tmp_path / 'missing.pth'}", "--no-progress"]) == 2
     assert "missing.pth" in capsys.readouterr().err
+    torch.save({"w": torch.zeros(2), "note": {"not": "a tensor"}}, tmp_path / "odd.pth")
+    assert main(["eval", "--run", str(run), "--features", f"inception:{tmp_path / 'odd.pth'}", "--no-progress"]) == 2
+    assert "refusing" in capsys.readouterr().err
 
 
 BASE = {
