@@ -141,7 +141,7 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out_dir: st
     sc = _sample_config(cfg)
     seconds: dict[str, float] = {}
     features = None
-    if cfg.fid or cfg.tokenizer:  # first: a missing weights file or package fails before minutes of sampling
+    if cfg.fid or (cfg.tokenizer and cfg.model == "generator"):  # first: a bad weights file fails before sampling
         from eval.fid import resolve_features
 
         t = time.perf_counter()
