@@ -121,9 +121,9 @@ def _sample_config(cfg: EvalConfig):
                         seed=cfg.seed)
 
 
-def _run_data(run_dir: Path) -> dict:
-    """The run's generator data config (max_objects), when it has one."""
-    path = run_dir / "generator_stage.json"
+def _run_data(run_dir: Path, model: str) -> dict:
+    """The data config (max_objects) the run's generator or baseline was trained with, when there is one."""
+    path = run_dir / f"{model}_stage.json"
     return json.loads(path.read_text()).get("data", {}) if path.is_file() else {}
 
 
@@ -167,7 +167,7 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out_dir: st
     fid = None
     if cfg.fid:
         t = time.perf_counter()
-        fid = _generation_fid(pipe, cfg, sc, features, _run_data(run_dir).get("max_objects", shapes.MAX_OBJECTS))
+        fid = _generation_fid(pipe, cfg, sc, features, _run_data(run_dir, cfg.model).get("max_objects", shapes.MAX_OBJECTS))
         seconds["fid"] = time.perf_counter() - t
 
     # ---- tokenizer
