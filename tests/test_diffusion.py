@@ -106,3 +106,86 @@ def test_save_load_is_exact_and_errors_are_named(tmp_path):
     (out / "model.safetensors").write_bytes(b"junk")
     with pytest.raises(BaselineError, match="cannot load"):
         load_baseline(out)
+
+
+class Oracle(torch.nn.Module):
+    """Knows the clean images: returns the exact noise, velocity or x0 for (x_t, t), per prediction type."""
+
+    def __init__(self, cfg: DiffusionConfig, x0: torch.Tensor):
+        super().__init__()
+        self.cfg, self.x0 = cfg, x0
+        self.abar = train_scheduler(cfg).alphas_cumprod
+        self.unused = torch.nn.Parameter(torch.zeros(1))  # sample() asks the model for its device
+
+    def forward(self, noisy, t, text):
+        a = self.abar[t].view(-1, 1, 1, 1).float()
+        eps = (noisy - a.sqrt() * self.x0) / (1 - a).sqrt()  # x_t = sqrt(abar) x0 + sqrt(1 - abar) eps
+        return {"epsilon": eps, "v_prediction": a.sqrt() * eps - (1 - a).sqrt() * self.x0,  # Salimans & Ho's v
+                "sample": self.x0}[self.cfg.prediction_type]
+
+
+PREDICTIONS = ("epsilon", "v_prediction", "sample")
+
+
+@pytest.mark.parametrize("kind", PREDICTIONS)
+def test_each_prediction_type_trains_on_its_own_target(kind):
+    cfg = DiffusionConfig(**TINY, prediction_type=kind)
+    x0 = torch.rand(4, 3, 8, 8) * 2 - 1
+    oracle = Oracle(cfg, x0)
+    assert float(diffusion_loss(oracle, x0, ids(4), train_scheduler(cfg), torch.Generator().manual_seed(0))) < 1e-8
+    for other in PREDICTIONS:  # the same oracle judged against another type's target is wrong
+        if other != kind:
+            wrong = train_scheduler(DiffusionConfig(**TINY, prediction_type=other))
+            assert float(diffusion_loss(oracle, x0, ids(4), wrong, torch.Generator().manual_seed(0))) > 1e-3
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("kind", PREDICTIONS)
+def test_samplers_read_the_prediction_type(kind, sampler):
+    """A perfect denoiser of each type walks any start noise to its clean images."""
+    cfg = DiffusionConfig(**TINY, prediction_type=kind)
+    x0 = torch.rand(2, 3, 8, 8) * 1.6 - 0.8
+    out = sample(Oracle(cfg, x0), ids(2), DiffusionSampleConfig(sampler=sampler, steps=5, cfg_scale=1.0, seed=1))
+    assert torch.allclose(out, x0, atol=2e-3), (out - x0).abs().max()
+
+
+def test_min_snr_weights_cap_the_clean_timesteps():
+    from eval.diffusion import min_snr_weights
+
+    for kind in PREDICTIONS:
+        sched = train_scheduler(DiffusionConfig(**TINY, prediction_type=kind))
+        t = torch.arange(0, 1000, 37)
+        w = min_snr_weights(sched, t, 5.0)
+        abar = sched.alphas_cumprod[t]
+        snr = abar / (1 - abar)
+        assert torch.isfinite(w).all() and (w > 0).all()
+        low_noise, high_noise = snr > 5, snr < 5
+        if kind == "epsilon":  # 1 where SNR < gamma, gamma / SNR above
+            assert torch.allclose(w[high_noise], torch.ones(int(high_noise.sum())))
+            assert torch.allclose(w[low_noise], 5 / snr[low_noise])
+        elif kind == "v_prediction":
+            assert torch.allclose(w, snr.clamp(max=5) / (snr + 1)) and (w <= 1).all()
+        else:
+            assert torch.allclose(w, snr.clamp(max=5))
+    with pytest.raises(BaselineError, match="loss_weighting"):
+        DiffusionConfig(**TINY, loss_weighting="p2")
+    with pytest.raises(BaselineError, match="prediction_type"):
+        DiffusionConfig(**TINY, prediction_type="score")
+
+
+def test_min_snr_v_prediction_overfits_one_batch():
+    torch.manual_seed(0)
+    model = DiffusionBaseline(DiffusionConfig(**TINY, prediction_type="v_prediction", loss_weighting="min_snr"))
+    sched = train_scheduler(model.cfg)
+    images, text = torch.rand(4, 3, 8, 8) * 2 - 1, ids(4)
+    fixed = lambda: diffusion_loss(model, images, text, sched, torch.Generator().manual_seed(7))  # noqa: E731
+    with torch.no_grad():
+        before = float(fixed())
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for step in range(150):
+        loss = diffusion_loss(model, images, text, sched, torch.Generator().manual_seed(step))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        assert float(fixed()) < 0.5 * before

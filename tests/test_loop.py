@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from train.checkpoint import ResumeError, latest_checkpoint
-from train.loop import LoopConfig, LossOutput, TrainConfigError, config_from_dict, train_loop, uses_bf16
+from train.loop import (
+    LoopConfig,
+    LossOutput,
+    TrainConfigError,
+    config_from_dict,
+    steps_for_seconds,
+    train_loop,
+    uses_bf16,
+)
 
 
 class ToyTask:
@@ -127,3 +135,31 @@ def test_bf16_native_follows_the_cpu(monkeypatch, amx, avx512_bf16, expected):
     assert not uses_bf16(cpu, "auto") and not uses_bf16(cuda, "fp32")
     assert uses_bf16(cpu, "bf16")
     LoopConfig(precision="bf16-native")  # a valid value
+
+
+def test_log_records_training_seconds_across_a_resume(tmp_path):
+    def die(step):
+        if step == 6:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_loop(ToyTask(), _cfg(), tmp_path, on_step=die)
+    before = [json.loads(ln)["seconds"] for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train_loop(ToyTask(), _cfg(), tmp_path)
+    seconds = [json.loads(ln)["seconds"] for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(seconds) == 6 and seconds[:2] == before[:2]  # steps 2, 4 kept; 6 redone from checkpoint 4
+    assert all(b >= a for a, b in zip(seconds, seconds[1:])) and seconds[0] > 0  # cumulative over the resume
+
+
+def test_steps_for_seconds_leaves_the_run_unchanged(tmp_path):
+    ref = ToyTask()
+    train_loop(ref, _cfg(), tmp_path / "ref")
+    probed = ToyTask()
+    steps = steps_for_seconds(probed, _cfg(), seconds=3600.0)
+    few = steps_for_seconds(probed, _cfg(), seconds=0.001)
+    assert steps > 1000 and few == 1  # an hour holds many toy steps; a millisecond rounds up to one
+    train_loop(probed, _cfg(), tmp_path / "probed")  # dropout RNG and weights as if never probed
+    for k, v in _weights(ref.model).items():
+        assert torch.equal(v, _weights(probed.model)[k]), k
+    with pytest.raises(TrainConfigError, match="budget must be positive"):
+        steps_for_seconds(probed, _cfg(), seconds=0)

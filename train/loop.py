@@ -246,6 +246,35 @@ def uses_bf16(device: torch.device, precision: str) -> bool:
     return precision == "bf16-native" and cpu_has_native_bf16()
 
 
+def steps_for_seconds(task: Task, cfg: LoopConfig, seconds: float, probe: int = 3) -> int:
+    """How many optimizer steps of `task` fit in `seconds` on this machine: `probe` forward/backward
+    passes timed after one warm-up (their gradients are thrown away and the RNGs restored, so the
+    weights do not move and the run that follows is the one it would have been). Used to give two
+    models one wall-clock budget."""
+    if seconds <= 0:
+        raise TrainConfigError(f"a training budget must be positive, got {seconds} s")
+    device = resolve_device(cfg.device)
+    model = task.model.to(device)
+    model.train()
+    times = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # dropout draws from these
+        for i in range(probe + 1):
+            t = time.perf_counter()
+            batch = task.batch(i, 0, cfg.batch_size)
+            with _autocast(device, cfg.precision):
+                loss = task.loss(batch, i).loss
+            loss.backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            model.zero_grad(set_to_none=True)
+            if i:
+                times.append(time.perf_counter() - t)
+    per_step = sorted(times)[len(times) // 2] * cfg.grad_accum  # the median probe
+    steps = max(1, round(seconds / per_step))
+    logger.info("%.3f s per step: %d steps fill %.0f s", per_step, steps, seconds)
+    return steps
+
+
 def _autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, precision))
 
@@ -294,7 +323,7 @@ def train_loop(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     ema = EMA(model, cfg.ema_decay).to(device) if cfg.ema_decay > 0 else None
 
-    start = 0
+    start, elapsed = 0, 0.0  # elapsed: training seconds of earlier invocations (resume)
     ckpt = latest_checkpoint(state_dir)
     if ckpt is not None:
         state = load_checkpoint(ckpt, model, ema)
@@ -302,6 +331,7 @@ def train_loop(
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         start = int(state["step"])
+        elapsed = float(state.get("seconds", 0.0))  # older checkpoints lack it
         _truncate_metrics(metrics_path, start)
 
     last: dict[str, float] = {}
@@ -309,6 +339,7 @@ def train_loop(
         total=cfg.steps, initial=start, desc=desc, disable=not cfg.progress, dynamic_ncols=True, leave=False
     )
     seen, t_log = 0, time.perf_counter()
+    t_train = t_log  # "seconds" in the log: training wall-clock so far, summed over resumes
     with metrics_path.open("a") as log:
         for step in range(start, cfg.steps):
             optimizer.zero_grad(set_to_none=True)
@@ -333,7 +364,8 @@ def train_loop(
             if done % cfg.log_every == 0 or done == cfg.steps:
                 dt = time.perf_counter() - t_log
                 rate = seen / dt if dt > 0 else 0.0
-                row = {"step": done, "lr": scheduler.get_last_lr()[0], **sums, "items_per_s": rate}
+                row = {"step": done, "lr": scheduler.get_last_lr()[0], **sums, "items_per_s": rate,
+                       "seconds": round(elapsed + time.perf_counter() - t_train, 3)}
                 log.write(json.dumps(row) + "\n")
                 log.flush()
                 bar.set_postfix(loss=f"{sums.get('loss', 0.0):.4f}", ips=f"{rate:.0f}")
@@ -344,6 +376,7 @@ def train_loop(
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "rng": rng_state(),
+                    "seconds": elapsed + time.perf_counter() - t_train,
                 }
                 save_checkpoint(state_dir, done, model, train_state, ema, keep=cfg.keep_checkpoints)
             if on_step is not None:
