@@ -2,6 +2,7 @@
 # One entry point for a fresh machine with only Python 3.10+:
 #   ./run.sh demo   -> create .venv, install, run `tessera demo`
 #   ./run.sh test   -> create .venv, install (with dev extras), run the test suite
+#   ./run.sh bench  -> create .venv, install (with the baseline and metrics extras), run `tessera bench`
 # Extra arguments are passed on (e.g. ./run.sh demo --out runs/demo).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -30,13 +31,17 @@ case "$cmd" in
         pip install -q -e .
         exec tessera demo "$@"
         ;;
+    bench)
+        pip install -q -e ".[metrics,baseline]"
+        exec tessera bench "$@"
+        ;;
     test)
         pip install -q -e ".[dev,metrics,baseline]"
         export HF_HUB_OFFLINE=1 WANDB_MODE=disabled
         exec python -m pytest -q "$@"
         ;;
     *)
-        echo "usage: ./run.sh demo|test [args...]" >&2
+        echo "usage: ./run.sh demo|test|bench [args...]" >&2
         exit 2
         ;;
 esac

@@ -16,11 +16,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from train.loop import TrainConfigError
     from ar_model import CheckpointError as GeneratorCheckpointError
     from ar_model import ConfigError as GeneratorConfigError
+    from eval.bench import BenchError
     from eval.diffusion import BaselineError
     from vqtok import CheckpointError, ConfigError
 
     return (ConfigError, CheckpointError, GeneratorConfigError, GeneratorCheckpointError, TrainConfigError,
-            ResumeError, ImageError, FileNotFoundError, BaselineError)
+            ResumeError, ImageError, FileNotFoundError, BaselineError, BenchError)
 
 
 def _parse_assignments(items: list[str]) -> dict[str, object]:
@@ -131,6 +132,34 @@ def _read_prompts(args) -> list[str]:
     if not prompts:
         raise SystemExit("error: give at least one --prompt (an empty string samples unconditionally) or --prompts-file")
     return prompts
+
+
+def cmd_bench(args) -> int:
+    from eval.bench import STAGES, BenchConfig, run_bench
+
+    stages: dict[str, dict] = {}
+    bench: dict[str, object] = {}
+    for key, value in _parse_assignments(args.set).items():
+        head, _, rest = key.partition(".")
+        if head == "bench" and rest:
+            bench[rest] = value
+        elif head in STAGES and rest:
+            stages.setdefault(head, {})[rest] = value
+        else:
+            raise SystemExit(f"error: bench --set keys start with bench., {'., '.join(STAGES)}., got {key!r}")
+    try:
+        cfg = BenchConfig.preset(args.preset, stages=stages, device=args.device, progress=not args.no_progress,
+                                 **bench)
+    except TypeError as e:  # an unknown bench.* field
+        raise SystemExit(f"error: {e}") from e
+    report = run_bench(args.run, cfg, out_dir=args.out)
+    out = Path(args.out) if args.out else Path(args.run) / "bench"
+    ar, df = report["main"]
+    print(f"faithfulness {ar['faithfulness']:.1%} (AR) vs {df['faithfulness']:.1%} (diffusion); "
+          f"FID {ar['fid']:.3f} vs {df['fid']:.3f}; images/s at batch {cfg.large_batch} "
+          f"{ar['images_per_s_large']:.1f} vs {df['images_per_s_large']:.1f}")
+    print(f"report written to {out / 'report.md'} ({report['seconds']['total'] / 60:.1f} min)")
+    return 0
 
 
 def cmd_sample(args) -> int:
@@ -348,6 +377,24 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--run", required=True, help="run directory (shares text_tokenizer/ with the generator)")
     stage_args(b)
     b.set_defaults(func=cmd_train_baseline)
+
+    bn = sub.add_parser("bench", help="the autoregressive generator vs the diffusion baseline, on one budget",
+                        description="Train what RUN lacks (tokenizer, generator, then the diffusion baseline for "
+                        "the same training wall-clock), evaluate both with `tessera eval`'s harness, sweep guidance / "
+                        "top-k and diffusion step counts, and write OUT/report.md (table: faithfulness per "
+                        "category, FID, images/s at batch 1 and a large batch, FLOPs and network evaluations per "
+                        "image, parameters, training time), OUT/bench.json and two PNG plots (faithfulness and FID "
+                        "vs images/s). The cpu preset takes about an hour on 2 cores from nothing.")
+    bn.add_argument("--run", default="runs/bench", help="run directory; trained parts are reused (default: runs/bench)")
+    bn.add_argument("--preset", choices=["cpu", "gpu"], default="cpu",
+                    help="cpu: ~1 h on 2 cores; gpu: one H100/H200 (the stages' gpu presets)")
+    bn.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="bench.FIELD=JSON (e.g. bench.n=2, bench.ar_points='[{\"cfg_scale\": 3}]') or "
+                    "STAGE.SECTION.KEY=VALUE for tokenizer, generator, baseline (e.g. generator.loop.steps=600)")
+    bn.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    bn.add_argument("--out", help="report directory (default: RUN/bench)")
+    bn.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    bn.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("sample", help="sample images from prompts with a trained run",
                        description="Draw N images per prompt; writes one PNG per image (prompt and settings in "

@@ -14,6 +14,7 @@ default) and scaled to [-1, 1].
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from train.loop import (
     TrainConfigError,
     config_from_dict,
     override_sections,
+    steps_for_seconds,
     train_loop,
 )
 from train.tokenizer_stage import check_run_config
@@ -74,15 +76,30 @@ class BaselineStageConfig:
 PRESETS: dict[str, dict] = {
     # the cpu generator preset's data (20,000 scenes, complete captions, 18 text tokens, 1-2 objects)
     # at the tokenizer's 24 px; the default UNet (1.16M parameters, the tiny generator's 1.14M).
-    # 330 steps of batch 64 (~1.15 s each on 2 AVX2 cores) take the generator's ~6.5 minutes of
-    # training: the same wall-clock on the same machine, issue 5's budget (a UNet step costs ~3x
-    # a step of the tiny transformer, so it sees ~3x fewer images)
+    # v-prediction with min-SNR weights, batch 32 at lr 2e-3: at ~the generator's wall-clock it
+    # scored 15.8% on position + heldout + single_object where DDPM's epsilon at batch 64, lr 1e-3
+    # drew noise (0-1%; docs/RESULTS.md, issue 5). 520 steps (~0.75 s each on 2 AVX2 cores: the
+    # generator stage's ~6.5 min) when trained on its own; `tessera bench` sets the count from the
+    # AR side's training time.
     "cpu": {
-        "model": {"resolution": 24},
-        "loop": {"steps": 330, "batch_size": 64, "lr": 1e-3, "warmup_steps": 30, "weight_decay": 0.0,
+        "model": {"resolution": 24, "prediction_type": "v_prediction", "loss_weighting": "min_snr"},
+        "loop": {"steps": 520, "batch_size": 32, "lr": 2e-3, "warmup_steps": 30, "weight_decay": 0.0,
                  "betas": [0.9, 0.99], "min_lr_ratio": 0.1, "ema_decay": 0.99, "ckpt_every": 100,
                  "log_every": 10},
         "data": {"train_images": 20000, "max_objects": 2, "captions": "complete", "text_len": 18},
+    },
+    # the gpu generator preset's data (200,000 scenes, complete captions, up to 3 objects, 32 text
+    # tokens) at the gpu tokenizer's 48 px; a UNet of ~30M parameters with its text encoder (the S
+    # generator's ~29M). `tessera bench` sets the step count from the AR side's training time;
+    # 20,000 is the count when trained on its own. Not yet run on a GPU.
+    "gpu": {
+        "model": {"resolution": 48, "block_out_channels": [128, 256, 256], "layers_per_block": 1,
+                  "attention_head_dim": 32, "norm_num_groups": 32, "text_dim": 256, "text_layers": 4,
+                  "text_heads": 4, "prediction_type": "v_prediction", "loss_weighting": "min_snr"},
+        "loop": {"steps": 20000, "batch_size": 256, "lr": 2e-4, "warmup_steps": 500, "weight_decay": 0.0,
+                 "betas": [0.9, 0.99], "min_lr_ratio": 0.1, "ema_decay": 0.999, "ckpt_every": 2000,
+                 "log_every": 50},
+        "data": {"train_images": 200000, "captions": "complete"},
     },
 }
 
@@ -132,10 +149,20 @@ class BaselineTask:
         return batch[0].shape[0]
 
 
-def train_baseline(cfg: BaselineStageConfig, run_dir: str | Path) -> Path:
-    """Train (or resume) the diffusion baseline of `run_dir`; returns the exported model directory."""
+def train_baseline(cfg: BaselineStageConfig, run_dir: str | Path, seconds: float | None = None) -> Path:
+    """Train (or resume) the diffusion baseline of `run_dir`; returns the exported model directory.
+
+    With `seconds`, the step count is the one that fills that much training wall-clock on this
+    machine (train.loop.steps_for_seconds, measured before training; the lr schedule follows it);
+    a resumed run keeps the count its stage config recorded.
+    """
     run_dir = Path(run_dir)
-    check_run_config(run_dir, cfg, name="baseline_stage.json")
+    recorded = run_dir / "baseline_stage.json"
+    if seconds is not None and recorded.is_file():
+        cfg = cfg.override({"loop.steps": json.loads(recorded.read_text())["loop"]["steps"]})
+        seconds = None
+    if seconds is None:
+        check_run_config(run_dir, cfg, name="baseline_stage.json")
     resolution = int(cfg.model.get("resolution", 24))
     rows = training_rows(cfg, resolution)  # the generator stage's scenes and captions
     text_tok = prepare_text_tokenizer(cfg, run_dir, rows["text"])
@@ -147,6 +174,11 @@ def train_baseline(cfg: BaselineStageConfig, run_dir: str | Path) -> Path:
                     sum(batch.truncated), len(batch.truncated), layout.text_len)
     images = dataset_images(rows, resolution, progress=cfg.loop.progress)  # (N, R, R, 3) uint8
     task = BaselineTask(cfg, dcfg, layout, images, batch.ids)
+    if seconds is not None:
+        steps = steps_for_seconds(task, cfg.loop, seconds)
+        cfg = cfg.override({"loop.steps": steps, "loop.warmup_steps": min(cfg.loop.warmup_steps, steps // 10)})
+        check_run_config(run_dir, cfg, name="baseline_stage.json")
+        log.info("baseline: %d steps for a budget of %.0f s", steps, seconds)
     log.info("baseline: %d parameters, %d training images at %d px", sum(p.numel() for p in task.model.parameters()),
              len(images), resolution)
     result = train_loop(task, cfg.loop, run_dir, desc="baseline", stage="baseline")

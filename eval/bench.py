@@ -1,0 +1,432 @@
+"""`tessera bench`: the autoregressive generator against the diffusion baseline on one budget.
+
+    report = run_bench("runs/bench", BenchConfig.preset("cpu"))    # writes runs/bench/bench/
+
+What it does, in order (each step skipped when its output is already in the run):
+
+1. trains the autoregressive side, the VQ tokenizer and the generator (the stages' presets);
+2. trains the diffusion baseline (eval.diffusion) on the same scenes, captions and text ids for
+   the same training wall-clock on the same machine: the baseline's step count is set so that
+   its steps take as long as the tokenizer's and the generator's training loops together took
+   (their metrics logs record it), from a few timed steps before training. Data preparation
+   (rendering, pre-tokenizing) is left out on both sides;
+3. evaluates both at their default settings with the full harness (eval.harness: every default
+   suite, 4 samples per prompt, FID on 500 images, speed at batch 1 and a large batch);
+4. sweeps sampling settings, the generator at several guidance scales and top-k, the baseline
+   at several step counts of DDIM and DPM-Solver++, each evaluated with a lighter protocol
+   (fewer samples per prompt and FID images: compare sweep points with each other, not with
+   the main table);
+5. counts FLOPs per image for every setting (torch's FlopCounterMode over one batch-1 sample:
+   text to pixels, the tokenizer's decoder included, guidance's two rows included);
+6. writes OUT/report.md (tables), OUT/bench.json (every number), OUT/faithfulness_vs_speed.png
+   and OUT/fid_vs_speed.png (the sweep's trade-off curves on one chart each), and keeps each
+   evaluation's own report under OUT/eval/.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+BENCH_VERSION = 1
+
+PRESETS: dict[str, dict] = {
+    # about an hour on 2 CPU cores from nothing: ~11 min the AR side, as long the baseline,
+    # ~6 min the two main evaluations, the rest the sweep (diffusion at 50 steps dominates)
+    "cpu": {
+        "stage_preset": "cpu",
+        "large_batch": 32,
+        "ar_points": [{"cfg_scale": 1.0}, {"cfg_scale": 1.5}, {"cfg_scale": 3.0},
+                      {"cfg_scale": 1.5, "top_k": 8}, {"cfg_scale": 1.5, "top_k": 64}],
+        "diffusion_points": [{"sampler": "ddim", "steps": 10}, {"sampler": "ddim", "steps": 25},
+                             {"sampler": "ddim", "steps": 50}, {"sampler": "dpm++", "steps": 10},
+                             {"sampler": "dpm++", "steps": 20}],
+        "sweep_n": 2, "sweep_fid_images": 200, "sweep_speed_images": 16,
+    },
+    # one H100/H200: the stages' gpu presets (the S generator, a wider UNet at 32 px)
+    "gpu": {
+        "stage_preset": "gpu",
+        "large_batch": 256,
+        "ar_points": [{"cfg_scale": 1.0}, {"cfg_scale": 1.5}, {"cfg_scale": 3.0}, {"cfg_scale": 5.0},
+                      {"cfg_scale": 1.5, "top_k": 16}, {"cfg_scale": 1.5, "top_k": 128}],
+        "diffusion_points": [{"sampler": "ddim", "steps": 10}, {"sampler": "ddim", "steps": 25},
+                             {"sampler": "ddim", "steps": 50}, {"sampler": "ddim", "steps": 100},
+                             {"sampler": "dpm++", "steps": 10}, {"sampler": "dpm++", "steps": 20}],
+        "sweep_n": 4, "sweep_fid_images": 1000, "sweep_speed_images": 512,
+        "fid_images": 2000, "speed_images": 512,
+    },
+}
+
+
+STAGES = ("tokenizer", "generator", "baseline")
+
+
+class BenchError(ValueError):
+    """A bad bench option or a run the bench cannot use; the message says which."""
+
+
+@dataclass
+class BenchConfig:
+    stage_preset: str = "cpu"  # the tokenizer, generator and baseline stages' preset
+    stages: dict = field(default_factory=dict)  # per-stage overrides: {"generator": {"loop.steps": 100}}
+    ar_main: dict = field(default_factory=dict)  # EvalConfig sampling fields: the harness's defaults
+    diffusion_main: dict = field(default_factory=lambda: {"sampler": "ddim", "steps": 25})
+    ar_points: list[dict] = field(default_factory=list)  # SampleConfig fields: cfg_scale, top_k, top_p, temperature
+    diffusion_points: list[dict] = field(default_factory=list)  # sampler, steps (cfg_scale optional)
+    n: int = 4  # the main evaluations' samples per prompt
+    fid_images: int = 500
+    speed_images: int = 64
+    large_batch: int = 32
+    sweep_n: int = 2
+    sweep_fid_images: int = 200
+    sweep_speed_images: int = 16
+    seed: int = 0
+    device: str | None = None
+    progress: bool = True
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> BenchConfig:
+        if name not in PRESETS:
+            raise BenchError(f"unknown bench preset {name!r} (known: {', '.join(PRESETS)})")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def __post_init__(self):
+        for name in ("n", "fid_images", "speed_images", "large_batch", "sweep_n", "sweep_fid_images",
+                     "sweep_speed_images"):
+            if int(getattr(self, name)) < 1:
+                raise BenchError(f"bench {name} must be >= 1, got {getattr(self, name)!r}")
+        unknown = set(self.stages) - set(STAGES)
+        if unknown:
+            raise BenchError(f"unknown stage {sorted(unknown)[0]!r} (known: {', '.join(STAGES)})")
+        if min(self.fid_images, self.sweep_fid_images) < 5:
+            raise BenchError("bench fid_images and sweep_fid_images must be >= 5")
+        for p in self.ar_points:
+            unknown = set(p) - {"cfg_scale", "top_k", "top_p", "temperature"}
+            if unknown:
+                raise BenchError(f"unknown AR sweep field {sorted(unknown)[0]!r} (known: cfg_scale, temperature, "
+                                 "top_k, top_p)")
+        for p in [self.diffusion_main, *self.diffusion_points]:
+            unknown = set(p) - {"sampler", "steps", "cfg_scale"}
+            if unknown:
+                raise BenchError(f"unknown diffusion sweep field {sorted(unknown)[0]!r} (known: cfg_scale, "
+                                 "sampler, steps)")
+
+
+# ---------------------------------------------------------------- training
+
+
+def training_seconds(run_dir: Path, stage: str) -> float:
+    """Training-loop wall-clock of `stage` in `run_dir`, from its metrics log (train.loop writes
+    cumulative "seconds"; logs from before that field are summed from items / items_per_s)."""
+    path = run_dir / "metrics" / f"{stage}.jsonl"
+    if not path.is_file():
+        raise BenchError(f"{path} is missing: cannot tell how long the {stage} stage trained")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not rows:
+        raise BenchError(f"{path} is empty")
+    if "seconds" in rows[-1]:
+        return float(rows[-1]["seconds"])
+    cfg = json.loads((run_dir / f"{stage}_stage.json").read_text())["loop"]
+    per_step = cfg.get("batch_size", 32) * cfg.get("grad_accum", 1)
+    total, prev = 0.0, 0
+    for r in rows:
+        if r.get("items_per_s"):
+            total += (r["step"] - prev) * per_step / r["items_per_s"]
+        prev = r["step"]
+    return total
+
+
+def ensure_trained(run_dir: Path, cfg: BenchConfig) -> dict:
+    """Train whatever the run lacks; returns the training seconds and step counts of both sides."""
+    from train import diffusion_stage, generator_stage, tokenizer_stage
+
+    common = {} if cfg.progress else {"loop.progress": False}
+    if cfg.device:
+        common["loop.device"] = cfg.device
+
+    def stage_cfg(module: Any, stage: str) -> Any:
+        return module.preset_config(cfg.stage_preset).override({**common, **cfg.stages.get(stage, {})})
+
+    if not (run_dir / "tokenizer").is_dir():
+        log.info("bench: training the tokenizer (%s preset)", cfg.stage_preset)
+        tokenizer_stage.train_tokenizer(stage_cfg(tokenizer_stage, "tokenizer"), run_dir)
+    if not (run_dir / "generator").is_dir():
+        log.info("bench: pre-tokenizing and training the generator (%s preset)", cfg.stage_preset)
+        generator_stage.train_generator(stage_cfg(generator_stage, "generator"), run_dir)
+    ar_seconds = training_seconds(run_dir, "tokenizer") + training_seconds(run_dir, "generator")
+    if not (run_dir / "baseline").is_dir():
+        bcfg = stage_cfg(diffusion_stage, "baseline")
+        log.info("bench: training the diffusion baseline for the AR side's %.0f s", ar_seconds)
+        diffusion_stage.train_baseline(bcfg, run_dir, seconds=ar_seconds)
+    return {"ar_seconds": ar_seconds, "tokenizer_seconds": training_seconds(run_dir, "tokenizer"),
+            "generator_seconds": training_seconds(run_dir, "generator"),
+            "baseline_seconds": training_seconds(run_dir, "baseline"),
+            "steps": {s: json.loads((run_dir / f"{s}_stage.json").read_text())["loop"]["steps"]
+                      for s in ("tokenizer", "generator", "baseline")}}
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def flops_per_image(pipe: Any, sc: Any, prompt: str = "a red circle") -> float:
+    """FLOPs of sampling one image at batch 1, text to pixels (torch's FlopCounterMode: matmuls,
+    convolutions, attention; elementwise work is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    # torch counts the CUDA attention kernels but not the CPU one (torch 2.13); same formula
+    def cpu_sdpa(q, k, v, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(q, k, v)
+
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        pipe.sample([prompt], n=1, sc=sc, batch_size=1)
+    return float(counter.get_total_flops())
+
+
+def parameter_counts(run_dir: Path, device: str | None) -> dict:
+    from tessera.pipeline import BaselinePipeline, Pipeline
+
+    ar = Pipeline.from_run(run_dir, device=device)
+    base = BaselinePipeline.from_run(run_dir, device=device)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    return {"generator": count(ar.model), "tokenizer": count(ar.tokenizer),
+            "baseline": count(base.model), "baseline_unet": count(base.model.unet),
+            "baseline_text_encoder": count(base.model.text)}
+
+
+def _point_name(model: str, p: dict) -> str:
+    if model == "generator":
+        name = f"ar_cfg{p.get('cfg_scale', 1.5):g}"
+        for k in ("top_k", "top_p", "temperature"):
+            if k in p:
+                name += f"_{k.replace('_', '')}{p[k]:g}"
+        return name
+    return f"{p.get('sampler', 'ddim').replace('+', 'p')}_{p.get('steps', 25)}steps" + (
+        f"_cfg{p['cfg_scale']:g}" if "cfg_scale" in p else "")
+
+
+def _point_label(model: str, p: dict) -> str:
+    if model == "generator":
+        return f"guidance {p.get('cfg_scale', 1.5):g}" + (f", top-k {p['top_k']}" if p.get("top_k") else "")
+    return f"{p.get('sampler', 'ddim').upper().replace('DPM++', 'DPM++')} {p.get('steps', 25)}"
+
+
+def _eval_config(model: str, p: dict, cfg: BenchConfig, sweep: bool) -> Any:
+    from eval.harness import EvalConfig
+
+    fields: dict[str, Any] = {"model": model, "seed": cfg.seed, "device": cfg.device, "progress": cfg.progress,
+                              "n": cfg.sweep_n if sweep else cfg.n,
+                              "fid_images": cfg.sweep_fid_images if sweep else cfg.fid_images,
+                              "speed_images": cfg.sweep_speed_images if sweep else cfg.speed_images,
+                              "speed_batch_sizes": [1, cfg.large_batch], "tokenizer": not sweep and model == "generator",
+                              "batch_size": max(64, cfg.large_batch)}
+    if model == "generator":
+        fields.update(p)
+    else:
+        fields.update({"diffusion_sampler": p.get("sampler", "ddim"), "diffusion_steps": p.get("steps", 25)})
+        if "cfg_scale" in p:
+            fields["cfg_scale"] = p["cfg_scale"]
+    return EvalConfig(**fields)
+
+
+def _summarise(result: Any, flops: float, large_batch: int) -> dict:
+    """The numbers the tables and plots use, from one eval.harness result."""
+    rows = {r["batch_size"]: r for r in result.speed["rows"]}
+    f = result.faithfulness
+    return {
+        "faithfulness": f["accuracy"], "faithfulness_ci": f["ci95"],
+        "categories": {k: v["accuracy"] for k, v in f["categories"].items()},
+        "images": f["n"],
+        "fid": result.fid["fid"] if result.fid else None,
+        "precision": result.fid["precision"] if result.fid else None,
+        "recall": result.fid["recall"] if result.fid else None,
+        "images_per_s_b1": rows[1]["images_per_s"], "images_per_s_large": rows[large_batch]["images_per_s"],
+        "nfe_per_image": rows[1]["nfe_per_image"], "steps_per_image": result.speed["steps_per_image"],
+        "flops_per_image": flops,
+    }
+
+
+def _measure(run_dir: Path, model: str, p: dict, cfg: BenchConfig, out: Path, sweep: bool) -> dict:
+    from eval.harness import _sample_config, evaluate_run
+    from tessera.pipeline import BaselinePipeline, Pipeline
+
+    ecfg = _eval_config(model, p, cfg, sweep)
+    where = out / "eval" / ("sweep" if sweep else "main") / _point_name(model, p)
+    log.info("bench: evaluating %s %s (%s)", model, _point_label(model, p), "sweep" if sweep else "main")
+    t = time.perf_counter()
+    result = evaluate_run(run_dir, ecfg, out_dir=where)
+    pipe = (Pipeline if model == "generator" else BaselinePipeline).from_run(run_dir, device=cfg.device)
+    summary = _summarise(result, flops_per_image(pipe, _sample_config(ecfg)), cfg.large_batch)
+    summary.update({"model": model, "setting": p, "label": _point_label(model, p), "sweep": sweep,
+                    "seconds": round(time.perf_counter() - t, 1), "report": str(where.relative_to(out) / "report.md")})
+    if not sweep and result.tokenizer:
+        summary["tokenizer"] = {k: result.tokenizer[k] for k in ("scene_preservation", "psnr", "ssim")}
+    return summary
+
+
+# ---------------------------------------------------------------- the whole bench
+
+
+def run_bench(run_dir: str | Path, cfg: BenchConfig, out_dir: str | Path | None = None) -> dict:
+    """Train what `run_dir` lacks, evaluate both models and the sweep, write the report; returns bench.json's dict."""
+    from eval.speed import machine_info
+    from train.loop import resolve_device
+
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir)
+    out = Path(out_dir) if out_dir else run_dir / "bench"
+    training = ensure_trained(run_dir, cfg)
+    t_train = time.perf_counter() - t0
+    main = [_measure(run_dir, "generator", cfg.ar_main, cfg, out, sweep=False),
+            _measure(run_dir, "baseline", cfg.diffusion_main, cfg, out, sweep=False)]
+    sweep = [_measure(run_dir, "generator", p, cfg, out, sweep=True) for p in cfg.ar_points]
+    sweep += [_measure(run_dir, "baseline", p, cfg, out, sweep=True) for p in cfg.diffusion_points]
+    report = {
+        "version": BENCH_VERSION, "run": str(run_dir), "config": asdict(cfg),
+        "machine": machine_info(resolve_device(cfg.device or "auto")), "training": training,
+        "parameters": parameter_counts(run_dir, cfg.device), "main": main, "sweep": sweep,
+        "seconds": {"training": round(t_train, 1), "total": round(time.perf_counter() - t0, 1)},
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    write_report(report, out)
+    return report
+
+
+def write_report(report: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    plots = plot_tradeoffs(report, out)
+    tmp = out / "bench.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(out / "bench.json")
+    tmp = out / "report.md.tmp"
+    tmp.write_text(render_markdown(report, plots))
+    tmp.replace(out / "report.md")
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}"
+
+
+def _num(x: float | None, fmt: str = "{:.3g}") -> str:
+    return "—" if x is None else fmt.format(x)
+
+
+def render_markdown(report: dict, plots: list[str]) -> str:
+    from eval.speed import describe_machine
+
+    ar, df = report["main"]
+    tr, par, c = report["training"], report["parameters"], report["config"]
+    lb = c["large_batch"]
+    cats = list(dict.fromkeys([*ar["categories"], *df["categories"]]))
+    lines = [
+        "# Autoregressive generator vs diffusion baseline",
+        "",
+        f"- run: `{report['run']}`; machine: {describe_machine(report['machine'])}; torch {report['machine']['torch']}; "
+        f"{report['date']}",
+        f"- budget: the same training wall-clock on this machine. AR side: tokenizer {tr['tokenizer_seconds']:.0f} s "
+        f"({tr['steps']['tokenizer']} steps) + generator {tr['generator_seconds']:.0f} s ({tr['steps']['generator']} "
+        f"steps) = {tr['ar_seconds']:.0f} s; diffusion: {tr['baseline_seconds']:.0f} s ({tr['steps']['baseline']} "
+        "steps). Same scenes, captions and text ids; data preparation not counted on either side.",
+        f"- main settings: AR {ar['label']} (temperature {c['ar_main'].get('temperature', 0.5):g}); diffusion "
+        f"{df['label']} steps, guidance {c['diffusion_main'].get('cfg_scale', 1.5):g}. {c['n']} samples per prompt, "
+        f"seed {c['seed']}; FID on {c['fid_images']} images (the harness's classifier features).",
+        f"- bench time: {report['seconds']['total'] / 60:.1f} min ({report['seconds']['training'] / 60:.1f} training)",
+        "",
+        "| | autoregressive | diffusion |",
+        "|---|---:|---:|",
+    ]
+    for cat in cats:
+        lines.append(f"| faithfulness: {cat} (%) | {_pct(ar['categories'].get(cat))} | "
+                     f"{_pct(df['categories'].get(cat))} |")
+    lines += [
+        f"| **faithfulness: all (%)** | **{_pct(ar['faithfulness'])}** ({_pct(ar['faithfulness_ci'][0])}–"
+        f"{_pct(ar['faithfulness_ci'][1])}) | **{_pct(df['faithfulness'])}** ({_pct(df['faithfulness_ci'][0])}–"
+        f"{_pct(df['faithfulness_ci'][1])}) |",
+        f"| FID (classifier features) | {_num(ar['fid'], '{:.3f}')} | {_num(df['fid'], '{:.3f}')} |",
+        f"| precision / recall | {_num(ar['precision'], '{:.3f}')} / {_num(ar['recall'], '{:.3f}')} | "
+        f"{_num(df['precision'], '{:.3f}')} / {_num(df['recall'], '{:.3f}')} |",
+        f"| images/s, batch 1 | {ar['images_per_s_b1']:.2f} | {df['images_per_s_b1']:.2f} |",
+        f"| images/s, batch {lb} | {ar['images_per_s_large']:.2f} | {df['images_per_s_large']:.2f} |",
+        f"| GFLOPs per image | {ar['flops_per_image'] / 1e9:.3f} | {df['flops_per_image'] / 1e9:.3f} |",
+        f"| network evaluations per image | {ar['nfe_per_image']} | {df['nfe_per_image']} |",
+        f"| sequential steps per image | {ar['steps_per_image']} | {df['steps_per_image']} |",
+        f"| parameters | {par['generator'] / 1e6:.2f}M generator (+ {par['tokenizer'] / 1e6:.2f}M tokenizer) | "
+        f"{par['baseline'] / 1e6:.2f}M ({par['baseline_unet'] / 1e6:.2f}M UNet + "
+        f"{par['baseline_text_encoder'] / 1e6:.2f}M text encoder) |",
+        f"| training time (s) | {tr['ar_seconds']:.0f} | {tr['baseline_seconds']:.0f} |",
+        "",
+        f"Network evaluations count guidance's two rows; FLOPs are counted by torch's FlopCounterMode on one "
+        f"batch-1 sample (matmuls, convolutions, attention), the AR side's tokenizer decoder included.",
+        "",
+        "## Sampling settings (the trade-off curves)",
+        "",
+        f"A lighter protocol than the table above ({c['sweep_n']} samples per prompt, FID on "
+        f"{c['sweep_fid_images']} images): compare these rows with each other.",
+        "",
+        f"| model | setting | faithfulness (%) | FID | images/s b1 | images/s b{lb} | NFE / image | GFLOPs / image |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for p in report["sweep"]:
+        lines.append(f"| {'AR' if p['model'] == 'generator' else 'diffusion'} | {p['label']} | {_pct(p['faithfulness'])} | "
+                     f"{_num(p['fid'], '{:.3f}')} | {p['images_per_s_b1']:.2f} | {p['images_per_s_large']:.2f} | "
+                     f"{p['nfe_per_image']} | {p['flops_per_image'] / 1e9:.3f} |")
+    lines += [""] + [f"![{Path(p).stem}]({p})" for p in plots]
+    lines += ["", "Each evaluation's own report (per-category intervals, per-constraint failures, sample grids): "
+              + ", ".join(f"[{m['label']}]({m['report']})" for m in report["main"])]
+    return "\n".join(lines) + "\n"
+
+
+def _series(p: dict) -> str:
+    if p["model"] == "generator":
+        return "AR: top-k" if p["setting"].get("top_k") else "AR: guidance"
+    return f"diffusion: {p['setting'].get('sampler', 'ddim').upper()} steps"
+
+
+def plot_tradeoffs(report: dict, out: Path) -> list[str]:
+    """faithfulness_vs_speed.png and fid_vs_speed.png over the sweep; returns their file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lb = report["config"]["large_batch"]
+    names = []
+    for key, ylabel, fname in (("faithfulness", "faithfulness (fraction of images)", "faithfulness_vs_speed.png"),
+                               ("fid", "FID (classifier features, lower is better)", "fid_vs_speed.png")):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        series: dict[str, list[dict]] = {}
+        for p in report["sweep"]:
+            if p[key] is not None:
+                series.setdefault(_series(p), []).append(p)
+        for name, pts in series.items():
+            pts = sorted(pts, key=lambda p: p["images_per_s_large"])
+            marker = "o" if name.startswith("AR") else "s"
+            ax.plot([p["images_per_s_large"] for p in pts], [p[key] for p in pts], marker=marker, label=name)
+            for p in pts:
+                ax.annotate(p["label"], (p["images_per_s_large"], p[key]), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel(f"images/s at batch {lb} (log scale)")
+        ax.set_ylabel(ylabel)
+        if key == "fid":
+            ax.set_yscale("symlog", linthresh=0.1)
+        ax.set_title(f"{key} vs sampling speed ({report['machine'].get('gpu') or 'CPU'})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / fname, dpi=110)
+        plt.close(fig)
+        names.append(fname)
+    return names
+
+
+__all__ = ["BENCH_VERSION", "BenchConfig", "BenchError", "PRESETS", "ensure_trained", "flops_per_image",
+           "render_markdown", "run_bench", "training_seconds", "write_report"]
