@@ -216,7 +216,8 @@ def _point_name(model: str, p: dict) -> str:
 def _point_label(model: str, p: dict) -> str:
     if model == "generator":
         return f"guidance {p.get('cfg_scale', 1.5):g}" + (f", top-k {p['top_k']}" if p.get("top_k") else "")
-    return f"{p.get('sampler', 'ddim').upper().replace('DPM++', 'DPM++')} {p.get('steps', 25)}"
+    return f"{p.get('sampler', 'ddim').upper()} {p.get('steps', 25)}" + (
+        f", guidance {p['cfg_scale']:g}" if "cfg_scale" in p else "")
 
 
 def _eval_config(model: str, p: dict, cfg: BenchConfig, sweep: bool) -> Any:
