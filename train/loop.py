@@ -246,30 +246,42 @@ def uses_bf16(device: torch.device, precision: str) -> bool:
     return precision == "bf16-native" and cpu_has_native_bf16()
 
 
-def steps_for_seconds(task: Task, cfg: LoopConfig, seconds: float, probe: int = 3) -> int:
-    """How many optimizer steps of `task` fit in `seconds` on this machine: `probe` forward/backward
-    passes timed after one warm-up (their gradients are thrown away and the RNGs restored, so the
-    weights do not move and the run that follows is the one it would have been). Used to give two
-    models one wall-clock budget."""
+def steps_for_seconds(task: Task, cfg: LoopConfig, seconds: float, probe: int = 5) -> int:
+    """How many optimizer steps of `task` fit in `seconds` on this machine: `probe` whole steps
+    (every micro-batch, clipping, an AdamW update, the EMA update) timed after one warm-up, with a
+    throwaway optimizer and EMA; the weights and RNGs are restored afterwards, so the run that follows
+    is the one it would have been. Used to give two models one wall-clock budget; checkpoint and
+    logging time is not in it."""
     if seconds <= 0:
         raise TrainConfigError(f"a training budget must be positive, got {seconds} s")
     device = resolve_device(cfg.device)
     model = task.model.to(device)
     model.train()
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
+    ema = EMA(model, cfg.ema_decay).to(device) if cfg.ema_decay > 0 else None
     times = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # dropout draws from these
         for i in range(probe + 1):
             t = time.perf_counter()
-            batch = task.batch(i, 0, cfg.batch_size)
-            with _autocast(device, cfg.precision):
-                loss = task.loss(batch, i).loss
-            loss.backward()
+            optimizer.zero_grad(set_to_none=True)
+            for micro in range(cfg.grad_accum):
+                batch = task.batch(i, micro, cfg.batch_size)
+                with _autocast(device, cfg.precision):
+                    loss = task.loss(batch, i).loss
+                (loss / cfg.grad_accum).backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            if ema is not None:
+                ema.update(model)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            model.zero_grad(set_to_none=True)
             if i:
                 times.append(time.perf_counter() - t)
-    per_step = sorted(times)[len(times) // 2] * cfg.grad_accum  # the median probe
+    model.load_state_dict(saved)
+    model.zero_grad(set_to_none=True)
+    per_step = sorted(times)[len(times) // 2]  # the median probe
     steps = max(1, round(seconds / per_step))
     logger.info("%.3f s per step: %d steps fill %.0f s", per_step, steps, seconds)
     return steps
