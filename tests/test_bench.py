@@ -1,6 +1,5 @@
 """`tessera bench` end to end on tiny models: trains both sides on one budget, evaluates, writes the report."""
 
-import dataclasses
 import json
 import os
 
@@ -9,9 +8,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-from eval import bench, fid
+from eval import bench
 from tessera.cli import main
-from test_eval_harness import BASE
+from test_eval_harness import BASE, quick_classifier  # noqa: F401  (the fixture)
 from test_generator_stage import GEN, TOK, _set_args
 
 torch.set_num_threads(1)
@@ -23,14 +22,6 @@ SMALL = {  # the protocol shrunk to seconds: 1 sample per prompt, 6 FID images, 
     "diffusion_points": [{"sampler": "ddim", "steps": 2}, {"sampler": "dpm++", "steps": 3}],
     "diffusion_main": {"sampler": "ddim", "steps": 2},
 }
-
-
-@pytest.fixture
-def quick_classifier(tmp_path, monkeypatch):
-    monkeypatch.setenv("TESSERA_CACHE", str(tmp_path / "cache"))
-    train = fid.train_shapes_classifier
-    monkeypatch.setattr(fid, "train_shapes_classifier",
-                        lambda cfg, progress=True: train(dataclasses.replace(cfg, steps=3), progress))
 
 
 def test_bench_trains_both_on_one_budget_and_writes_the_report(tmp_path, quick_classifier, capsys):
