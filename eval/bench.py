@@ -161,13 +161,13 @@ def ensure_trained(run_dir: Path, cfg: BenchConfig) -> dict:
     if not (run_dir / "generator").is_dir():
         log.info("bench: pre-tokenizing and training the generator (%s preset)", cfg.stage_preset)
         generator_stage.train_generator(stage_cfg(generator_stage, "generator"), run_dir)
-    ar_seconds = training_seconds(run_dir, "tokenizer") + training_seconds(run_dir, "generator")
+    tok_seconds, gen_seconds = training_seconds(run_dir, "tokenizer"), training_seconds(run_dir, "generator")
+    ar_seconds = tok_seconds + gen_seconds
     if not (run_dir / "baseline").is_dir():
         bcfg = stage_cfg(diffusion_stage, "baseline")
         log.info("bench: training the diffusion baseline for the AR side's %.0f s", ar_seconds)
         diffusion_stage.train_baseline(bcfg, run_dir, seconds=ar_seconds)
-    return {"ar_seconds": ar_seconds, "tokenizer_seconds": training_seconds(run_dir, "tokenizer"),
-            "generator_seconds": training_seconds(run_dir, "generator"),
+    return {"ar_seconds": ar_seconds, "tokenizer_seconds": tok_seconds, "generator_seconds": gen_seconds,
             "baseline_seconds": training_seconds(run_dir, "baseline"),
             "steps": {s: json.loads((run_dir / f"{s}_stage.json").read_text())["loop"]["steps"]
                       for s in ("tokenizer", "generator", "baseline")}}
