@@ -5,16 +5,21 @@ Layout::
     state/
       latest                 one line: the name of the newest complete checkpoint
       step-00001200/
-        model.safetensors    trainable weights (safetensors, no pickles)
+        model.safetensors    the model's full state (safetensors, no pickles)
         ema.safetensors      EMA weights, when EMA is on
-        train_state.pt       optimizer, scheduler, RNG states, step (plain tensors
-                             and numbers; loaded with torch.load(weights_only=True))
+        train_state.pt       optimizer (keyed by parameter name), scheduler, RNG
+                             states, step (plain tensors and numbers; loaded with
+                             torch.load(weights_only=True))
         meta.json            step, format version, what wrote it
 
 A checkpoint directory is written under a temporary name and renamed into place
 only once complete, and `latest` is replaced atomically after that, so a run
 killed at any moment leaves either the previous checkpoint or the new one, never
 a half-written one. The last `keep` checkpoints are kept.
+
+Tensors are stored whole and by name, never as per-process shards: process 0
+writes what the loop gathered, and any process count (or a single process) can
+resume from it (train/distributed.py).
 """
 
 from __future__ import annotations
@@ -24,10 +29,12 @@ import os
 import random
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 FORMAT = "tessera.train_state"
 VERSION = 1
@@ -35,6 +42,12 @@ VERSION = 1
 
 class ResumeError(RuntimeError):
     """A checkpoint exists but cannot be resumed (foreign, other version, mismatched)."""
+
+
+class CheckpointData(NamedTuple):
+    model: dict[str, torch.Tensor]  # full tensors by parameter / buffer name
+    ema: dict[str, torch.Tensor] | None
+    train_state: dict  # optimizer (by parameter name), scheduler, rng, step, seconds
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -77,12 +90,16 @@ def latest_checkpoint(state_dir: Path) -> Path | None:
 def save_checkpoint(
     state_dir: Path,
     step: int,
-    model: torch.nn.Module,
+    model_state: dict[str, torch.Tensor],
     train_state: dict,
-    ema: torch.nn.Module | None = None,
+    ema_state: dict[str, torch.Tensor] | None = None,
     keep: int = 2,
 ) -> Path:
-    """Write checkpoint `step` atomically and prune all but the newest `keep`."""
+    """Write checkpoint `step` atomically and prune all but the newest `keep`.
+
+    Takes full state dicts (the loop gathers them from every process under FSDP), so a
+    checkpoint is the same file whatever the process count that wrote it.
+    """
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:08d}"
@@ -91,9 +108,9 @@ def save_checkpoint(
     if tmp.exists():  # left over from a run killed while writing
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))  # save_model handles tied weights
-    if ema is not None:
-        save_model(ema, str(tmp / "ema.safetensors"))
+    save_file(_unshared(model_state), str(tmp / "model.safetensors"))
+    if ema_state is not None:
+        save_file(_unshared(ema_state), str(tmp / "ema.safetensors"))
     torch.save(train_state, tmp / "train_state.pt")
     (tmp / "meta.json").write_text(json.dumps({"format": FORMAT, "version": VERSION, "step": step}))
     if final.exists():  # the same step written again (e.g. final save after a resume)
@@ -106,10 +123,23 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(
-    path: Path, model: torch.nn.Module, ema: torch.nn.Module | None = None
-) -> dict:
-    """Load weights into `model` (and `ema`) in place; return the train state dict."""
+def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU tensors, each with its own storage: `save_file` refuses shared memory
+    (tied weights); a tied pair is stored twice so that a strict load finds both names."""
+    seen: set[int] = set()
+    out = {}
+    for k, v in state.items():
+        v = v.detach().cpu().contiguous()
+        ptr = v.untyped_storage().data_ptr()
+        if ptr in seen:
+            v = v.clone()
+        seen.add(ptr)
+        out[k] = v
+    return out
+
+
+def read_checkpoint(path: Path, ema: bool = False) -> CheckpointData:
+    """The weights and train state of a checkpoint, checked to be ours and of this version."""
     path = Path(path)
     meta = json.loads((path / "meta.json").read_text())
     if meta.get("format") != FORMAT:
@@ -119,15 +149,19 @@ def load_checkpoint(
             f"{path} was written by train-state version {meta.get('version')}, this code reads {VERSION}"
         )
     try:
-        _load_strict(model, path / "model.safetensors")
-        if ema is not None:
-            _load_strict(ema, path / "ema.safetensors")
-    except (RuntimeError, FileNotFoundError) as e:
-        raise ResumeError(f"cannot resume from {path}: the weights do not match this model ({e})") from e
-    return torch.load(path / "train_state.pt", weights_only=True)  # no pickled code
+        model = load_file(str(path / "model.safetensors"))
+        ema_state = load_file(str(path / "ema.safetensors")) if ema else None
+    except (OSError, FileNotFoundError, SafetensorError) as e:
+        raise ResumeError(f"cannot resume from {path}: {e}") from e
+    train_state = torch.load(path / "train_state.pt", weights_only=True)  # no pickled code
+    return CheckpointData(model, ema_state, train_state)
 
 
-def _load_strict(module: torch.nn.Module, file: Path) -> None:
-    missing, unexpected = load_model(module, str(file), strict=False)
+def check_keys(expected: set[str], got: set[str], path: Path, what: str = "weights") -> None:
+    """Refuse a checkpoint whose tensor names are not exactly the model's (never load non-strictly)."""
+    missing, unexpected = sorted(expected - got), sorted(got - expected)
     if missing or unexpected:
-        raise RuntimeError(f"missing keys {sorted(missing)[:5]}, unexpected keys {sorted(unexpected)[:5]}")
+        raise ResumeError(
+            f"cannot resume from {path}: the {what} do not match this model "
+            f"(missing keys {missing[:5]}, unexpected keys {unexpected[:5]})"
+        )
