@@ -336,9 +336,10 @@ def enable_activation_checkpointing(model: torch.nn.Module) -> None:
     """Turn on the libraries' own activation checkpointing in `model` (HF transformers or diffusers parts)."""
     found = False
     for module in model.modules():
-        if hasattr(module, "gradient_checkpointing_enable") and getattr(module, "supports_gradient_checkpointing", False):
-            # non-reentrant: works with DDP, FSDP and inputs that do not require grad
-            module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(module, "activation_checkpointing_enable") and getattr(module, "supports_gradient_checkpointing", False):
+            # transformers >= 5 (gradient_checkpointing_enable is its deprecated name); non-reentrant
+            # checkpointing works with DDP, FSDP and inputs that do not require grad
+            module.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             found = True
         elif hasattr(module, "enable_gradient_checkpointing") and getattr(module, "_supports_gradient_checkpointing", False):
             module.enable_gradient_checkpointing()  # diffusers

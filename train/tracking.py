@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -76,7 +77,7 @@ def _wandb_run(metrics_path: Path, run_name: str, config: dict) -> Any:
     except ImportError as e:
         raise ImportError("--log wandb needs wandb: pip install 'tessera[wandb]'") from e
     id_file = metrics_path.with_name(metrics_path.stem + ".wandb_id.txt")
-    run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+    run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)  # any unique string will do
     id_file.write_text(run_id + "\n")
     run = wandb.init(
         project=os.environ.get("WANDB_PROJECT", "tessera"),

@@ -1,0 +1,102 @@
+"""notebooks/sampling.ipynb executes top to bottom against a tiny run, and is committed without outputs."""
+
+import json
+import os
+import re
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+import pytest
+import torch
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")  # with ipykernel: the dev extra's nbmake
+pytest.importorskip("ipykernel")
+pytest.importorskip("matplotlib")
+
+from tessera.cli import main
+from vqtok import load_tokenizer
+
+torch.set_num_threads(1)
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "sampling.ipynb"
+
+# the tiny settings of tests/test_generator_stage.py (copied: test modules import nothing from each other)
+TOK = {
+    "vq.base_channels": 16, "vq.channel_mult": [1, 2, 2], "vq.latent_dim": 16, "vq.codebook_size": 32,
+    "vq.norm_groups": 4, "loop.steps": 4, "loop.batch_size": 8, "loop.log_every": 1, "loop.warmup_steps": 1,
+    "loop.device": "cpu", "data.train_images": 64,
+}
+GEN = {
+    "model.hidden_size": 32, "model.num_layers": 2, "model.num_heads": 2, "model.num_kv_heads": 1,
+    "model.intermediate_size": 64, "loop.steps": 4, "loop.batch_size": 8, "loop.log_every": 1,
+    "loop.warmup_steps": 1, "loop.ckpt_every": 2, "loop.device": "cpu", "data.train_images": 48,
+}
+
+
+def _set_args(d: dict, prefix: str = "") -> list[str]:
+    return [a for k, v in d.items() for a in ("--set", f"{prefix}{k}={json.dumps(v)}")]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A run with a tiny tokenizer and a tiny generator, trained through the CLI."""
+    path = tmp_path_factory.mktemp("nb") / "run"
+    assert main(["train-tokenizer", "--run", str(path), "--no-progress", *_set_args(TOK)]) == 0
+    assert main(["train", "--run", str(path), "--no-progress", *_set_args(GEN)]) == 0
+    return path
+
+
+def _tagged(nb, tag: str):
+    cells = [c for c in nb.cells if tag in c.metadata.get("tags", [])]
+    assert len(cells) == 1, f"expected one code cell tagged {tag!r} in {NOTEBOOK.name}, found {len(cells)}"
+    return cells[0]
+
+
+def _pngs(cell) -> int:
+    return sum("image/png" in o.get("data", {}) for o in cell.outputs)
+
+
+def _stdout(cell) -> str:
+    return "".join(o.text for o in cell.outputs if o.output_type == "stream" and o.name == "stdout")
+
+
+def test_committed_notebook_has_no_outputs():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata.kernelspec.name == "python3"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code, "the notebook has no code cells"
+    stored = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count)]
+    assert not stored, f"cells {stored} of {NOTEBOOK} have stored outputs: clear them before committing"
+
+
+def test_notebook_executes_on_a_tiny_run(run, monkeypatch):
+    # the kernel inherits this process's environment; monkeypatch puts it back afterwards
+    monkeypatch.setenv("TESSERA_RUN", str(run))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=300,
+                                     resources={"metadata": {"path": str(ROOT)}})
+    client.execute()  # a failing cell raises CellExecutionError with the cell's source and traceback
+
+    assert not [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    # every figure that matters was drawn: the sample grid, the guidance sweep, the reconstructions, two code grids
+    counts = {tag: _pngs(_tagged(nb, tag)) for tag in ("sample-grid", "cfg-sweep", "reconstruction", "code-grid")}
+    assert counts == {"sample-grid": 1, "cfg-sweep": 1, "reconstruction": 1, "code-grid": 2}, counts
+
+    # what it printed describes this run, not some other one
+    g = load_tokenizer(run / "tokenizer").cfg.grid_size
+    loaded = "".join(_stdout(c) for c in nb.cells if c.cell_type == "code")
+    assert f"run:       {run} on " in loaded and f"<-> {g}x{g} codes" in loaded, loaded
+    sampled = _stdout(_tagged(nb, "sample-grid"))
+    images = re.search(r"^(\d+) images of \d+x\d+ px", sampled, re.M)
+    assert images and int(images[1]) > 0 and "warnings:" in sampled, sampled
+    changed = [int(m) for m in re.findall(rf"changed (\d+) of {g * g} codes", _stdout(_tagged(nb, "reconstruction")))]
+    assert len(changed) == 2 and all(0 <= c <= g * g for c in changed), changed
+    grids = re.findall(r"code grid (\d+) x (\d+) = (\d+) codes per image", _stdout(_tagged(nb, "code-grid")))
+    assert grids == [(str(g), str(g), str(g * g))] * 2, grids
