@@ -54,7 +54,7 @@ def _stage_config(args, stage):
             raise FileNotFoundError(f"config file {path} does not exist")
         cfg = Config.from_dict(json.loads(path.read_text()))
     overrides = _parse_assignments(args.set)
-    if args.steps is not None:
+    if getattr(args, "steps", None) is not None:  # `tokenize` trains nothing and has no --steps
         overrides["loop.steps"] = args.steps
     if args.device is not None:
         overrides["loop.device"] = args.device
@@ -101,6 +101,33 @@ def cmd_reconstruct(args) -> int:
         recon = tensor_to_images(tok.decode(tok.encode(images_to_tensor(images)).codes))
     path = save_grid([images, recon], args.out)
     print(f"originals (top) and reconstructions (bottom) written to {path}")
+    return 0
+
+
+def _parse_devices(text: str | None) -> list[str] | None:
+    """--devices cuda:0,cuda:1 -> ["cuda:0", "cuda:1"]."""
+    if text is None:
+        return None
+    devices = [d.strip() for d in text.split(",") if d.strip()]  # each is checked by prepare_codes
+    if not devices:
+        raise SystemExit(f"error: --devices expects a comma-separated list such as cuda:0,cuda:1, got {text!r}")
+    return devices
+
+
+def cmd_tokenize(args) -> int:
+    from train.generator_stage import prepare_codes
+    from train.pretokenize import read_manifest
+
+    cfg = _stage_config(args, "generator")
+    devices = _parse_devices(args.devices)
+    num_proc = args.num_proc if args.num_proc is not None else len(devices) if devices else 1  # one per device
+    if num_proc < 1:
+        raise SystemExit(f"error: --num-proc must be >= 1, got {num_proc}")
+    prepared = prepare_codes(cfg, args.run, tokenizer_dir=args.tokenizer, num_proc=num_proc, devices=devices)
+    m = read_manifest(prepared.codes_dir)
+    print(f"{m.rows} rows of codes in {prepared.codes_dir} ({m.skipped_empty_text} empty captions and "
+          f"{m.skipped_bad_image} unreadable images skipped, {m.truncated_text} captions truncated); "
+          "`tessera train` with the same settings uses them")
     return 0
 
 
@@ -323,12 +350,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def stage_args(sp):
+    def stage_args(sp, trains: bool = True):
         sp.add_argument("--preset", default="cpu", help="named preset: cpu (minutes on 2 cores) or gpu")
         sp.add_argument("--config", help="a JSON file with the full stage config (replaces the preset)")
         sp.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
-                        help="override one setting, e.g. --set loop.lr=1e-3 (tokenizer: vq.codebook_size=512; generator: model.size=S)")
-        sp.add_argument("--steps", type=int, help="shorthand for --set loop.steps=N")
+                        help="override one setting, e.g. --set loop.lr=1e-3 (tokenizer: vq.codebook_size=512; "
+                        "generator: model.size=S; own data: data.source=PATH, docs/DATA.md)")
+        if trains:
+            sp.add_argument("--steps", type=int, help="shorthand for --set loop.steps=N")
         sp.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
         sp.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
 
@@ -361,10 +390,27 @@ def build_parser() -> argparse.ArgumentParser:
     stage_args(t)
     t.set_defaults(func=cmd_train_tokenizer)
 
+    k = sub.add_parser("tokenize", help="pre-tokenize the generator's data (before `train`, for large data)",
+                       description="The data preparation of `tessera train` alone: make (or reuse) RUN/text_tokenizer "
+                       "and encode the images with RUN/tokenizer into RUN/codes, in resumable shards "
+                       "(data.shard_size rows; rerun the same command after a kill). Takes the same --preset / --set "
+                       "as `tessera train`, which then reuses RUN/codes. Unreadable images and empty captions are "
+                       "skipped, named in the log and counted in RUN/codes/tessera_codes.json.")
+    k.add_argument("--run", required=True, help="run directory holding tokenizer/")
+    k.add_argument("--tokenizer", help="use this tokenizer directory instead of RUN/tokenizer")
+    k.add_argument("--num-proc", type=int,
+                   help="worker processes (default: one per --devices entry, else 1); each CPU worker gets an "
+                   "equal share of the cores")
+    k.add_argument("--devices", metavar="DEV,DEV",
+                   help="encode on these devices, e.g. cuda:0,cuda:1: worker r uses device r mod their number")
+    stage_args(k, trains=False)
+    k.set_defaults(func=cmd_tokenize)
+
     g = sub.add_parser("train", help="train the generator on a run's tokenizer",
-                       description="Pre-tokenize the training data with RUN/tokenizer (once, into RUN/codes), "
-                       "then train (or resume) the Llama generator; writes RUN/generator/, a Hugging Face model "
-                       "directory with the text tokenizer and the sequence layout.")
+                       description="Pre-tokenize the training data with RUN/tokenizer (once, into RUN/codes, unless "
+                       "`tessera tokenize` made them), then train (or resume) the Llama generator; writes "
+                       "RUN/generator/, a Hugging Face model directory with the text tokenizer and the sequence "
+                       "layout.")
     g.add_argument("--run", required=True, help="run directory holding tokenizer/ (resumes if it has state/)")
     g.add_argument("--tokenizer", help="use this tokenizer directory instead of RUN/tokenizer")
     stage_args(g)
@@ -455,8 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval_tokenizer)
 
     r = sub.add_parser("reconstruct", help="encode and decode image files with a run's tokenizer",
-                       description="Images are converted to RGB and resized when square; "
-                       "unreadable or non-square files are refused by name.")
+                       description="Images are converted to RGB, centre-cropped to a square and resized; "
+                       "unreadable files are refused by name.")
     r.add_argument("--run", required=True, help="run directory holding tokenizer/")
     r.add_argument("images", nargs="+", help="image files")
     r.add_argument("--out", default="reconstructions.png", help="output grid PNG")

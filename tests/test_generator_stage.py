@@ -81,7 +81,8 @@ def test_pretokenize_skips_empty_captions_and_bad_images_counting_them(tmp_path,
     save_tokenizer(tok, tmp_path / "tok")
     good = Image.fromarray(shapes.render(shapes.sample_scene(np.random.default_rng(0)), 32))
     ds = datasets.Dataset.from_dict(
-        {"image": [good, good, Image.new("RGB", (32, 16)), good], "text": ["a red circle", "", "a cat", "x " * 60]},
+        {"image": [good, good, {"bytes": b"not an image", "path": None}, good],
+         "text": ["a red circle", "", "a cat", "x " * 60]},
         features=datasets.Features({"image": datasets.Image(), "text": datasets.Value("string")}),
     )
     text_tok = train_text_tokenizer(["a red circle"], vocab_size=300)

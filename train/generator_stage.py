@@ -1,7 +1,9 @@
 """The generator stage: text tokenizer, pre-tokenized codes, and the Llama generator trained on them.
 
     run/tokenizer/            the VQ tokenizer (from `train_tokenizer`), required
+    run/text_tokenizer/       the text tokenizer, made once and reused
     run/codes/                pre-tokenized Arrow data (train.pretokenize), made once and reused
+                              (by `prepare_codes`: `tessera tokenize` ahead of training, or `train_generator`)
     run/generator_stage.json  the stage config (a resumed run must keep it)
     run/state/generator/      the shared loop's checkpoints (resume)
     run/metrics/generator.jsonl  its log
@@ -10,7 +12,9 @@
 The text tokenizer is a byte-level BPE trained on the run's captions (or a local
 HF tokenizer directory named by `data.text_tokenizer`); it is saved into
 `run/text_tokenizer/` before the codes are made, so a resumed run encodes text
-exactly as the first one did. Like the tokenizer stage, the presets are data.
+exactly as the first one did. The data are the shapes world (`data.source`
+"shapes") or the user's own images and captions at a local path (train.data.own,
+docs/DATA.md). Like the tokenizer stage, the presets are data.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -33,7 +37,7 @@ from ar_model import (
     train_text_tokenizer,
 )
 from ar_model.layout import build_sequences
-from train.data import shapes
+from train.data import own, shapes
 from train.loop import (
     EpochOrder,
     LoopConfig,
@@ -43,7 +47,7 @@ from train.loop import (
     override_sections,
     train_loop,
 )
-from train.pretokenize import check_manifest, load_codes, pretokenize, read_manifest
+from train.pretokenize import SHARD_SIZE, check_devices, check_manifest, load_codes, pretokenize, read_manifest
 from train.tokenizer_stage import check_run_config
 from vqtok import load_tokenizer, read_tokenizer_config
 
@@ -52,8 +56,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class GeneratorDataConfig:
-    source: str = "shapes"  # only the embedded shapes world for now (own data: issue 6)
-    train_images: int = 20000  # distinct scenes, one caption each
+    source: str = own.SHAPES  # "shapes" (the embedded world), or a local path to own data (docs/DATA.md)
+    image_column: str = "image"  # own data: the column with the images ("image" is the imagefolder's)
+    text_column: str = "text"  # own data: the column with the captions
+    # the shapes world only (own data use every row): distinct scenes, one caption each
+    train_images: int = 20000
     max_objects: int = shapes.MAX_OBJECTS
     captions: str = "all"  # phrasings drawn from: "all", or "complete" (each object's colour, shape, cell; shapes.CAPTION_SETS)
     seed: int = 1  # scene / caption seed; 1, not the tokenizer stage's 0: other scenes, same world
@@ -62,15 +69,17 @@ class GeneratorDataConfig:
     text_vocab: int = 512  # BPE vocabulary bound when the stage trains its own text tokenizer
     text_tokenizer: str | None = None  # a local HF tokenizer directory to use instead of training one
     encode_batch_size: int = 256  # images per tokenizer forward pass when pre-tokenizing
+    shard_size: int = SHARD_SIZE  # rows per pre-tokenizing shard: what a killed `tessera tokenize` may redo
 
     def __post_init__(self):
-        if self.source != "shapes":
-            raise TrainConfigError(f"data.source must be 'shapes' for now, got {self.source!r}")
+        for name in ("source", "image_column", "text_column"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise TrainConfigError(f"data.{name} must be a non-empty string, got {getattr(self, name)!r}")
         if self.captions not in shapes.CAPTION_SETS:
             raise TrainConfigError(f"data.captions must be one of {', '.join(shapes.CAPTION_SETS)}, got {self.captions!r}")
         if not isinstance(self.row_tokens, bool):
             raise TrainConfigError(f"data.row_tokens must be true or false, got {self.row_tokens!r}")
-        for name in ("train_images", "text_len", "encode_batch_size"):
+        for name in ("train_images", "text_len", "encode_batch_size", "shard_size"):
             if int(getattr(self, name)) < 1:
                 raise TrainConfigError(f"data.{name} must be >= 1, got {getattr(self, name)!r}")
 
@@ -168,38 +177,61 @@ class GeneratorTask:
 
 
 def training_rows(cfg: GeneratorStageConfig, resolution: int) -> Any:
-    """The stage's (image, text) rows as a `datasets.Dataset`, the path real data will take."""
+    """The stage's rows as a `datasets.Dataset` with columns image and text (own data: image undecoded)."""
+    if cfg.data.source != own.SHAPES:
+        return own.load_rows(cfg.data.source, {"image": cfg.data.image_column, "text": cfg.data.text_column})
     return shapes.shapes_dataset(
         cfg.data.train_images, resolution=resolution, split="train",
         seed=cfg.data.seed, max_objects=cfg.data.max_objects, captions=cfg.data.captions,
     )
 
 
-def prepare_text_tokenizer(cfg: GeneratorStageConfig, run_dir: Path, captions: list[str]) -> Any:
+def data_source(data: GeneratorDataConfig) -> dict:
+    """What the rows are read from, as recorded with the codes: codes of other data are refused."""
+    if data.source != own.SHAPES:
+        return {"source": str(Path(data.source).expanduser().resolve()), "image_column": data.image_column,
+                "text_column": data.text_column}
+    return {"source": own.SHAPES, "train_images": data.train_images, "max_objects": data.max_objects,
+            "captions": data.captions, "seed": data.seed}
+
+
+def prepare_text_tokenizer(cfg: GeneratorStageConfig, run_dir: Path, captions: Any) -> Any:
     """The run's text tokenizer: made once (trained, or copied from data.text_tokenizer), then reloaded."""
     path = run_dir / "text_tokenizer"
     if not path.is_dir():
         if cfg.data.text_tokenizer:
             tok = load_text_tokenizer(cfg.data.text_tokenizer)
-        else:
-            tok = train_text_tokenizer(captions, vocab_size=cfg.data.text_vocab)
+        else:  # empty captions are skipped when pre-tokenizing; they must not shape the vocabulary either
+            tok = train_text_tokenizer([t for t in captions if isinstance(t, str) and t.strip()],
+                                       vocab_size=cfg.data.text_vocab)
         tmp = path.with_name(path.name + ".tmp")
         tok.save_pretrained(str(tmp))
         tmp.rename(path)
     return load_text_tokenizer(path)
 
 
-def train_generator(cfg: GeneratorStageConfig, run_dir: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
-    """Train (or resume) the generator of `run_dir`; returns the exported generator directory.
+class PreparedCodes(NamedTuple):
+    codes_dir: Path  # the pre-tokenized Arrow directory (train.pretokenize)
+    text_tokenizer: Any  # the run's text tokenizer, which made the text ids
+    layout: SequenceLayout  # the sequence layout the codes were checked against
+
+
+def prepare_codes(
+    cfg: GeneratorStageConfig, run_dir: str | Path, tokenizer_dir: str | Path | None = None, num_proc: int = 1,
+    devices: list[str] | None = None,
+) -> PreparedCodes:
+    """The generator stage's data: make (or reuse) `run_dir/text_tokenizer` and `run_dir/codes`.
 
     The VQ tokenizer is `run_dir/tokenizer` unless `tokenizer_dir` names another.
+    `num_proc` / `devices` spread the encoding over processes and GPUs
+    (`train.pretokenize.pretokenize`); existing codes are checked, not redone.
     """
     run_dir = Path(run_dir)
     tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir else run_dir / "tokenizer"
     vq_cfg = read_tokenizer_config(tokenizer_dir)  # a clear error when it is missing or foreign
-    check_run_config(run_dir, cfg, name="generator_stage.json")
-
+    run_dir.mkdir(parents=True, exist_ok=True)
     codes_dir = run_dir / "codes"
+    source = data_source(cfg.data)
     rows = None
     if not (run_dir / "text_tokenizer").is_dir() or not codes_dir.is_dir():
         rows = training_rows(cfg, vq_cfg.resolution)
@@ -208,22 +240,47 @@ def train_generator(cfg: GeneratorStageConfig, run_dir: str | Path, tokenizer_di
         text_tok, codebook_size=vq_cfg.num_codes, grid=(vq_cfg.grid_size, vq_cfg.grid_size), text_len=cfg.data.text_len,
         row_tokens=cfg.data.row_tokens,
     )
-    gcfg = cfg.generator_config(layout)
     if not codes_dir.is_dir():
-        device = cfg.loop.device if cfg.loop.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        check_devices(devices)  # before the tokenizer is loaded onto one of them
+        if num_proc > 1:
+            # the workers are forked, and a fork cannot use CUDA once its parent has (even probing for it
+            # may count): the main process keeps its copy on the CPU, each worker moves its own
+            device = "cpu"
+            if not devices and cfg.loop.device not in ("auto", "cpu"):
+                devices = [cfg.loop.device]
+        elif devices:
+            device = devices[0]
+        else:
+            device = cfg.loop.device if cfg.loop.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         tokenizer = load_tokenizer(tokenizer_dir, device=device)
         pretokenize(rows, tokenizer, tokenizer_dir, text_tok, layout, codes_dir,
-                    batch_size=cfg.data.encode_batch_size, progress=cfg.loop.progress)
+                    batch_size=cfg.data.encode_batch_size, progress=cfg.loop.progress, source=source,
+                    shard_size=cfg.data.shard_size, num_proc=num_proc, devices=devices)
         del tokenizer
-    check_manifest(read_manifest(codes_dir), tokenizer_dir, layout)
-    codes, text_ids = load_codes(codes_dir)
+    check_manifest(read_manifest(codes_dir), tokenizer_dir, layout, source=source)
+    return PreparedCodes(codes_dir, text_tok, layout)
+
+
+def train_generator(cfg: GeneratorStageConfig, run_dir: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
+    """Train (or resume) the generator of `run_dir`; returns the exported generator directory.
+
+    The VQ tokenizer is `run_dir/tokenizer` unless `tokenizer_dir` names another.
+    Codes made beforehand by `prepare_codes` (`tessera tokenize`) are reused.
+    """
+    run_dir = Path(run_dir)
+    # before check_run_config writes into run_dir: a missing tokenizer is the likelier mistake
+    read_tokenizer_config(Path(tokenizer_dir) if tokenizer_dir else run_dir / "tokenizer")
+    check_run_config(run_dir, cfg, name="generator_stage.json")
+    prepared = prepare_codes(cfg, run_dir, tokenizer_dir)
+    gcfg = cfg.generator_config(prepared.layout)
+    codes, text_ids = load_codes(prepared.codes_dir)
 
     task = GeneratorTask(cfg, gcfg, codes, text_ids)
     log.info("generator: %s, %d parameters, %d training sequences of %d tokens", gcfg.size,
-             sum(p.numel() for p in task.model.parameters()), len(codes), layout.seq_len)
+             sum(p.numel() for p in task.model.parameters()), len(codes), prepared.layout.seq_len)
     result = train_loop(task, cfg.loop, run_dir, desc="generator", stage="generator")
     log.info("generator: %d steps in %.1fs (resumed from %d)", result.step, result.seconds, result.resumed_from)
-    return save_generator(task.model.eval(), gcfg, text_tok, run_dir / "generator")
+    return save_generator(task.model.eval(), gcfg, prepared.text_tokenizer, run_dir / "generator")
 
 
 __all__ = [
@@ -231,6 +288,9 @@ __all__ = [
     "GeneratorStageConfig",
     "GeneratorTask",
     "PRESETS",
+    "PreparedCodes",
+    "data_source",
+    "prepare_codes",
     "preset_config",
     "train_generator",
 ]

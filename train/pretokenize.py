@@ -5,37 +5,57 @@ once, here, and the codes are stored with the caption's text ids in a
 `datasets` Arrow directory (`map` + `save_to_disk`):
 
     <out>/                 datasets.save_to_disk: columns codes (h*w int16), text_ids (text_len int32)
-    <out>/tessera_codes.json   the manifest: which tokenizer made the codes, the layout, counts
+    <out>/tessera_codes.json   the manifest: which tokenizer made the codes, the layout, the source, counts
 
 The manifest names the tokenizer by the sha256 of its weights file, so training
 can refuse codes made by another tokenizer (`check_manifest`). Rows whose
 caption is empty, or whose image cannot be read, are skipped, counted and
-logged by row index; nothing is silently dropped.
+logged by row index (and file, when known); nothing is silently dropped.
+
+Large data sets are encoded in shards, each saved when finished, so a killed
+run resumes where it stopped:
+
+    <out>.partial/tessera_partial.json   what the shards are made with (source, layout, tokenizer, sizes)
+    <out>.partial/shard-NNNNN/           one finished shard: codes, text_ids, skip (reason or ""), truncated
+
+Workers (`num_proc`) cannot report counts back through shared state, so every
+row comes out of `map` with its skip reason; the main process logs, counts and
+drops the skipped rows when it joins the shards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import math
+import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from einops import rearrange
 
 from ar_model import SequenceLayout, encode_text
-from train.data.images import ImageError, to_rgb
+from train.data.images import ImageError, decode_image, image_name, undecoded
 from train.loop import TrainConfigError
 from vqtok import VQTokenizer, images_to_tensor
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "tessera_codes.json"
+PARTIAL_MANIFEST = "tessera_partial.json"
 FORMAT = "tessera.codes"
-VERSION = 1
+VERSION = 1  # source and shards were added with defaults: version-1 manifests without them still read as before
+SHARD_SIZE = 10000  # rows per resumable shard: minutes of work on a CPU, seconds on a GPU
+
+# a skip reason starts with its kind; the manifest counts each kind
+SKIP_KINDS = {"empty caption": "skipped_empty_text", "bad image": "skipped_bad_image"}
 
 
 def tokenizer_fingerprint(tokenizer_dir: str | Path) -> str:
@@ -60,36 +80,126 @@ class CodesManifest:
     skipped_empty_text: int
     skipped_bad_image: int
     truncated_text: int  # captions longer than text_len, cut
+    source: dict | None = None  # what the rows were read from (the caller's description); None in older manifests
+    shards: int | None = None  # shards the rows were encoded in; None in older manifests
+
+
+def check_devices(devices: list[str] | None) -> list[torch.device]:
+    """`devices` as torch devices, refusing what cannot work before any worker starts.
+
+    Only what needs no CUDA call is checked: probing CUDA here would keep the
+    forked workers from using it.
+    """
+    try:
+        parsed = [torch.device(d) for d in devices or []]
+    except RuntimeError as e:  # torch's message names the string it cannot parse
+        raise TrainConfigError(f"bad device in {devices}: {e}") from e
+    if any(d.type == "cuda" for d in parsed) and not torch.backends.cuda.is_built():
+        raise TrainConfigError(f"devices {devices} name CUDA, but this torch was built without it")
+    return parsed
+
+
+def _worker_tokenizer(tokenizer: VQTokenizer, rank: int | None, devices: list[str] | None,
+                      threads: int) -> VQTokenizer:
+    """The tokenizer on this worker's device; a worker process also takes its share of the CPU cores."""
+    if rank is not None and torch.get_num_threads() != threads:  # rank is None in the main process
+        torch.set_num_threads(threads)  # num_proc workers x all cores each would oversubscribe the CPU
+    if devices:
+        device = torch.device(devices[(rank or 0) % len(devices)])
+        if next(tokenizer.parameters()).device != device:
+            tokenizer.to(device)  # in place: each worker's copy moves once, on its first batch
+    return tokenizer
 
 
 def _encode_batch(
-    batch: dict[str, list], indices: list[int], *, tokenizer: VQTokenizer, text_tokenizer: Any,
-    layout: SequenceLayout, resolution: int, counts: dict[str, int],
-) -> dict[str, list]:
-    images, texts = [], []
-    for i, img, text in zip(indices, batch["image"], batch["text"]):
+    batch: dict[str, list], indices: list[int], rank: int | None, *, tokenizer: VQTokenizer, text_tokenizer: Any,
+    layout: SequenceLayout, resolution: int, offset: int, devices: list[str] | None, threads: int,
+) -> dict[str, Any]:
+    """Every row of the batch, skipped ones with their reason and zero codes (dropped by the main process)."""
+    tokenizer = _worker_tokenizer(tokenizer, rank, devices, threads)
+    n = len(indices)
+    skip, kept, images = [""] * n, [], []
+    for j, (i, value, text) in enumerate(zip(indices, batch["image"], batch["text"])):
         if not isinstance(text, str) or not text.strip():
-            counts["skipped_empty_text"] += 1
-            log.warning("pre-tokenize: row %d skipped: empty caption", i)
+            skip[j] = "empty caption"
             continue
         try:
-            images.append(to_rgb(img, resolution, f"row {i}"))
-        except (ImageError, OSError, ValueError) as e:
-            counts["skipped_bad_image"] += 1
-            log.warning("pre-tokenize: row %d skipped: %s", i, e)
+            images.append(decode_image(value, resolution, image_name(value, offset + i)))
+        except ImageError as e:
+            skip[j] = f"bad image: {e}"
             continue
-        texts.append(text)
-    if not images:
-        return {"codes": [], "text_ids": []}
-    device = next(tokenizer.parameters()).device
-    with torch.inference_mode():
-        codes = tokenizer.encode(images_to_tensor(np.stack(images)).to(device)).codes  # (B, h, w)
-    text = encode_text(text_tokenizer, texts, layout)
-    counts["truncated_text"] += sum(text.truncated)
-    return {
-        "codes": codes.flatten(1).to(torch.int16).cpu().numpy(),  # (B, h*w); K <= 32768 checked by the caller
-        "text_ids": text.ids.to(torch.int32).numpy(),  # (B, text_len)
-    }
+        kept.append(j)
+    codes = np.zeros((n, layout.num_image_tokens), dtype=np.int16)
+    text_ids = np.zeros((n, layout.text_len), dtype=np.int32)
+    truncated = [False] * n
+    if kept:
+        device = next(tokenizer.parameters()).device
+        with torch.inference_mode():
+            grid = tokenizer.encode(images_to_tensor(np.stack(images)).to(device)).codes  # (B, h, w)
+        # int16: K <= 32768 checked by pretokenize
+        codes[kept] = rearrange(grid, "b h w -> b (h w)").to(torch.int16).cpu().numpy()
+        text = encode_text(text_tokenizer, [batch["text"][j] for j in kept], layout)
+        text_ids[kept] = text.ids.to(torch.int32).numpy()  # (B, text_len)
+        for j, cut in zip(kept, text.truncated):
+            truncated[j] = cut
+    return {"codes": codes, "text_ids": text_ids, "skip": skip, "truncated": truncated}
+
+
+def _open_partial(partial: Path, plan: dict) -> None:
+    """Create the shard directory recording `plan`, or check that an existing one was made with it."""
+    path = partial / PARTIAL_MANIFEST
+    plan = json.loads(json.dumps(plan))  # as stored: tuples become lists, or every resume would differ
+    if path.is_file():
+        old = json.loads(path.read_text())
+        differs = [k for k in plan if old.get(k) != plan[k]]
+        if differs:
+            raise TrainConfigError(
+                f"{partial} holds shards of an interrupted pre-tokenizing with another {', '.join(differs)} "
+                f"({', '.join(f'{k}: {old.get(k)}' for k in differs)}); delete {partial} to start over"
+            )
+        return
+    partial.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(plan, indent=2))
+    tmp.replace(path)
+
+
+def _encode_shard(ds: Any, num_proc: int, fn_kwargs: dict, features: Any, batch_size: int, fingerprint: str,
+                  desc: str) -> Any:
+    """One shard through the tokenizer: `num_proc` workers over contiguous slices (datasets.Dataset.map)."""
+    return ds.map(
+        _encode_batch,
+        batched=True,
+        batch_size=batch_size,
+        with_indices=True,
+        with_rank=True,
+        remove_columns=ds.column_names,
+        features=features,
+        num_proc=num_proc if num_proc > 1 else None,  # 1 would still start a pool of one process
+        keep_in_memory=True,  # the shard is saved next; no cache file in the data set's cache directory
+        load_from_cache_file=False,
+        new_fingerprint=fingerprint,  # given, so datasets does not hash the tokenizer's weights for one
+        fn_kwargs=fn_kwargs,
+        desc=desc,
+    )
+
+
+@contextlib.contextmanager
+def _progress_bars(enabled: bool) -> Iterator[None]:
+    import datasets
+
+    if enabled:
+        yield
+        return
+    datasets.disable_progress_bars()  # the map bars are datasets' own
+    try:
+        yield
+    finally:
+        datasets.enable_progress_bars()
+
+
+def _cpu_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def pretokenize(
@@ -101,8 +211,20 @@ def pretokenize(
     out_dir: str | Path,
     batch_size: int = 256,
     progress: bool = True,
+    *,
+    source: dict | None = None,
+    shard_size: int = SHARD_SIZE,
+    num_proc: int = 1,
+    devices: list[str] | None = None,
 ) -> CodesManifest:
-    """Encode `ds` (columns image, text) into `out_dir`; written to a temporary name, then renamed."""
+    """Encode `ds` (columns image, text) into `out_dir`, in resumable shards of `shard_size` rows.
+
+    `source` describes where the rows come from (recorded in the manifest, and
+    a resumed run must match it). `num_proc` workers share the shards' rows;
+    with `devices` ("cuda:0", "cuda:1" ...) worker `rank` encodes on
+    `devices[rank % len(devices)]`, otherwise where `tokenizer` is. The result
+    is written to a temporary name, then renamed.
+    """
     import datasets
 
     if layout.codebook_size > np.iinfo(np.int16).max + 1:
@@ -110,43 +232,71 @@ def pretokenize(
     for col in ("image", "text"):
         if col not in ds.column_names:
             raise TrainConfigError(f"the dataset has no {col!r} column (columns: {', '.join(ds.column_names)})")
+    if shard_size < 1 or num_proc < 1:
+        raise TrainConfigError(f"shard_size and num_proc must be >= 1, got {shard_size} and {num_proc}")
+    targets = check_devices(devices) or [next(tokenizer.parameters()).device]
+    if num_proc > 1 and any(d.type == "cuda" for d in targets) and torch.cuda.is_initialized():
+        raise TrainConfigError("the workers are forked, and CUDA cannot be used in a fork of a process that has used "
+                               "it: pre-tokenize in a fresh process (`tessera tokenize`)")
+    ds = undecoded(ds, "image")
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    sha = tokenizer_fingerprint(tokenizer_dir)
+    _open_partial(partial, {"source": source, "layout": layout.to_dict(), "tokenizer_sha256": sha,
+                            "rows": len(ds), "shard_size": shard_size})
     tokenizer.eval()
-    counts = {"skipped_empty_text": 0, "skipped_bad_image": 0, "truncated_text": 0}
     features = datasets.Features({
         "codes": datasets.Sequence(datasets.Value("int16"), length=layout.num_image_tokens),
         "text_ids": datasets.Sequence(datasets.Value("int32"), length=layout.text_len),
+        "skip": datasets.Value("string"),
+        "truncated": datasets.Value("bool"),
     })
-    if not progress:
-        datasets.disable_progress_bars()
-    try:
-        coded = ds.map(
-            _encode_batch,
-            batched=True,
-            batch_size=batch_size,
-            with_indices=True,
-            remove_columns=ds.column_names,
-            features=features,
-            load_from_cache_file=False,  # counts are gathered as the rows pass; a cache hit would skip them
-            fn_kwargs=dict(tokenizer=tokenizer, text_tokenizer=text_tokenizer, layout=layout,
-                           resolution=tokenizer.cfg.resolution, counts=counts),
-            desc="pre-tokenizing",
-        )
-        if len(coded) == 0:
+    fn_kwargs = dict(tokenizer=tokenizer, text_tokenizer=text_tokenizer, layout=layout,
+                     resolution=tokenizer.cfg.resolution, devices=devices, threads=max(1, _cpu_cores() // num_proc))
+    n_shards = math.ceil(len(ds) / shard_size)
+    shard_dirs = [partial / f"shard-{k:05d}" for k in range(n_shards)]
+    with _progress_bars(progress):
+        for k, shard_dir in enumerate(shard_dirs):
+            if shard_dir.is_dir():
+                log.info("pre-tokenize: shard %d/%d was finished by an earlier run", k + 1, n_shards)
+                continue
+            start = k * shard_size
+            coded = _encode_shard(
+                ds.select(range(start, min(start + shard_size, len(ds)))), num_proc,
+                {**fn_kwargs, "offset": start}, features, batch_size, fingerprint=f"tessera-{sha[:16]}-{k:05d}",
+                desc=f"pre-tokenizing shard {k + 1}/{n_shards}",
+            )
+            for j, reason in enumerate(coded["skip"]):
+                if reason:
+                    log.warning("pre-tokenize: row %d skipped: %s", start + j, reason)
+            tmp = shard_dir.with_name(shard_dir.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            coded.save_to_disk(str(tmp))
+            tmp.rename(shard_dir)  # a shard exists only once it is complete
+        coded = datasets.concatenate_datasets([datasets.load_from_disk(str(d)) for d in shard_dirs])
+        counts = dict.fromkeys(SKIP_KINDS.values(), 0)
+        kept = []
+        for i, reason in enumerate(coded["skip"]):
+            if reason:
+                counts[next(v for k, v in SKIP_KINDS.items() if reason.startswith(k))] += 1
+            else:
+                kept.append(i)
+        counts["truncated_text"] = sum(coded["truncated"])
+        if not kept:
+            shutil.rmtree(partial)  # nothing worth resuming: the data must change first
             raise TrainConfigError(f"pre-tokenizing left no rows ({counts}); see the log for the skipped rows")
+        coded = coded.select(kept).remove_columns(["skip", "truncated"])
+        tmp = out_dir.with_name(out_dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
         coded.save_to_disk(str(tmp))
-    finally:
-        if not progress:
-            datasets.enable_progress_bars()
     manifest = CodesManifest(
-        format=FORMAT, version=VERSION, tokenizer_sha256=tokenizer_fingerprint(tokenizer_dir),
-        tokenizer_dir=str(tokenizer_dir), layout=layout.to_dict(), rows=len(coded), **counts,
+        format=FORMAT, version=VERSION, tokenizer_sha256=sha, tokenizer_dir=str(tokenizer_dir),
+        layout=layout.to_dict(), rows=len(coded), **counts, source=source, shards=n_shards,
     )
     (tmp / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2))
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
+    shutil.rmtree(partial)
     skipped = counts["skipped_empty_text"] + counts["skipped_bad_image"]
     if skipped or counts["truncated_text"]:
         log.warning("pre-tokenize: %d rows written, %d skipped (%s), %d captions truncated to %d tokens",
@@ -169,8 +319,9 @@ def read_manifest(codes_dir: str | Path) -> CodesManifest:
         raise TrainConfigError(f"{path}: not a Tessera codes manifest ({e})") from e
 
 
-def check_manifest(manifest: CodesManifest, tokenizer_dir: str | Path, layout: SequenceLayout) -> None:
-    """Refuse codes made by another tokenizer or for another layout."""
+def check_manifest(manifest: CodesManifest, tokenizer_dir: str | Path, layout: SequenceLayout,
+                   source: dict | None = None) -> None:
+    """Refuse codes made by another tokenizer, for another layout, or (given `source`) from other data."""
     sha = tokenizer_fingerprint(tokenizer_dir)
     if manifest.tokenizer_sha256 != sha:
         raise TrainConfigError(
@@ -182,6 +333,12 @@ def check_manifest(manifest: CodesManifest, tokenizer_dir: str | Path, layout: S
     if stored != {k: v for k, v in layout.to_dict().items() if k != "row_tokens"}:
         raise TrainConfigError(
             f"the pre-tokenized codes use layout {manifest.layout}, the generator {layout.to_dict()}; pre-tokenize again"
+        )
+    # manifests from before the source was recorded cannot be checked: they are trusted, as they were
+    if source is not None and manifest.source is not None and manifest.source != source:
+        raise TrainConfigError(
+            f"the pre-tokenized codes were made from {manifest.source}, the config names {source}; "
+            "delete the codes directory to pre-tokenize again"
         )
 
 
@@ -201,6 +358,7 @@ def load_codes(codes_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 __all__ = [
     "CodesManifest",
+    "check_devices",
     "check_manifest",
     "load_codes",
     "pretokenize",

@@ -1,4 +1,4 @@
-"""Stage 1: train the VQ image tokenizer (on the shapes world by default).
+"""Stage 1: train the VQ image tokenizer (on the shapes world by default, or on own images: docs/DATA.md).
 
 `train_tokenizer(cfg, run_dir)` renders / loads the images, runs the shared
 loop and writes `run_dir/tokenizer/` (config.json + model.safetensors). Named
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from train.data import shapes
+from train.data import own, shapes
 from train.data.images import dataset_images
 from train.loop import (
     EpochOrder,
@@ -33,14 +33,17 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TokenizerDataConfig:
-    source: str = "shapes"  # only the embedded shapes world for now
-    train_images: int = 20000  # distinct rendered scenes; the world is small, more adds little
+    source: str = own.SHAPES  # "shapes" (the embedded world), or a local path to own images (docs/DATA.md)
+    image_column: str = "image"  # own data: the column with the images ("image" is the imagefolder's)
+    # the shapes world only (own data use every image): distinct rendered scenes; the world is small, more adds little
+    train_images: int = 20000
     max_objects: int = shapes.MAX_OBJECTS  # objects per scene, 1..max
     seed: int = 0  # scene sampling seed (independent of the loop's seed)
 
     def __post_init__(self):
-        if self.source != "shapes":
-            raise TrainConfigError(f"data.source must be 'shapes' for now, got {self.source!r}")
+        for name in ("source", "image_column"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise TrainConfigError(f"data.{name} must be a non-empty string, got {getattr(self, name)!r}")
         if self.train_images < 1:
             raise TrainConfigError(f"data.train_images must be >= 1, got {self.train_images!r}")
 
@@ -140,7 +143,10 @@ class TokenizerTask:
 
 
 def training_images(cfg: TokenizerStageConfig, progress: bool = True) -> torch.Tensor:
-    """The stage's training images, through the same `datasets` path real data takes."""
+    """The stage's training images (unreadable own images skipped and named in the log)."""
+    if cfg.data.source != own.SHAPES:
+        ds = own.load_rows(cfg.data.source, {"image": cfg.data.image_column})
+        return dataset_images(ds, cfg.vq.resolution, progress=progress)
     ds = shapes.shapes_dataset(
         cfg.data.train_images, resolution=cfg.vq.resolution, split="train",
         seed=cfg.data.seed, max_objects=cfg.data.max_objects,
@@ -149,12 +155,18 @@ def training_images(cfg: TokenizerStageConfig, progress: bool = True) -> torch.T
 
 
 def check_run_config(run_dir: Path, cfg: TokenizerStageConfig, name: str = "tokenizer_stage.json") -> None:
-    """Record the config in a new run; refuse to resume a run started with another one."""
+    """Record the config in a new run; refuse to resume a run started with another one.
+
+    A setting the recorded config lacks (added to Tessera since the run began)
+    counts as its default, so that older runs still resume.
+    """
     path = run_dir / name
     new = json.loads(json.dumps(cfg.to_dict()))  # as stored: tuples become lists, or every resume would differ
     if path.exists():
         old = json.loads(path.read_text())
-        diff = [f"{s}.{k}" for s in new for k in new[s] if old.get(s, {}).get(k) != new[s][k]]
+        default = json.loads(json.dumps(type(cfg)().to_dict()))
+        diff = [f"{s}.{k}" for s in new for k in new[s]
+                if old.get(s, {}).get(k, default.get(s, {}).get(k)) != new[s][k]]
         # the step count may grow: resuming with more steps continues the run
         diff = [d for d in diff if d != "loop.steps"]
         if diff:

@@ -1,15 +1,19 @@
 """Turning user images (files or `datasets` rows) into the uint8 RGB arrays the tokenizer takes.
 
 Every image goes through `to_rgb`: grayscale, palette and RGBA images are
-converted (RGBA composited over white), square images of another size are
-resized, and anything that cannot be used (unreadable, not square) raises an
-`ImageError` that names the file or row.
+converted (RGBA composited over white), the shorter side is centre-cropped to a
+square and the square resized to the tokenizer's resolution. An image that
+cannot be read raises an `ImageError` that names the file (or the row, when the
+image came as bytes without a file name); `dataset_images` skips such images,
+counting and naming them, rather than stopping a long run on one bad file.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,8 +27,12 @@ class ImageError(ValueError):
     """An image that cannot be used; the message names it."""
 
 
+# What PIL raises for truncated, corrupt or hostile files (DecompressionBombError is no OSError)
+_READ_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
 def to_rgb(img: Image.Image, resolution: int, name: str) -> np.ndarray:
-    """A PIL image as uint8 (resolution, resolution, 3); converts or refuses, naming `name`."""
+    """A PIL image as uint8 (resolution, resolution, 3): converted to RGB, centre-cropped, resized."""
     if img.mode != "RGB":
         mode = img.mode
         if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
@@ -36,14 +44,49 @@ def to_rgb(img: Image.Image, resolution: int, name: str) -> np.ndarray:
         log.info("%s: converted from %s to RGB", name, mode)
     w, h = img.size
     if w != h:
-        raise ImageError(
-            f"{name}: image is {w}x{h}, not square; crop it to a square first "
-            f"(the tokenizer takes {resolution}x{resolution})"
-        )
-    if w != resolution:
-        log.info("%s: resized from %dx%d to %dx%d", name, w, h, resolution, resolution)
+        # the centre keeps the subject of most photos; padding would teach the tokenizer borders
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        img = img.crop((left, top, left + side, top + side))
+        log.info("%s: centre-cropped from %dx%d to %dx%d", name, w, h, side, side)
+    if img.size[0] != resolution:
+        log.info("%s: resized from %dx%d to %dx%d", name, *img.size, resolution, resolution)
         img = img.resize((resolution, resolution), Image.Resampling.BICUBIC)
     return np.asarray(img, dtype=np.uint8)
+
+
+def image_name(value: Any, index: int) -> str:
+    """How to name a `datasets` image value in messages: its file path when known, else its row."""
+    path = value.get("path") if isinstance(value, dict) else value if isinstance(value, (str, Path)) else None
+    return str(path) if path else f"row {index}"
+
+
+def decode_image(value: Any, resolution: int, name: str) -> np.ndarray:
+    """One image as uint8 (resolution, resolution, 3), or ImageError naming `name`.
+
+    `value` is what a `datasets` image column holds: a PIL image (decoded
+    column), a {"bytes", "path"} dict (`datasets.Image(decode=False)`), a file
+    path, or encoded bytes.
+    """
+    try:
+        if isinstance(value, Image.Image):
+            return to_rgb(value, resolution, name)
+        if isinstance(value, dict):  # bytes win: parquet / Arrow rows keep only the file's name as path
+            data, path = value.get("bytes"), value.get("path")
+            source = io.BytesIO(data) if data is not None else path
+        elif isinstance(value, (bytes, bytearray)):
+            source = io.BytesIO(value)
+        else:
+            source = value
+        if source is None:
+            raise ImageError(f"{name}: the row holds no image")
+        with Image.open(source) as img:
+            img.load()  # decode now, inside the try: Image.open only reads the header
+            return to_rgb(img, resolution, name)
+    except ImageError:
+        raise
+    except _READ_ERRORS as e:
+        raise ImageError(f"{name}: cannot read image ({e})") from e
 
 
 def load_image_file(path: str | Path, resolution: int) -> np.ndarray:
@@ -51,21 +94,39 @@ def load_image_file(path: str | Path, resolution: int) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return to_rgb(img, resolution, str(path))
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ImageError(f"{path}: cannot read image ({e})") from e
+    return decode_image(str(path), resolution, str(path))
 
 
-def dataset_images(ds, resolution: int, column: str = "image", progress: bool = True) -> torch.Tensor:
-    """All images of a `datasets.Dataset` column as one uint8 tensor (N, H, W, 3).
+def undecoded(ds: Any, column: str) -> Any:
+    """`ds` with an image column left encoded, so that a corrupt file is ours to skip, not a crash in `datasets`."""
+    import datasets
 
-    Holding the whole set in memory suits the tokenizer's data (tens of
-    thousands of small images); large real data sets are pre-tokenized instead.
+    feature = ds.features[column]
+    if isinstance(feature, datasets.Image) and feature.decode:
+        return ds.cast_column(column, datasets.Image(decode=False))
+    return ds
+
+
+def dataset_images(ds: Any, resolution: int, column: str = "image", progress: bool = True) -> torch.Tensor:
+    """The readable images of a `datasets.Dataset` column as one uint8 tensor (N, H, W, 3).
+
+    Unreadable images are skipped, each named in a warning, and counted in a
+    last one. Holding the whole set in memory suits the tokenizer's data (tens
+    of thousands of small images); large real data sets are pre-tokenized instead.
     """
-    out = np.empty((len(ds), resolution, resolution, 3), dtype=np.uint8)
-    for i, row in enumerate(tqdm(ds, desc="loading images", disable=not progress, leave=False)):
-        out[i] = to_rgb(row[column], resolution, f"row {i}")
-    return torch.from_numpy(out)
+    values = undecoded(ds, column).select_columns([column])
+    out = np.empty((len(values), resolution, resolution, 3), dtype=np.uint8)
+    kept = 0
+    for i, row in enumerate(tqdm(values, desc="loading images", disable=not progress, leave=False)):
+        try:
+            out[kept] = decode_image(row[column], resolution, image_name(row[column], i))
+        except ImageError as e:
+            log.warning("loading images: skipped %s", e)
+            continue
+        kept += 1
+    if kept < len(values):
+        log.warning("loading images: %d of %d images skipped as unreadable (named above)", len(values) - kept,
+                    len(values))
+    if kept == 0:
+        raise ImageError(f"none of the {len(values)} images could be read (see the warnings above)")
+    return torch.from_numpy(out[:kept])
