@@ -58,6 +58,12 @@ def _stage_config(args, stage):
         overrides["loop.steps"] = args.steps
     if args.device is not None:
         overrides["loop.device"] = args.device
+    for flag in ("log", "parallel"):
+        if getattr(args, flag, None) is not None:
+            overrides[f"loop.{flag}"] = getattr(args, flag)
+    for flag in ("compile", "activation_checkpointing"):
+        if getattr(args, flag, False):
+            overrides[f"loop.{flag}"] = True
     if getattr(args, "no_progress", False):
         overrides["loop.progress"] = False
     return cfg.override(overrides) if overrides else cfg
@@ -358,6 +364,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "generator: model.size=S; own data: data.source=PATH, docs/DATA.md)")
         if trains:
             sp.add_argument("--steps", type=int, help="shorthand for --set loop.steps=N")
+            # how the run executes (a resumed run may change these): docs/SCALE.md
+            sp.add_argument("--log", choices=["jsonl", "wandb"],
+                            help="jsonl (default: RUN/metrics/<stage>.jsonl only) or wandb as well "
+                            "(mode from WANDB_MODE; pip install 'tessera[wandb]')")
+            sp.add_argument("--compile", action="store_true", help="torch.compile the model (loop.compile)")
+            sp.add_argument("--activation-checkpointing", action="store_true",
+                            help="recompute activations in backward: less memory, more compute")
+            sp.add_argument("--parallel", choices=["ddp", "fsdp"],
+                            help="under torchrun: replicate the model (ddp, default) or shard it (fsdp)")
         sp.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
         sp.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
 
@@ -512,17 +527,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=os.environ.get("TESSERA_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
-    if args.debug:
-        return args.func(args)
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun: one process speaks, the others only warn
+    if rank:
+        sys.stdout = open(os.devnull, "w")  # "generator written to ..." once, not once per process
+    level = os.environ.get("TESSERA_LOG", "WARNING") if rank == 0 else "ERROR"
+    logging.basicConfig(level=level, format=f"%(levelname)s {f'[{rank}] ' if rank else ''}%(name)s: %(message)s")
     try:
-        return args.func(args)
-    except _user_errors() as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
-        return 130
+        if args.debug:
+            return args.func(args)
+        try:
+            return args.func(args)
+        except _user_errors() as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+            return 130
+    finally:
+        if "torch.distributed" in sys.modules:  # leave a torchrun job's process group cleanly
+            from train.distributed import destroy
+
+            destroy()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """The diffusion baseline's model, loss, samplers and checkpoints, on a tiny config."""
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -174,3 +176,95 @@ def test_min_snr_weights_cap_the_clean_timesteps():
     with pytest.raises(BaselineError, match="prediction_type"):
         DiffusionConfig(**TINY, prediction_type="score")
 
+
+
+# --- the stage's own data: rows with an unreadable image or an empty caption are skipped, aligned ---
+
+COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0),
+           "magenta": (255, 0, 255), "cyan": (0, 255, 255)}
+# (file name, colour, caption): the corrupt file and the empty caption sit between good rows, so that
+# images and captions taken from different rows would pair a colour with another colour's caption
+OWN_ROWS = [
+    ("img_0.png", "red", "a red square"), ("img_1.png", "green", "a green square"),
+    ("img_2.png", None, "a cyan square"),  # random bytes under a .png name
+    ("img_3.png", "blue", "a blue square"), ("img_4.png", "yellow", ""),
+    ("img_5.png", "magenta", "a magenta square"),
+]
+
+
+def write_own_data(folder: Path) -> Path:
+    """An imagefolder (as tests/test_own_data.py builds one): solid-colour PNGs captioned with their colour."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    for name, colour, _ in OWN_ROWS:
+        if colour is None:
+            (folder / name).write_bytes(np.random.default_rng(1).bytes(300))
+        else:
+            Image.new("RGB", (12, 12), COLOURS[colour]).save(folder / name)
+    (folder / "metadata.jsonl").write_text(
+        "".join(json.dumps({"file_name": name, "text": text}) + "\n" for name, _, text in OWN_ROWS))
+    return folder
+
+
+def colour_of(image: torch.Tensor) -> str:
+    """The named colour nearest an image's mean (R, R, 3) uint8."""
+    mean = image.float().mean(dim=(0, 1))
+    return min(COLOURS, key=lambda c: float((mean - torch.tensor(COLOURS[c]).float()).abs().sum()))
+
+
+def test_own_data_skips_bad_rows_and_keeps_images_and_captions_aligned(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from ar_model import encode_text
+    from train import diffusion_stage
+    from train.data.images import dataset_images, decode_rows
+    from train.generator_stage import prepare_text_tokenizer
+
+    source = write_own_data(tmp_path / "own")
+    cfg = diffusion_stage.preset_config("cpu").override({
+        **{f"model.{k}": v for k, v in TINY.items() if k not in ("text_vocab", "pad_id", "text_len")},
+        "loop.steps": 1, "loop.batch_size": 2, "loop.warmup_steps": 0, "loop.log_every": 1, "loop.ckpt_every": 1,
+        "loop.device": "cpu", "loop.progress": False, "data.source": str(source), "data.text_len": 6,
+    })
+    seen = {}
+    real_data, real_loop = diffusion_stage.baseline_data, diffusion_stage.train_loop
+
+    def spy_data(*args, **kwargs):
+        seen["rows"], seen["data"] = args[0], real_data(*args, **kwargs)
+        return seen["data"]
+
+    def spy_loop(task, *args, **kwargs):
+        seen["task"] = task
+        return real_loop(task, *args, **kwargs)
+
+    monkeypatch.setattr(diffusion_stage, "baseline_data", spy_data)
+    monkeypatch.setattr(diffusion_stage, "train_loop", spy_loop)
+    run = tmp_path / "run"
+    with caplog.at_level(logging.WARNING):
+        out = diffusion_stage.train_baseline(cfg, run)
+    assert (out / "config.json").is_file()
+
+    data, task = seen["data"], seen["task"]
+    good = [(name, colour, text) for name, colour, text in OWN_ROWS if colour and text]
+    assert data.skipped == {"skipped_empty_text": 1, "skipped_bad_image": 1}
+    assert len(data.rows) == len(task.images) == len(task.text_ids) == len(good)
+    assert task.images is data.images and task.text_ids is data.text_ids
+    # each kept image's caption ids are the ids of the caption naming its colour
+    text_tok = prepare_text_tokenizer(cfg, run, [])  # the run's, reloaded
+    colours = [colour_of(im) for im in task.images]
+    assert sorted(colours) == sorted(colour for _, colour, _ in good)
+    expected = encode_text(text_tok, [f"a {c} square" for c in colours], task.layout).ids
+    assert torch.equal(task.text_ids, expected)
+    rows = seen["rows"]  # the stage's rows (train.generator_stage.training_rows): all six, image undecoded
+    assert len(rows) == len(OWN_ROWS)
+    assert [rows[i]["text"] for i in data.rows] == [f"a {c} square" for c in colours]
+    # each skipped row named by its file, and the skips counted
+    log = caplog.text
+    assert re.search(r"baseline: \S*img_4\.png skipped: empty caption", log)
+    assert re.search(r"loading images: skipped \S*img_2\.png: cannot read image", log)
+    assert "4 of 6 rows kept, 2 skipped" in log and "'skipped_bad_image': 1" in log
+    # decode_rows is dataset_images' one implementation: the same images, plus their rows
+    images, kept = decode_rows(rows, 8, progress=False)
+    assert torch.equal(images, dataset_images(rows, 8, progress=False)) and len(kept) == 5

@@ -84,3 +84,93 @@ def test_grad_accum_must_split_over_the_processes(tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(TrainConfigError, match="multiple of the 3 processes"):
         train_loop(dist_toy.ToyTask(), dist_toy.config(), tmp_path)
+
+
+# --------------------------------------------------------------------------- the generator, through the CLI
+TOK = {"vq.base_channels": 16, "vq.channel_mult": [1, 2, 2], "vq.latent_dim": 16, "vq.codebook_size": 32,
+       "vq.norm_groups": 4, "loop.steps": 4, "loop.batch_size": 8, "loop.warmup_steps": 1, "loop.device": "cpu",
+       "data.train_images": 64}
+GEN = {"model.hidden_size": 32, "model.num_layers": 2, "model.num_heads": 2, "model.num_kv_heads": 1,
+       "model.intermediate_size": 64, "loop.batch_size": 4, "loop.grad_accum": 2, "loop.log_every": 1,
+       "loop.warmup_steps": 1, "loop.device": "cpu", "data.train_images": 48}
+
+
+def _sets(d: dict) -> list[str]:
+    return [a for k, v in d.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+
+
+def _tessera(nproc: int, *args: str, **popen) -> subprocess.Popen:
+    """`tessera ARGS` in 1 process, or `torchrun --nproc_per_node N -m tessera.cli -- ARGS`."""
+    launcher = [sys.executable, "-m", "tessera.cli"] if nproc == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m",
+        "tessera.cli", "--"]  # `--`: torchrun's own options (--run-path, --log-dir) would swallow ours
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    return subprocess.Popen([*launcher, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **popen)
+
+
+def _ok(proc: subprocess.Popen) -> None:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+
+
+@pytest.fixture(scope="module")
+def tokenized(tmp_path_factory) -> Path:
+    """A run holding a tiny tokenizer (its generator is trained by each test in a copy)."""
+    run = tmp_path_factory.mktemp("cli") / "tok"
+    _ok(_tessera(1, "train-tokenizer", "--run", str(run), "--no-progress", *_sets(TOK)))
+    return run
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _generator_losses(run: Path) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in map(json.loads, (run / "metrics" / "generator.jsonl").read_text().splitlines())]
+
+
+def test_torchrun_tessera_train_fsdp_matches_one_process(tokenized, tmp_path):
+    one, two = _copy(tokenized, tmp_path / "one"), _copy(tokenized, tmp_path / "two")
+    args = ["--no-progress", *_sets({**GEN, "loop.steps": 6, "loop.ckpt_every": 2})]
+    _ok(_tessera(1, "train", "--run", str(one), *args))
+    _ok(_tessera(2, "train", "--run", str(two), *args, "--parallel", "fsdp"))
+    a, b = _generator_losses(one), _generator_losses(two)
+    assert [s for s, _ in a] == [s for s, _ in b] == [1, 2, 3, 4, 5, 6]
+    for (_, x), (_, y) in zip(a, b):
+        assert abs(x - y) <= 1e-5 * abs(x), (a, b)
+    wa = load_file(str(one / "generator" / "model.safetensors"))
+    wb = load_file(str(two / "generator" / "model.safetensors"))  # exported whole from the shards
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
+
+
+def test_torchrun_training_killed_resumes_in_one_process(tokenized, tmp_path):
+    """Kill a 2-process DDP run once it has a checkpoint, finish it in one process: the same run as unbroken."""
+    import signal
+    import time
+
+    ref, run = _copy(tokenized, tmp_path / "ref"), _copy(tokenized, tmp_path / "run")
+    args = ["--no-progress", *_sets({**GEN, "loop.steps": 150, "loop.ckpt_every": 5, "loop.log_every": 5})]
+    proc = _tessera(2, "train", "--run", str(run), *args)
+    latest = run / "state" / "generator" / "latest"
+    deadline = time.monotonic() + 240
+    while not (latest.exists() and latest.read_text().strip() >= "step-00000010") and proc.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    # as a scheduler preempting the job: torchrun passes SIGTERM on to its workers, which die mid-step
+    # (SIGKILL to the launcher alone would leave its workers running in their own sessions)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    killed_at = int(latest.read_text().strip().split("-")[1])
+    assert killed_at < 150 and not (run / "generator").exists(), "the run finished before it could be killed"
+    _ok(_tessera(1, "train", "--run", str(run), *args))
+    _ok(_tessera(1, "train", "--run", str(ref), *args))
+    assert _generator_losses(run) == _generator_losses(ref)  # steps logged once each, the same numbers
+    wa = load_file(str(ref / "generator" / "model.safetensors"))
+    wb = load_file(str(run / "generator" / "model.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)

@@ -9,7 +9,8 @@
 The data section is the generator stage's (`GeneratorDataConfig`): the same scenes,
 captions and text length by default, so the two models see the same examples and the
 same text ids; images are rendered at `model.resolution` (the tokenizer's 24 px by
-default) and scaled to [-1, 1].
+default) and scaled to [-1, 1]. As when pre-tokenizing the generator's data, rows with an
+empty caption or an unreadable image are skipped, named and counted (`baseline_data`).
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from ar_model import SequenceLayout, condition_dropout, encode_text
 from eval.diffusion import DiffusionBaseline, DiffusionConfig, diffusion_loss, save_baseline, train_scheduler
-from train.data.images import dataset_images
+from train import distributed
+from train.data.images import decode_rows, image_name, undecoded
 from train.generator_stage import GeneratorDataConfig, prepare_text_tokenizer, training_rows
 from train.loop import (
     EpochOrder,
@@ -33,6 +35,7 @@ from train.loop import (
     TrainConfigError,
     config_from_dict,
     override_sections,
+    resolve_device,
     steps_for_seconds,
     train_loop,
 )
@@ -115,6 +118,44 @@ def text_layout(text_tok: Any, text_len: int) -> SequenceLayout:
     return SequenceLayout.for_tokenizer(text_tok, codebook_size=1, grid=(1, 1), text_len=text_len)
 
 
+class BaselineData(NamedTuple):
+    images: torch.Tensor  # (N, R, R, 3) uint8, the kept rows' images
+    text_ids: torch.Tensor  # (N, T) long, the same rows' captions (ar_model.encode_text)
+    rows: list[int]  # the kept rows' indices in the stage's rows
+    skipped: dict[str, int]  # {"skipped_empty_text": n, "skipped_bad_image": n}, as train.pretokenize counts them
+
+
+def baseline_data(rows: Any, resolution: int, text_tok: Any, layout: SequenceLayout,
+                  progress: bool = True) -> BaselineData:
+    """The rows (columns image and text) whose caption is a non-empty string and whose image decodes.
+
+    As when pre-tokenizing the generator's data, a row with an empty caption or an
+    unreadable image is skipped, named (its file path when known, else its row) and
+    counted; images and caption ids come from the same kept rows, in order.
+    """
+    texts = rows["text"]
+    captioned = [i for i, t in enumerate(texts) if isinstance(t, str) and t.strip()]
+    if len(captioned) < len(texts):
+        values = undecoded(rows, "image").select_columns(["image"])
+        keep = set(captioned)
+        for i in range(len(texts)):
+            if i not in keep:
+                log.warning("baseline: %s skipped: empty caption", image_name(values[i]["image"], i))
+        if not captioned:
+            raise TrainConfigError(f"none of the {len(texts)} rows has a caption (see the warnings above)")
+    images, kept = decode_rows(rows, resolution, progress=progress,
+                               rows=captioned if len(captioned) < len(texts) else None)
+    skipped = {"skipped_empty_text": len(texts) - len(captioned), "skipped_bad_image": len(captioned) - len(kept)}
+    if any(skipped.values()):
+        log.warning("baseline: %d of %d rows kept, %d skipped (%s; named above)", len(kept), len(texts),
+                    sum(skipped.values()), skipped)
+    batch = encode_text(text_tok, [texts[i] for i in kept], layout)
+    if any(batch.truncated):
+        log.warning("baseline: %d of %d captions longer than %d text tokens were truncated",
+                    sum(batch.truncated), len(batch.truncated), layout.text_len)
+    return BaselineData(images, batch.ids, kept, skipped)
+
+
 class BaselineTask:
     """The baseline as a `train.loop.Task` over in-memory images and text ids."""
 
@@ -157,6 +198,9 @@ def train_baseline(cfg: BaselineStageConfig, run_dir: str | Path, seconds: float
     a resumed run keeps the count its stage config recorded.
     """
     run_dir = Path(run_dir)
+    world = distributed.init(resolve_device(cfg.loop.device).type)  # under torchrun: join the group first
+    if seconds is not None and world.distributed:
+        raise TrainConfigError("a wall-clock budget (seconds=) is measured in one process; give loop.steps instead")
     recorded = run_dir / "baseline_stage.json"
     if seconds is not None and recorded.is_file():
         cfg = cfg.override({"loop.steps": json.loads(recorded.read_text())["loop"]["steps"]})
@@ -165,15 +209,16 @@ def train_baseline(cfg: BaselineStageConfig, run_dir: str | Path, seconds: float
         check_run_config(run_dir, cfg, name="baseline_stage.json")
     resolution = int(cfg.model.get("resolution", 24))
     rows = training_rows(cfg, resolution)  # the generator stage's scenes and captions
+    # every row's caption, as the generator stage trains it: the shared tokenizer is the same whichever stage runs first
+    if world.main:  # process 0 makes the text tokenizer (when the generator stage has not); the others read it
+        prepare_text_tokenizer(cfg, run_dir, rows["text"])
+    distributed.barrier()
     text_tok = prepare_text_tokenizer(cfg, run_dir, rows["text"])
     layout = text_layout(text_tok, cfg.data.text_len)
     dcfg = cfg.diffusion_config(layout)
-    batch = encode_text(text_tok, rows["text"], layout)
-    if any(batch.truncated):
-        log.warning("baseline: %d of %d captions longer than %d text tokens were truncated",
-                    sum(batch.truncated), len(batch.truncated), layout.text_len)
-    images = dataset_images(rows, resolution, progress=cfg.loop.progress)  # (N, R, R, 3) uint8
-    task = BaselineTask(cfg, dcfg, layout, images, batch.ids)
+    data = baseline_data(rows, resolution, text_tok, layout, progress=cfg.loop.progress)  # aligned, bad rows skipped
+    images = data.images  # (N, R, R, 3) uint8
+    task = BaselineTask(cfg, dcfg, layout, images, data.text_ids)
     if seconds is not None:
         steps = steps_for_seconds(task, cfg.loop, seconds)
         cfg = cfg.override({"loop.steps": steps, "loop.warmup_steps": min(cfg.loop.warmup_steps, steps // 10)})
@@ -183,7 +228,12 @@ def train_baseline(cfg: BaselineStageConfig, run_dir: str | Path, seconds: float
              len(images), resolution)
     result = train_loop(task, cfg.loop, run_dir, desc="baseline", stage="baseline")
     log.info("baseline: %d steps in %.1fs (resumed from %d)", result.step, result.seconds, result.resumed_from)
-    return save_baseline(task.model.eval(), run_dir / "baseline", text_tokenizer=text_tok)
+    out = run_dir / "baseline"
+    if world.main:
+        save_baseline(task.model.eval(), out, text_tokenizer=text_tok)
+    distributed.barrier()  # the exported baseline is on disk before any process reads it
+    return out
 
 
-__all__ = ["BaselineStageConfig", "BaselineTask", "PRESETS", "preset_config", "text_layout", "train_baseline"]
+__all__ = ["BaselineData", "BaselineStageConfig", "BaselineTask", "PRESETS", "baseline_data", "preset_config",
+           "text_layout", "train_baseline"]

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from ar_model import (
@@ -37,6 +38,7 @@ from ar_model import (
     train_text_tokenizer,
 )
 from ar_model.layout import build_sequences
+from train import distributed
 from train.data import own, shapes
 from train.loop import (
     EpochOrder,
@@ -45,6 +47,7 @@ from train.loop import (
     TrainConfigError,
     config_from_dict,
     override_sections,
+    resolve_device,
     train_loop,
 )
 from train.pretokenize import SHARD_SIZE, check_devices, check_manifest, load_codes, pretokenize, read_manifest
@@ -175,6 +178,24 @@ class GeneratorTask:
     def items(self, batch: torch.Tensor) -> int:
         return batch.shape[0]
 
+    # sample grids during training (loop.sample_every): set by train_generator when asked for
+    preview_decoder: Any = None  # the VQ tokenizer, to turn codes into pixels
+    preview_text: Any = None  # the text tokenizer, to print the captions
+
+    def preview(self, step: int, prompts: int = 4, per_prompt: int = 4) -> tuple[np.ndarray, list[str]]:
+        """`per_prompt` samples for each of `prompts` fixed training captions (guidance 1.5, seeded by step)."""
+        from ar_model import SampleConfig, generate
+        from vqtok import tensor_to_images
+
+        idx = torch.arange(prompts) * max(1, len(self.text_ids) // prompts)  # the same captions every time
+        text = self.text_ids[idx].long().repeat_interleave(per_prompt, dim=0)  # (P * n, T)
+        device = next(self.model.parameters()).device
+        codes = generate(self.model, self.layout, text.to(device), SampleConfig(cfg_scale=1.5, seed=step))  # (P*n, h, w)
+        with torch.inference_mode():
+            images = tensor_to_images(self.preview_decoder.decode(codes.to(next(self.preview_decoder.parameters()).device)))
+        captions = [self.preview_text.decode(t.tolist(), skip_special_tokens=True) for t in text]
+        return np.asarray(images), captions
+
 
 def training_rows(cfg: GeneratorStageConfig, resolution: int) -> Any:
     """The stage's rows as a `datasets.Dataset` with columns image and text (own data: image undecoded)."""
@@ -268,19 +289,32 @@ def train_generator(cfg: GeneratorStageConfig, run_dir: str | Path, tokenizer_di
     Codes made beforehand by `prepare_codes` (`tessera tokenize`) are reused.
     """
     run_dir = Path(run_dir)
+    tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir else run_dir / "tokenizer"
     # before check_run_config writes into run_dir: a missing tokenizer is the likelier mistake
-    read_tokenizer_config(Path(tokenizer_dir) if tokenizer_dir else run_dir / "tokenizer")
+    read_tokenizer_config(tokenizer_dir)
+    world = distributed.init(resolve_device(cfg.loop.device).type)  # under torchrun: join the group first
     check_run_config(run_dir, cfg, name="generator_stage.json")
-    prepared = prepare_codes(cfg, run_dir, tokenizer_dir)
+    if world.main:  # process 0 makes the text tokenizer and the codes; the others then read them
+        prepared = prepare_codes(cfg, run_dir, tokenizer_dir)
+    distributed.barrier()
+    if not world.main:
+        prepared = prepare_codes(cfg, run_dir, tokenizer_dir)  # finds both made: checks and loads them
     gcfg = cfg.generator_config(prepared.layout)
     codes, text_ids = load_codes(prepared.codes_dir)
 
     task = GeneratorTask(cfg, gcfg, codes, text_ids)
+    if cfg.loop.sample_every:
+        task.preview_decoder = load_tokenizer(tokenizer_dir, device=str(resolve_device(cfg.loop.device)))
+        task.preview_text = prepared.text_tokenizer
     log.info("generator: %s, %d parameters, %d training sequences of %d tokens", gcfg.size,
              sum(p.numel() for p in task.model.parameters()), len(codes), prepared.layout.seq_len)
     result = train_loop(task, cfg.loop, run_dir, desc="generator", stage="generator")
     log.info("generator: %d steps in %.1fs (resumed from %d)", result.step, result.seconds, result.resumed_from)
-    return save_generator(task.model.eval(), gcfg, prepared.text_tokenizer, run_dir / "generator")
+    out = run_dir / "generator"
+    if world.main:
+        save_generator(task.model.eval(), gcfg, prepared.text_tokenizer, out)
+    distributed.barrier()  # the exported generator is on disk before any process reads it
+    return out
 
 
 __all__ = [

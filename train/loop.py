@@ -151,6 +151,7 @@ class Task(Protocol):
     """
 
     model: torch.nn.Module  # everything trainable (e.g. tokenizer + discriminator)
+    # optional `unused_parameters = True`: some parameters get no gradient in some steps (DDP must know)
 
     def batch(self, step: int, micro: int, batch_size: int) -> Any:
         """Micro-batch `micro` (of grad_accum, counted over all processes) of step `step`; depends on nothing else."""
@@ -352,7 +353,8 @@ def enable_activation_checkpointing(model: torch.nn.Module) -> None:
 class _Parallel:
     """The loop's model as the processes share it: plain, DDP or FSDP2 (train/distributed.py)."""
 
-    def __init__(self, model: torch.nn.Module, cfg: LoopConfig, world: distributed.World, device: torch.device):
+    def __init__(self, model: torch.nn.Module, cfg: LoopConfig, world: distributed.World, device: torch.device,
+                 unused_parameters: bool = False):
         self.model, self.world = model, world  # `model`: the plain module, whose names the checkpoints use
         self.fsdp = world.distributed and cfg.parallel == "fsdp"
         self.skeleton = None
@@ -365,7 +367,8 @@ class _Parallel:
             self.train_model = model
         elif world.distributed:
             ids = [device.index] if device.type == "cuda" else None
-            self.train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+            self.train_model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=ids, find_unused_parameters=unused_parameters)
         else:
             self.train_model = model
         if cfg.compile:
@@ -497,7 +500,7 @@ def train_loop(
     plain.train()
     if cfg.activation_checkpointing:
         enable_activation_checkpointing(plain)
-    par = _Parallel(plain, cfg, world, device)
+    par = _Parallel(plain, cfg, world, device, unused_parameters=getattr(task, "unused_parameters", False))
     bf16 = par.autocast_on(device, cfg.precision)
     logger.info("%s on %s%s, %s%s", desc, device, f" x {world.size} processes ({cfg.parallel})" if world.distributed else "",
                 "bf16" if uses_bf16(device, cfg.precision) else "fp32", ", compiled" if cfg.compile else "")

@@ -15,15 +15,18 @@ from pathlib import Path
 
 import torch
 
+from train import distributed
 from train.data import own, shapes
 from train.data.images import dataset_images
 from train.loop import (
+    EXECUTION_KEYS,
     EpochOrder,
     LoopConfig,
     LossOutput,
     TrainConfigError,
     config_from_dict,
     override_sections,
+    resolve_device,
     train_loop,
 )
 from vqtok import TokenizerLoss, VQConfig, VQTokenizer, images_to_tensor, save_tokenizer
@@ -112,20 +115,30 @@ def preset_config(name: str) -> TokenizerStageConfig:
 
 
 class _TrainModule(torch.nn.Module):
-    """Everything the optimizer updates: the tokenizer and its loss (discriminator)."""
+    """Everything the optimizer updates: the tokenizer and its loss (discriminator).
+
+    Its forward is the loss, so that under DDP the loop's wrapper sees the whole
+    computation (gradients are averaged in the wrapper's backward hooks).
+    """
 
     def __init__(self, tokenizer: VQTokenizer, loss: TokenizerLoss):
         super().__init__()
         self.tokenizer = tokenizer
         self.loss_fn = loss
 
+    def forward(self, images: torch.Tensor, step: int):
+        return self.loss_fn(self.tokenizer, images, step)
+
 
 class TokenizerTask:
     """The tokenizer stage as a `train.loop.Task` over an in-memory uint8 image set."""
 
+
     def __init__(self, cfg: TokenizerStageConfig, images: torch.Tensor):
         torch.manual_seed(cfg.loop.seed)  # model init is part of the run's identity
         self.model = _TrainModule(VQTokenizer(cfg.vq), TokenizerLoss(cfg.vq))
+        # a discriminator sits idle until disc_start: DDP must then not wait for its gradients
+        self.unused_parameters = cfg.vq.disc_weight > 0
         self.images = images  # (N, H, W, 3) uint8
         self.order = EpochOrder(len(images), cfg.loop.seed, cfg.loop.grad_accum)
 
@@ -135,7 +148,7 @@ class TokenizerTask:
         return images_to_tensor(self.images[idx]).to(device)  # (B, 3, H, W) in [-1, 1]
 
     def loss(self, batch: torch.Tensor, step: int) -> LossOutput:
-        out = self.model.loss_fn(self.model.tokenizer, batch, step)
+        out = self.model(batch, step)  # through the loop's wrapper (DDP) when there is one
         return LossOutput(out.loss, {"loss": float(out.loss.detach()), **out.metrics})
 
     def items(self, batch: torch.Tensor) -> int:
@@ -167,13 +180,21 @@ def check_run_config(run_dir: Path, cfg: TokenizerStageConfig, name: str = "toke
         default = json.loads(json.dumps(type(cfg)().to_dict()))
         diff = [f"{s}.{k}" for s in new for k in new[s]
                 if old.get(s, {}).get(k, default.get(s, {}).get(k)) != new[s][k]]
-        # the step count may grow: resuming with more steps continues the run
-        diff = [d for d in diff if d != "loop.steps"]
+        # the step count may grow: resuming with more steps continues the run; how the run executes
+        # (device, precision, parallel, compile, ...) may change too
+        diff = [d for d in diff if d != "loop.steps" and d.removeprefix("loop.") not in EXECUTION_KEYS]
+        # so may the split of a step's batch into micro-batches (a new process count needs it):
+        # the data order depends only on the global batch (train.loop.EpochOrder)
+        old_loop = {**default["loop"], **old.get("loop", {})}
+        if old_loop["batch_size"] * old_loop["grad_accum"] == new["loop"]["batch_size"] * new["loop"]["grad_accum"]:
+            diff = [d for d in diff if d not in ("loop.batch_size", "loop.grad_accum")]
         if diff:
             raise TrainConfigError(
                 f"{run_dir} was started with a different config (differs in: {', '.join(diff)}); "
                 "use a new --run directory, or the same settings to resume"
             )
+    if not distributed.world().main:
+        return  # process 0 records it
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(new, indent=2))
@@ -183,13 +204,16 @@ def check_run_config(run_dir: Path, cfg: TokenizerStageConfig, name: str = "toke
 def train_tokenizer(cfg: TokenizerStageConfig, run_dir: str | Path) -> Path:
     """Train (or resume) the tokenizer of `run_dir`; returns the exported tokenizer directory."""
     run_dir = Path(run_dir)
+    distributed.init(resolve_device(cfg.loop.device).type)  # under torchrun: join the group first
     check_run_config(run_dir, cfg)
     images = training_images(cfg, progress=cfg.loop.progress)
     task = TokenizerTask(cfg, images)
     result = train_loop(task, cfg.loop, run_dir, desc="tokenizer", stage="tokenizer")
     log.info("tokenizer: %d steps in %.1fs (resumed from %d)", result.step, result.seconds, result.resumed_from)
     out = run_dir / "tokenizer"
-    save_tokenizer(task.model.tokenizer.eval(), out)
+    if distributed.world().main:
+        save_tokenizer(task.model.tokenizer.eval(), out)
+    distributed.barrier()  # the exported tokenizer is on disk before any process reads it
     return out
 
 

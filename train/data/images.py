@@ -107,26 +107,42 @@ def undecoded(ds: Any, column: str) -> Any:
     return ds
 
 
+def decode_rows(ds: Any, resolution: int, column: str = "image", progress: bool = True,
+                rows: list[int] | None = None) -> tuple[torch.Tensor, list[int]]:
+    """The readable images of a `datasets.Dataset` column (N, H, W, 3) uint8, and the rows they came from.
+
+    `rows` limits the decoding to those row indices (default: every row); the
+    returned indices are the ones of `ds`, in order, so that another column (the
+    captions) can be taken from the same rows. Unreadable images are skipped as
+    in `dataset_images`, each named by its file path or its row of `ds`.
+    """
+    values = undecoded(ds, column).select_columns([column])
+    if rows is not None:
+        values = values.select(rows)
+    index = list(rows) if rows is not None else range(len(values))
+    out = np.empty((len(values), resolution, resolution, 3), dtype=np.uint8)
+    kept: list[int] = []
+    for i, row in zip(index, tqdm(values, desc="loading images", disable=not progress, leave=False)):
+        try:
+            out[len(kept)] = decode_image(row[column], resolution, image_name(row[column], i))
+        except ImageError as e:
+            log.warning("loading images: skipped %s", e)
+            continue
+        kept.append(i)
+    if len(kept) < len(values):
+        log.warning("loading images: %d of %d images skipped as unreadable (named above)", len(values) - len(kept),
+                    len(values))
+    if not kept:
+        raise ImageError(f"none of the {len(values)} images could be read (see the warnings above)")
+    return torch.from_numpy(out[:len(kept)]), kept
+
+
 def dataset_images(ds: Any, resolution: int, column: str = "image", progress: bool = True) -> torch.Tensor:
     """The readable images of a `datasets.Dataset` column as one uint8 tensor (N, H, W, 3).
 
     Unreadable images are skipped, each named in a warning, and counted in a
     last one. Holding the whole set in memory suits the tokenizer's data (tens
     of thousands of small images); large real data sets are pre-tokenized instead.
+    `decode_rows` also returns which rows the images came from.
     """
-    values = undecoded(ds, column).select_columns([column])
-    out = np.empty((len(values), resolution, resolution, 3), dtype=np.uint8)
-    kept = 0
-    for i, row in enumerate(tqdm(values, desc="loading images", disable=not progress, leave=False)):
-        try:
-            out[kept] = decode_image(row[column], resolution, image_name(row[column], i))
-        except ImageError as e:
-            log.warning("loading images: skipped %s", e)
-            continue
-        kept += 1
-    if kept < len(values):
-        log.warning("loading images: %d of %d images skipped as unreadable (named above)", len(values) - kept,
-                    len(values))
-    if kept == 0:
-        raise ImageError(f"none of the {len(values)} images could be read (see the warnings above)")
-    return torch.from_numpy(out[:kept])
+    return decode_rows(ds, resolution, column, progress)[0]
