@@ -112,3 +112,39 @@ def test_compile_flag_trains_the_same_model(tmp_path):
     for a, b in zip(ref.model.state_dict().values(), comp.model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert (tmp_path / "comp" / "state" / "step-00000003" / "model.safetensors").is_file()
+
+
+def test_a_resume_may_change_execution_settings_and_the_batch_split_not_the_global_batch(tmp_path):
+    from train.tokenizer_stage import check_run_config, preset_config
+
+    cfg = preset_config("cpu").override({"loop.batch_size": 8, "loop.grad_accum": 2})
+    check_run_config(tmp_path, cfg)
+    # another process count needs another split: the same 16 images a step is the same run
+    check_run_config(tmp_path, cfg.override({"loop.batch_size": 4, "loop.grad_accum": 4, "loop.compile": True,
+                                             "loop.log": "wandb", "loop.parallel": "fsdp", "loop.device": "cpu"}))
+    with pytest.raises(TrainConfigError, match="loop.batch_size"):
+        check_run_config(tmp_path, cfg.override({"loop.batch_size": 2, "loop.grad_accum": 4}))  # 8 a step: another run
+    with pytest.raises(TrainConfigError, match="loop.lr"):
+        check_run_config(tmp_path, cfg.override({"loop.lr": 1.0}))
+
+
+def test_generator_training_saves_sample_grids_from_training_captions(tmp_path):
+    from tessera.cli import main
+
+    tok = {"vq.base_channels": 16, "vq.channel_mult": [1, 2, 2], "vq.latent_dim": 16, "vq.codebook_size": 32,
+           "vq.norm_groups": 4, "loop.steps": 2, "loop.batch_size": 8, "loop.warmup_steps": 1,
+           "loop.device": "cpu", "data.train_images": 32}
+    gen = {"model.hidden_size": 32, "model.num_layers": 2, "model.num_heads": 2, "model.num_kv_heads": 1,
+           "model.intermediate_size": 64, "loop.steps": 4, "loop.batch_size": 8, "loop.warmup_steps": 1,
+           "loop.device": "cpu", "data.train_images": 32, "loop.sample_every": 2}
+    sets = lambda d: [a for k, v in d.items() for a in ("--set", f"{k}={json.dumps(v)}")]  # noqa: E731
+    assert main(["train-tokenizer", "--run", str(tmp_path), "--no-progress", *sets(tok)]) == 0
+    assert main(["train", "--run", str(tmp_path), "--no-progress", *sets(gen)]) == 0
+    grids = sorted((tmp_path / "samples" / "generator").glob("*.png"))
+    assert [p.name for p in grids] == ["step-00000002.png", "step-00000004.png"]
+    from PIL import Image
+
+    res = 24  # the cpu tokenizer preset's resolution: 4 prompts x 4 samples
+    assert Image.open(grids[-1]).size == (4 * res, 4 * res)
+    captions = (tmp_path / "samples" / "generator" / "step-00000004.txt").read_text().splitlines()
+    assert len(captions) == 16 and len(set(captions)) == 4 and all(c.strip() for c in captions)
