@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).parent))
 import dist_toy  # noqa: E402
+from tiny import GEN, TOK, set_args  # noqa: E402
 
 from train.loop import TrainConfigError, train_loop  # noqa: E402
 
@@ -87,16 +88,7 @@ def test_grad_accum_must_split_over_the_processes(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------- the generator, through the CLI
-TOK = {"vq.base_channels": 16, "vq.channel_mult": [1, 2, 2], "vq.latent_dim": 16, "vq.codebook_size": 32,
-       "vq.norm_groups": 4, "loop.steps": 4, "loop.batch_size": 8, "loop.warmup_steps": 1, "loop.device": "cpu",
-       "data.train_images": 64}
-GEN = {"model.hidden_size": 32, "model.num_layers": 2, "model.num_heads": 2, "model.num_kv_heads": 1,
-       "model.intermediate_size": 64, "loop.batch_size": 4, "loop.grad_accum": 2, "loop.log_every": 1,
-       "loop.warmup_steps": 1, "loop.device": "cpu", "data.train_images": 48}
-
-
-def _sets(d: dict) -> list[str]:
-    return [a for k, v in d.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+GEN_DIST = {**GEN, "loop.batch_size": 4, "loop.grad_accum": 2}  # 2 micro-batches: one per process
 
 
 def _tessera(nproc: int, *args: str, **popen) -> subprocess.Popen:
@@ -118,7 +110,7 @@ def _ok(proc: subprocess.Popen) -> None:
 def tokenized(tmp_path_factory) -> Path:
     """A run holding a tiny tokenizer (its generator is trained by each test in a copy)."""
     run = tmp_path_factory.mktemp("cli") / "tok"
-    _ok(_tessera(1, "train-tokenizer", "--run", str(run), "--no-progress", *_sets(TOK)))
+    _ok(_tessera(1, "train-tokenizer", "--run", str(run), "--no-progress", *set_args(TOK)))
     return run
 
 
@@ -135,7 +127,7 @@ def _generator_losses(run: Path) -> list[tuple[int, float]]:
 
 def test_torchrun_tessera_train_fsdp_matches_one_process(tokenized, tmp_path):
     one, two = _copy(tokenized, tmp_path / "one"), _copy(tokenized, tmp_path / "two")
-    args = ["--no-progress", *_sets({**GEN, "loop.steps": 6, "loop.ckpt_every": 2})]
+    args = ["--no-progress", *set_args({**GEN_DIST, "loop.steps": 6, "loop.ckpt_every": 2})]
     _ok(_tessera(1, "train", "--run", str(one), *args))
     _ok(_tessera(2, "train", "--run", str(two), *args, "--parallel", "fsdp"))
     a, b = _generator_losses(one), _generator_losses(two)
@@ -154,7 +146,7 @@ def test_torchrun_training_killed_resumes_in_one_process(tokenized, tmp_path):
     import time
 
     ref, run = _copy(tokenized, tmp_path / "ref"), _copy(tokenized, tmp_path / "run")
-    args = ["--no-progress", *_sets({**GEN, "loop.steps": 150, "loop.ckpt_every": 5, "loop.log_every": 5})]
+    args = ["--no-progress", *set_args({**GEN_DIST, "loop.steps": 150, "loop.ckpt_every": 5, "loop.log_every": 5})]
     proc = _tessera(2, "train", "--run", str(run), *args)
     latest = run / "state" / "generator" / "latest"
     deadline = time.monotonic() + 240

@@ -12,6 +12,7 @@ from PIL import Image
 
 from ar_model import SequenceLayout, train_text_tokenizer
 from tessera.cli import main
+from tiny import GEN, TOK, set_args
 from train.data import shapes
 from train.generator_stage import GeneratorTask, preset_config
 from train.loop import TrainConfigError
@@ -20,28 +21,14 @@ from vqtok import VQConfig, VQTokenizer, load_tokenizer, save_tokenizer
 
 torch.set_num_threads(1)
 
-TOK = {
-    "vq.base_channels": 16, "vq.channel_mult": [1, 2, 2], "vq.latent_dim": 16, "vq.codebook_size": 32,
-    "vq.norm_groups": 4, "loop.steps": 4, "loop.batch_size": 8, "loop.log_every": 1, "loop.warmup_steps": 1,
-    "loop.device": "cpu", "data.train_images": 64,
-}
-GEN = {
-    "model.hidden_size": 32, "model.num_layers": 2, "model.num_heads": 2, "model.num_kv_heads": 1,
-    "model.intermediate_size": 64, "loop.steps": 4, "loop.batch_size": 8, "loop.log_every": 1,
-    "loop.warmup_steps": 1, "loop.ckpt_every": 2, "loop.device": "cpu", "data.train_images": 48,
-}
-
-
-def _set_args(d: dict, prefix: str = "") -> list[str]:
-    return [a for k, v in d.items() for a in ("--set", f"{prefix}{k}={json.dumps(v)}")]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A run with a tiny tokenizer and a tiny generator, trained through the CLI."""
     path = tmp_path_factory.mktemp("gen") / "run"
-    assert main(["train-tokenizer", "--run", str(path), "--no-progress", *_set_args(TOK)]) == 0
-    assert main(["train", "--run", str(path), "--no-progress", *_set_args(GEN)]) == 0
+    assert main(["train-tokenizer", "--run", str(path), "--no-progress", *set_args(TOK)]) == 0
+    assert main(["train", "--run", str(path), "--no-progress", *set_args(GEN)]) == 0
     return path
 
 
@@ -144,7 +131,7 @@ def test_sample_cli_errors_are_one_line(run, tmp_path, capsys):
 def test_demo_runs_the_whole_pipeline(tmp_path):
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--no-progress", "--eval-images", "20", "--samples-per-prompt", "1",
-            *_set_args(TOK, "tokenizer."), *_set_args(GEN, "generator.")]
+            *set_args(TOK, "tokenizer."), *set_args(GEN, "generator.")]
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     cats = summary["faithfulness"]["categories"]

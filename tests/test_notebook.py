@@ -1,6 +1,5 @@
 """notebooks/sampling.ipynb executes top to bottom against a tiny run, and is committed without outputs."""
 
-import json
 import os
 import re
 from pathlib import Path
@@ -17,6 +16,7 @@ pytest.importorskip("ipykernel")
 pytest.importorskip("matplotlib")
 
 from tessera.cli import main
+from tiny import GEN, TOK, set_args
 from vqtok import load_tokenizer
 
 torch.set_num_threads(1)
@@ -24,29 +24,13 @@ torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "sampling.ipynb"
 
-# the tiny settings of tests/test_generator_stage.py (copied: test modules import nothing from each other)
-TOK = {
-    "vq.base_channels": 16, "vq.channel_mult": [1, 2, 2], "vq.latent_dim": 16, "vq.codebook_size": 32,
-    "vq.norm_groups": 4, "loop.steps": 4, "loop.batch_size": 8, "loop.log_every": 1, "loop.warmup_steps": 1,
-    "loop.device": "cpu", "data.train_images": 64,
-}
-GEN = {
-    "model.hidden_size": 32, "model.num_layers": 2, "model.num_heads": 2, "model.num_kv_heads": 1,
-    "model.intermediate_size": 64, "loop.steps": 4, "loop.batch_size": 8, "loop.log_every": 1,
-    "loop.warmup_steps": 1, "loop.ckpt_every": 2, "loop.device": "cpu", "data.train_images": 48,
-}
-
-
-def _set_args(d: dict, prefix: str = "") -> list[str]:
-    return [a for k, v in d.items() for a in ("--set", f"{prefix}{k}={json.dumps(v)}")]
-
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A run with a tiny tokenizer and a tiny generator, trained through the CLI."""
     path = tmp_path_factory.mktemp("nb") / "run"
-    assert main(["train-tokenizer", "--run", str(path), "--no-progress", *_set_args(TOK)]) == 0
-    assert main(["train", "--run", str(path), "--no-progress", *_set_args(GEN)]) == 0
+    assert main(["train-tokenizer", "--run", str(path), "--no-progress", *set_args(TOK)]) == 0
+    assert main(["train", "--run", str(path), "--no-progress", *set_args(GEN)]) == 0
     return path
 
 

@@ -17,6 +17,8 @@ from PIL import Image
 from tessera.cli import main
 from train import pretokenize
 from train.data import own, shapes
+import tiny
+from tiny import set_args
 from train.data.images import to_rgb
 from train.generator_stage import GeneratorStageConfig, prepare_codes, preset_config
 from train.loop import TrainConfigError
@@ -27,16 +29,8 @@ from train.tokenizer_stage import preset_config as tokenizer_preset
 torch.set_num_threads(1)
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "DATA.md"
-TOK = {
-    "vq.base_channels": 16, "vq.channel_mult": [1, 2, 2], "vq.latent_dim": 16, "vq.codebook_size": 32,
-    "vq.norm_groups": 4, "loop.steps": 4, "loop.batch_size": 8, "loop.log_every": 1, "loop.warmup_steps": 1,
-    "loop.device": "cpu",
-}
-GEN = {
-    "model.hidden_size": 32, "model.num_layers": 2, "model.num_heads": 2, "model.num_kv_heads": 1,
-    "model.intermediate_size": 64, "loop.steps": 4, "loop.batch_size": 8, "loop.log_every": 1,
-    "loop.warmup_steps": 1, "loop.ckpt_every": 2, "loop.device": "cpu",
-}
+# the tiny settings without the shapes world's data.train_images: own data use every row
+TOK, GEN = ({k: v for k, v in d.items() if k != "data.train_images"} for d in (tiny.TOK, tiny.GEN))
 # (file name, width, height, mode): several sizes and aspect ratios, grayscale, palette, alpha, JPEG, a subfolder
 IMAGES = [
     ("img_00.png", 32, 32, "RGB"), ("img_01.png", 48, 32, "RGB"), ("img_02.jpg", 24, 40, "RGB"),
@@ -64,10 +58,6 @@ def write_images(folder: Path) -> Path:
     lines.append({"file_name": BROKEN, "text": "a picture that will not open"})
     (folder / "metadata.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     return folder
-
-
-def set_args(d: dict) -> list[str]:
-    return [a for k, v in d.items() for a in ("--set", f"{k}={json.dumps(v)}")]
 
 
 def gen_cfg(**extra) -> GeneratorStageConfig:

@@ -11,6 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import dist_toy  # noqa: E402
+from tiny import GEN, TOK, set_args  # noqa: E402
 
 from train.loop import LoopConfig, TrainConfigError, train_loop  # noqa: E402
 
@@ -131,15 +132,10 @@ def test_a_resume_may_change_execution_settings_and_the_batch_split_not_the_glob
 def test_generator_training_saves_sample_grids_from_training_captions(tmp_path):
     from tessera.cli import main
 
-    tok = {"vq.base_channels": 16, "vq.channel_mult": [1, 2, 2], "vq.latent_dim": 16, "vq.codebook_size": 32,
-           "vq.norm_groups": 4, "loop.steps": 2, "loop.batch_size": 8, "loop.warmup_steps": 1,
-           "loop.device": "cpu", "data.train_images": 32}
-    gen = {"model.hidden_size": 32, "model.num_layers": 2, "model.num_heads": 2, "model.num_kv_heads": 1,
-           "model.intermediate_size": 64, "loop.steps": 4, "loop.batch_size": 8, "loop.warmup_steps": 1,
-           "loop.device": "cpu", "data.train_images": 32, "loop.sample_every": 2}
-    sets = lambda d: [a for k, v in d.items() for a in ("--set", f"{k}={json.dumps(v)}")]  # noqa: E731
-    assert main(["train-tokenizer", "--run", str(tmp_path), "--no-progress", *sets(tok)]) == 0
-    assert main(["train", "--run", str(tmp_path), "--no-progress", *sets(gen)]) == 0
+    tok = {**TOK, "loop.steps": 2, "data.train_images": 32}
+    gen = {**GEN, "data.train_images": 32, "loop.sample_every": 2}
+    assert main(["train-tokenizer", "--run", str(tmp_path), "--no-progress", *set_args(tok)]) == 0
+    assert main(["train", "--run", str(tmp_path), "--no-progress", *set_args(gen)]) == 0
     grids = sorted((tmp_path / "samples" / "generator").glob("*.png"))
     assert [p.name for p in grids] == ["step-00000002.png", "step-00000004.png"]
     from PIL import Image

@@ -135,12 +135,6 @@ def shard_model(model: torch.nn.Module, mixed_bf16: bool) -> torch.nn.Module:
     return model
 
 
-def is_sharded(model: torch.nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(model, FSDPModule)
-
-
 def full_tensors(tensors: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, full tensor on the CPU): gathers DTensor shards (FSDP); a collective, every process calls it."""
     for name, t in tensors.items():
@@ -173,7 +167,6 @@ __all__ = [
     "destroy",
     "full_tensors",
     "init",
-    "is_sharded",
     "shard_like",
     "shard_model",
     "world",
