@@ -11,7 +11,7 @@ import torch
 from eval import bench
 from tessera.cli import main
 from test_eval_harness import BASE, quick_classifier  # noqa: F401  (the fixture)
-from test_generator_stage import GEN, TOK, _set_args
+from tiny import GEN, TOK, set_args
 
 torch.set_num_threads(1)
 
@@ -28,8 +28,8 @@ def test_bench_trains_both_on_one_budget_and_writes_the_report(tmp_path, quick_c
     run, out = tmp_path / "run", tmp_path / "report"
     base = {k: v for k, v in BASE.items() if k != "loop.steps"}  # the bench sets the baseline's steps
     args = (["bench", "--run", str(run), "--out", str(out), "--no-progress", "--device", "cpu"]
-            + _set_args(TOK, "tokenizer.") + _set_args(GEN, "generator.") + _set_args(base, "baseline.")
-            + _set_args(SMALL, "bench."))
+            + set_args(TOK, "tokenizer.") + set_args(GEN, "generator.") + set_args(base, "baseline.")
+            + set_args(SMALL, "bench."))
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "report written to" in printed and "(AR) vs" in printed
@@ -68,7 +68,7 @@ def test_bench_trains_both_on_one_budget_and_writes_the_report(tmp_path, quick_c
     # a second bench on the same run trains nothing again
     stamp = (run / "baseline" / "model.safetensors").stat().st_mtime_ns
     args2 = ["bench", "--run", str(run), "--out", str(tmp_path / "again"), "--no-progress", "--device", "cpu",
-             *_set_args({**SMALL, "ar_points": [], "diffusion_points": [{"steps": 1}]}, "bench.")]
+             *set_args({**SMALL, "ar_points": [], "diffusion_points": [{"steps": 1}]}, "bench.")]
     assert main(args2) == 0
     assert (run / "baseline" / "model.safetensors").stat().st_mtime_ns == stamp
     again = json.loads((tmp_path / "again" / "bench.json").read_text())
@@ -83,7 +83,7 @@ def test_bad_bench_options_are_clear_errors(tmp_path, capsys):
     with pytest.raises(SystemExit, match="bench --set keys start with"):
         main(["bench", "--run", str(tmp_path / "r"), "--set", "painter.loop.steps=3"])
     bad = {"ar_points": [{"guidance": 2}]}
-    assert main(["bench", "--run", str(tmp_path / "r"), *_set_args(bad, "bench.")]) == 2
+    assert main(["bench", "--run", str(tmp_path / "r"), *set_args(bad, "bench.")]) == 2
     assert "unknown AR sweep field 'guidance'" in capsys.readouterr().err
 
 

@@ -13,7 +13,7 @@ import torch
 from eval import fid
 from eval.harness import EvalConfig, evaluate_run
 from tessera.cli import main
-from test_generator_stage import GEN, TOK, _set_args  # the same tiny tokenizer and generator
+from tiny import GEN, TOK, set_args  # the same tiny tokenizer and generator as the other tests
 
 torch.set_num_threads(1)
 
@@ -27,8 +27,8 @@ def mean_colour(images: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     path = tmp_path_factory.mktemp("eval") / "run"
-    assert main(["train-tokenizer", "--run", str(path), "--no-progress", *_set_args(TOK)]) == 0
-    assert main(["train", "--run", str(path), "--no-progress", *_set_args(GEN)]) == 0
+    assert main(["train-tokenizer", "--run", str(path), "--no-progress", *set_args(TOK)]) == 0
+    assert main(["train", "--run", str(path), "--no-progress", *set_args(GEN)]) == 0
     return path
 
 
@@ -112,7 +112,7 @@ BASE = {
 
 
 def test_baseline_trains_and_is_evaluated_by_the_same_harness(run, tmp_path, capsys):
-    assert main(["train-baseline", "--run", str(run), "--no-progress", *_set_args(BASE)]) == 0
+    assert main(["train-baseline", "--run", str(run), "--no-progress", *set_args(BASE)]) == 0
     assert (run / "baseline" / "model.safetensors").is_file() and (run / "metrics" / "baseline.jsonl").is_file()
     out = tmp_path / "evb"
     args = ["eval", "--run", str(run), "--model", "baseline", "--sampler", "dpm++", "--steps", "2", "--out",
