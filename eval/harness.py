@@ -122,7 +122,7 @@ def _sample_config(cfg: EvalConfig):
 
 
 def _run_data(run_dir: Path, model: str) -> dict:
-    """The data config (max_objects) the run's generator or baseline was trained with, when there is one."""
+    """The data config (object counts) the run's generator or baseline was trained with, when there is one."""
     path = run_dir / f"{model}_stage.json"
     return json.loads(path.read_text()).get("data", {}) if path.is_file() else {}
 
@@ -132,7 +132,6 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out_dir: st
     from eval.grids import save_grid
     from eval.speed import machine_info, measure_sampling
     from tessera.pipeline import BaselinePipeline, Pipeline
-    from train.data import shapes
 
     cfg = cfg or EvalConfig()
     run_dir = Path(run_dir)
@@ -167,7 +166,7 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out_dir: st
     fid = None
     if cfg.fid:
         t = time.perf_counter()
-        fid = _generation_fid(pipe, cfg, sc, features, _run_data(run_dir, cfg.model).get("max_objects", shapes.MAX_OBJECTS))
+        fid = _generation_fid(pipe, cfg, sc, features, _run_data(run_dir, cfg.model))
         seconds["fid"] = time.perf_counter() - t
 
     # ---- tokenizer
@@ -202,12 +201,18 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out_dir: st
     return result
 
 
-def _generation_fid(pipe: Any, cfg: EvalConfig, sc: Any, features: Any, max_objects: int) -> dict:
-    """Generated images for complete captions of fresh scenes vs the world's renders of those scenes."""
+def _generation_fid(pipe: Any, cfg: EvalConfig, sc: Any, features: Any, data: dict) -> dict:
+    """Generated images for complete captions of fresh scenes vs the world's renders of those scenes.
+
+    The scenes are drawn like the run's training scenes (`data`: its object counts), but fresh.
+    """
     from eval.fid import quality_metrics
     from train.data import shapes
 
-    scenes = shapes.sample_scenes(cfg.fid_images, seed=cfg.fid_seed, split="train", max_objects=max_objects)
+    scenes = shapes.sample_scenes(
+        cfg.fid_images, seed=cfg.fid_seed, split="train", max_objects=data.get("max_objects", shapes.MAX_OBJECTS),
+        min_objects=data.get("min_objects", 1), count_weights=data.get("count_weights"),
+    )
     real = shapes.render_batch(scenes, pipe.resolution)
     fake = pipe.sample([shapes.describe(s) for s in scenes], n=1, sc=sc, batch_size=cfg.batch_size,
                        progress=cfg.progress).images

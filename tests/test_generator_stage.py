@@ -113,7 +113,9 @@ def test_sample_cli_handles_bad_prompts_and_is_reproducible(run, tmp_path, caplo
     assert info["prompt"] == "a red circle in the top left" and json.loads(info["tessera"])["seed"] == 3
 
 
-@pytest.mark.parametrize("key, value", [("data.captions", "some"), ("data.row_tokens", "yes"), ("data.text_len", 0)])
+@pytest.mark.parametrize("key, value", [("data.captions", "some"), ("data.row_tokens", "yes"), ("data.text_len", 0),
+                                        ("data.min_objects", 3), ("data.count_weights", [1.0]),
+                                        ("data.count_weights", [0, 0])])
 def test_data_settings_are_checked_by_name(key, value):
     with pytest.raises(TrainConfigError, match=key.split(".")[1]):
         preset_config("cpu").override({key: value})

@@ -147,6 +147,16 @@ def test_sampling_is_deterministic():
     assert set(counts) == {1, 2, 3}
 
 
+def test_object_counts_min_max_and_weights():
+    counts = lambda scenes: sorted({len(s.objects) for s in scenes})  # noqa: E731
+    assert counts(S.sample_scenes(300, seed=3, min_objects=2, max_objects=3)) == [2, 3]
+    assert counts(S.sample_scenes(300, seed=3, max_objects=3, count_weights=(0, 1, 0))) == [2]
+    weighted = [len(s.objects) for s in S.sample_scenes(4000, seed=3, max_objects=2, count_weights=(1, 3))]
+    assert 0.70 < weighted.count(2) / len(weighted) < 0.80  # 3:1 for two objects
+    with pytest.raises(ValueError, match="count_weights"):
+        S.sample_scenes(5, seed=3, max_objects=3, count_weights=(1, 1))
+
+
 def test_heldout_split():
     pairs = Counter((c, s) for c, s, _, _ in S.HELDOUT)
     assert set(pairs) == {(c, s) for c in S.COLOURS for s in S.SHAPES} and set(pairs.values()) == {1}

@@ -77,7 +77,7 @@ class BaselineStageConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # the cpu generator preset's data (20,000 scenes, complete captions, 18 text tokens, 1-2 objects)
+    # the cpu generator preset's data (20,000 scenes, complete captions, 18 text tokens, 1-2 objects, 15% single)
     # at the tokenizer's 24 px; the default UNet (1.16M parameters, the tiny generator's 1.14M).
     # v-prediction with min-SNR weights, batch 32 at lr 2e-3: at ~the generator's wall-clock it
     # scored 15.8% on position + heldout + single_object where DDPM's epsilon at batch 64, lr 1e-3
@@ -89,7 +89,8 @@ PRESETS: dict[str, dict] = {
         "loop": {"steps": 520, "batch_size": 32, "lr": 2e-3, "warmup_steps": 30, "weight_decay": 0.0,
                  "betas": [0.9, 0.99], "min_lr_ratio": 0.1, "ema_decay": 0.99, "ckpt_every": 100,
                  "log_every": 10},
-        "data": {"train_images": 20000, "max_objects": 2, "captions": "complete", "text_len": 18},
+        "data": {"train_images": 20000, "max_objects": 2, "count_weights": [0.15, 0.85], "captions": "complete",
+                 "text_len": 18},
     },
     # the gpu generator preset's data (200,000 scenes, complete captions, up to 3 objects, 32 text
     # tokens) at the gpu tokenizer's 48 px; a UNet of ~30M parameters with its text encoder (the S
@@ -102,7 +103,7 @@ PRESETS: dict[str, dict] = {
         "loop": {"steps": 20000, "batch_size": 256, "lr": 2e-4, "warmup_steps": 500, "weight_decay": 0.0,
                  "betas": [0.9, 0.99], "min_lr_ratio": 0.1, "ema_decay": 0.999, "ckpt_every": 2000,
                  "log_every": 50},
-        "data": {"train_images": 200000, "captions": "complete"},
+        "data": {"train_images": 200000, "count_weights": [0.15, 0.45, 0.4], "captions": "complete"},
     },
 }
 

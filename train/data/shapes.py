@@ -152,16 +152,27 @@ def _random_obj(rng: np.random.Generator, cell: int, avoid_heldout: bool) -> Obj
 
 
 def sample_scene(
-    rng: np.random.Generator, split: str = "train", max_objects: int = MAX_OBJECTS, min_objects: int = 1
+    rng: np.random.Generator, split: str = "train", max_objects: int = MAX_OBJECTS, min_objects: int = 1,
+    count_weights: tuple[float, ...] | None = None,
 ) -> Scene:
-    """A random scene of min_objects..max_objects objects in distinct cells."""
+    """A random scene of min_objects..max_objects objects in distinct cells.
+
+    The count is uniform, or drawn with `count_weights` (one weight per count min..max, normalised).
+    """
     if split not in ("train", "heldout", "all"):
         raise ValueError(f"split must be train, heldout or all, not {split!r}")
     if not 0 <= min_objects <= max_objects <= GRID * GRID:
         raise ValueError(f"need 0 <= min_objects <= max_objects <= {GRID * GRID}")
     if split == "heldout":
         min_objects = max(min_objects, 1)
-    n = int(rng.integers(min_objects, max_objects + 1))
+    if count_weights is None:
+        n = int(rng.integers(min_objects, max_objects + 1))
+    else:
+        if len(count_weights) != max_objects - min_objects + 1 or min(count_weights) < 0 or sum(count_weights) <= 0:
+            raise ValueError(f"count_weights needs one weight >= 0 per count {min_objects}..{max_objects}, "
+                             f"got {list(count_weights)}")
+        p = np.asarray(count_weights, dtype=float)
+        n = min_objects + int(rng.choice(len(p), p=p / p.sum()))
     if split != "heldout":
         cells = rng.choice(GRID * GRID, size=n, replace=False)
         return Scene(tuple(_random_obj(rng, k, avoid_heldout=split == "train") for k in cells))
@@ -174,10 +185,13 @@ def sample_scene(
     return Scene((first, *(_random_obj(rng, k, avoid_heldout=False) for k in cells)))
 
 
-def sample_scenes(n: int, seed: int = 0, split: str = "train", max_objects: int = MAX_OBJECTS) -> list[Scene]:
+def sample_scenes(
+    n: int, seed: int = 0, split: str = "train", max_objects: int = MAX_OBJECTS, min_objects: int = 1,
+    count_weights: tuple[float, ...] | None = None,
+) -> list[Scene]:
     """n scenes, deterministic in seed; sample_scenes(n, s) is a prefix of sample_scenes(n + k, s)."""
     rng = np.random.default_rng(seed)
-    return [sample_scene(rng, split, max_objects) for _ in range(n)]
+    return [sample_scene(rng, split, max_objects, min_objects, count_weights) for _ in range(n)]
 
 
 # ---------------------------------------------------------------- rendering
@@ -497,7 +511,7 @@ def caption(scene: Scene, rng: np.random.Generator, which: str = "all") -> str:
 
 def shapes_dataset(
     n: int, resolution: int = 32, split: str = "train", seed: int = 0, max_objects: int = MAX_OBJECTS,
-    captions: str = "all",
+    captions: str = "all", min_objects: int = 1, count_weights: tuple[float, ...] | None = None,
 ) -> datasets.Dataset:
     """A datasets.Dataset with columns image (PIL RGB), text, scene (JSON), n_objects; deterministic in seed.
 
@@ -506,7 +520,7 @@ def shapes_dataset(
     import datasets  # heavy import, only needed here
     from PIL import Image
 
-    scenes = sample_scenes(n, seed, split, max_objects)
+    scenes = sample_scenes(n, seed, split, max_objects, min_objects, count_weights)
     text_rng = np.random.default_rng([seed, 1])  # own stream: captions never shift the scenes
     features = datasets.Features(
         {
