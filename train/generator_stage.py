@@ -84,20 +84,14 @@ class GeneratorDataConfig:
             raise TrainConfigError(f"data.captions must be one of {', '.join(shapes.CAPTION_SETS)}, got {self.captions!r}")
         if not isinstance(self.row_tokens, bool):
             raise TrainConfigError(f"data.row_tokens must be true or false, got {self.row_tokens!r}")
-        if not 1 <= int(self.min_objects) <= int(self.max_objects) <= shapes.GRID * shapes.GRID:
-            raise TrainConfigError(
-                f"data.min_objects / data.max_objects must satisfy 1 <= min <= max <= {shapes.GRID * shapes.GRID}, "
-                f"got {self.min_objects!r} / {self.max_objects!r}"
-            )
-        w = self.count_weights
-        if w is not None and not (
-            isinstance(w, list) and len(w) == self.max_objects - self.min_objects + 1
-            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0 for x in w) and sum(w) > 0
-        ):
-            raise TrainConfigError(
-                f"data.count_weights must be null or one weight >= 0 per object count {self.min_objects}.."
-                f"{self.max_objects} (not all 0), got {w!r}"
-            )
+        try:
+            if int(self.min_objects) < 1:
+                raise ValueError(f"min_objects must be >= 1, got {self.min_objects!r}")
+            if self.count_weights is not None and not isinstance(self.count_weights, list):
+                raise ValueError(f"count_weights must be null or a list, got {self.count_weights!r}")
+            shapes.check_counts(int(self.min_objects), int(self.max_objects), self.count_weights)
+        except ValueError as e:
+            raise TrainConfigError(f"data.min_objects / max_objects / count_weights: {e}") from None
         for name in ("train_images", "text_len", "encode_batch_size", "shard_size"):
             if int(getattr(self, name)) < 1:
                 raise TrainConfigError(f"data.{name} must be >= 1, got {getattr(self, name)!r}")

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
@@ -151,6 +151,19 @@ def _random_obj(rng: np.random.Generator, cell: int, avoid_heldout: bool) -> Obj
     return Obj(shape, colour, size, row, col, float(dx), float(dy))
 
 
+def check_counts(min_objects: int, max_objects: int, count_weights: Sequence[float] | None = None) -> None:
+    """Raise ValueError unless 0 <= min <= max <= 9 and count_weights is None or one weight >= 0 per count."""
+    if not 0 <= min_objects <= max_objects <= GRID * GRID:
+        raise ValueError(f"need 0 <= min_objects <= max_objects <= {GRID * GRID}, got {min_objects} / {max_objects}")
+    w = count_weights
+    if w is not None and not (
+        len(w) == max_objects - min_objects + 1 and sum(w) > 0
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0 for x in w)
+    ):
+        raise ValueError(f"count_weights needs one weight >= 0 per count {min_objects}..{max_objects}, not all 0; "
+                         f"got {list(w)}")
+
+
 def sample_scene(
     rng: np.random.Generator, split: str = "train", max_objects: int = MAX_OBJECTS, min_objects: int = 1,
     count_weights: tuple[float, ...] | None = None,
@@ -161,16 +174,12 @@ def sample_scene(
     """
     if split not in ("train", "heldout", "all"):
         raise ValueError(f"split must be train, heldout or all, not {split!r}")
-    if not 0 <= min_objects <= max_objects <= GRID * GRID:
-        raise ValueError(f"need 0 <= min_objects <= max_objects <= {GRID * GRID}")
+    check_counts(min_objects, max_objects, count_weights)
     if split == "heldout":
         min_objects = max(min_objects, 1)
     if count_weights is None:
         n = int(rng.integers(min_objects, max_objects + 1))
     else:
-        if len(count_weights) != max_objects - min_objects + 1 or min(count_weights) < 0 or sum(count_weights) <= 0:
-            raise ValueError(f"count_weights needs one weight >= 0 per count {min_objects}..{max_objects}, "
-                             f"got {list(count_weights)}")
         p = np.asarray(count_weights, dtype=float)
         n = min_objects + int(rng.choice(len(p), p=p / p.sum()))
     if split != "heldout":
