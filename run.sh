@@ -4,6 +4,8 @@
 #   ./run.sh test   -> create .venv, install (with dev extras), run the test suite
 #   ./run.sh bench  -> create .venv, install (with the baseline and metrics extras), run `tessera bench`
 # Extra arguments are passed on (e.g. ./run.sh demo --out runs/demo).
+# Dependencies install at the versions pinned in constraints.txt (all but torch, which is
+# installed first as a CPU build); docs/DEPENDENCIES.md says why and how to bump them.
 set -euo pipefail
 cd "$(dirname "$0")"
 cmd="${1:-}"; shift || true
@@ -28,16 +30,17 @@ fi
 
 case "$cmd" in
     demo)
-        pip install -q -e .
+        pip install -q -c constraints.txt -e .
         exec tessera demo "$@"
         ;;
     bench)
-        pip install -q -e ".[metrics,baseline]"
+        pip install -q -c constraints.txt -e ".[metrics,baseline]"
         exec tessera bench "$@"
         ;;
     test)
-        pip install -q -e ".[dev,metrics,baseline]"
+        pip install -q -c constraints.txt -e ".[dev,metrics,baseline]"
         export HF_HUB_OFFLINE=1 WANDB_MODE=disabled
+        lint-imports  # the import contracts in pyproject.toml ([tool.importlinter])
         exec python -m pytest -q "$@"
         ;;
     *)

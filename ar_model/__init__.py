@@ -13,7 +13,7 @@ tokenizers, safetensors and the standard library):
     save_generator(model, cfg, tok, "runs/x/generator"); g = load_generator("runs/x/generator")
 """
 
-from ar_model.errors import CheckpointError, ConfigError
+from ar_model.errors import CheckpointError, ConfigError, GeneratorError
 from ar_model.layout import (
     IGNORE_INDEX,
     SequenceLayout,
@@ -58,6 +58,7 @@ __all__ = [
     "SPECIAL_TOKENS",
     "CheckpointError",
     "ConfigError",
+    "GeneratorError",
     "GeneratorConfig",
     "LoadedGenerator",
     "SampleConfig",

@@ -10,6 +10,7 @@ files and `tessera_layout.json`, so it also loads with plain
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -17,7 +18,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 
@@ -225,11 +226,44 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
             return model
 
 
-def save_generator(model: torch.nn.Module, cfg: GeneratorConfig, tokenizer: Any, path: str | os.PathLike) -> Path:
+@contextlib.contextmanager
+def _transformers_progress(enabled: bool) -> Iterator[None]:
+    """With `enabled=False`, turn transformers' tqdm bars ("Writing model shards", "Loading weights") off
+    for the block and restore the previous setting afterwards; with True, leave the setting as it is.
+
+    The setting is process-global (transformers' `utils.logging`, which also switches huggingface_hub's
+    bars), so other threads see the change while the block runs.
+    """
+    if enabled:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def save_generator(
+    model: torch.nn.Module,
+    cfg: GeneratorConfig,
+    tokenizer: Any,
+    path: str | os.PathLike,
+    *,
+    progress: bool = True,
+    extra_files: dict[str, str] | None = None,
+) -> Path:
     """Write a generator directory atomically: HF model files, text tokenizer files, tessera_layout.json.
 
     The directory is written under a temporary name beside `path` and renamed into
     place when complete; an existing directory at `path` is replaced only then.
+    `progress=False` hides transformers' progress bars for this call only.
+    `extra_files` ({name: text}) are written into the directory with the rest (e.g. a
+    caller's recommended sampling settings), so they appear together or not at all.
     """
     path = Path(path)
     model = unwrap_model(model)
@@ -247,8 +281,9 @@ def save_generator(model: torch.nn.Module, cfg: GeneratorConfig, tokenizer: Any,
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        model.save_pretrained(str(tmp))  # config.json + model.safetensors (+ generation_config.json)
-        tokenizer.save_pretrained(str(tmp))  # tokenizer.json + tokenizer_config.json
+        with _transformers_progress(progress):
+            model.save_pretrained(str(tmp))  # config.json + model.safetensors (+ generation_config.json)
+            tokenizer.save_pretrained(str(tmp))  # tokenizer.json + tokenizer_config.json
         meta = {
             "format": FORMAT,
             "version": VERSION,
@@ -257,6 +292,8 @@ def save_generator(model: torch.nn.Module, cfg: GeneratorConfig, tokenizer: Any,
             "tokenizer": {"path": ".", "class": type(tokenizer).__name__, "len": len(tokenizer)},
         }
         (tmp / LAYOUT_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
         if path.exists():
             os.replace(path, old)  # directories cannot be replaced in one rename; move the old one aside first
@@ -299,11 +336,16 @@ def read_generator_config(path: str | os.PathLike) -> GeneratorConfig:
 
 
 def load_generator(
-    path: str | os.PathLike, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+    path: str | os.PathLike,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    *,
+    progress: bool = True,
 ) -> LoadedGenerator:
     """Load a directory written by `save_generator`: model (eval mode, on `device`), config, tokenizer, layout.
 
     Every weight must be present and of the right shape (no silent re-initialisation).
+    `progress=False` hides transformers' progress bars for this call only.
     """
     from transformers import LlamaForCausalLM
 
@@ -313,9 +355,10 @@ def load_generator(
     cfg = read_generator_config(path)
     layout = cfg.layout
     try:
-        model, info = LlamaForCausalLM.from_pretrained(
-            str(path), local_files_only=True, output_loading_info=True, dtype=dtype
-        )
+        with _transformers_progress(progress):
+            model, info = LlamaForCausalLM.from_pretrained(
+                str(path), local_files_only=True, output_loading_info=True, dtype=dtype
+            )
     except Exception as e:
         raise CheckpointError(f"cannot load the model weights of {str(path)!r}: {type(e).__name__}: {e}") from e
     problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}

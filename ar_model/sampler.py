@@ -32,11 +32,13 @@ from ar_model.layout import SequenceLayout, build_prefix, unconditional_text
 class SampleConfig:
     """How to sample. Plain data: `to_dict()` / `from_dict()` round-trip JSON."""
 
-    # Guidance scale; 1 = no guidance (the unconditional half is skipped). 3.0 is a moderate
-    # default between LlamaGen's best-FID class-conditional scale (~2) and its text-to-image
-    # setting (7.5): guidance trades diversity for faithfulness, so sweep it per model.
-    cfg_scale: float = 3.0
-    temperature: float = 1.0  # 1 = the model's distribution; 0 = greedy (argmax)
+    # Guidance scale; 1 = no guidance (the unconditional half is skipped). Light guidance and a low
+    # temperature scored best on the small CPU-preset models (benchmarks/faithfulness_sweep.py,
+    # docs/RESULTS.md): guidance 3 hurt them badly. Guidance trades diversity for faithfulness
+    # (LlamaGen's text-to-image setting is 7.5), so sweep it per model. These are the recommended
+    # settings a trained run records unless its stage config's `sample` section says otherwise.
+    cfg_scale: float = 1.5
+    temperature: float = 0.5  # 1 = the model's distribution; 0 = greedy (argmax)
     top_k: int = 0  # keep the k most likely codes; 0 = off, 1 = greedy
     top_p: float = 1.0  # nucleus: keep the smallest set with mass >= top_p; 1.0 = off
     seed: int | None = 0  # seeds the sampler's own torch.Generator; None = a fresh random seed
@@ -125,14 +127,15 @@ def guided_image_logits(logits: torch.Tensor, layout: SequenceLayout, cfg_scale:
 # --------------------------------------------------------------------------- model calls
 def prefill(model: Any, input_ids: torch.Tensor, cache: Any | None) -> torch.Tensor:
     """Run the whole prompt (B', P) once, filling `cache` if given; returns the last position's logits (B', V)."""
-    out = model(input_ids=input_ids, past_key_values=cache, use_cache=cache is not None, logits_to_keep=1)
+    # transformers 5.x: the KV cache is passed as `cache=` (`past_key_values=` is deprecated, removed in 5.40)
+    out = model(input_ids=input_ids, cache=cache, use_cache=cache is not None, logits_to_keep=1)
     return out.logits[:, -1]  # (B', V)
 
 
 def decode_one_token(model: Any, token: torch.Tensor, cache: Any) -> torch.Tensor:
     """Feed the new token(s) of each row (B', 1) -- or (B', 2): a code and a [ROW r] -- through the KV
     cache; returns the last one's logits (B', V)."""
-    out = model(input_ids=token, past_key_values=cache, use_cache=True)  # positions continue from the cache length
+    out = model(input_ids=token, cache=cache, use_cache=True)  # positions continue from the cache length
     return out.logits[:, -1]  # (B', V)
 
 

@@ -38,17 +38,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     settings = [parse_setting(s) for s in (args.setting or DEFAULT_SETTINGS)]
 
-    from ar_model import SampleConfig
     from eval import faithfulness
-    from tessera.pipeline import Pipeline
+    from pipelines import open_sampler
 
-    pipe = Pipeline.from_run(args.run, device="cpu")
+    pipe = open_sampler(args.run, "generator", device="cpu")
     specs = faithfulness.demo_prompts()
     per_image = [s for s in specs for _ in range(args.n)]
     rows = []
     for cfg, temp, top_k in settings:
-        sc = SampleConfig(cfg_scale=cfg, temperature=temp, top_k=top_k, seed=args.seed)
-        result = pipe.sample([s.text for s in specs], n=args.n, sc=sc, batch_size=64)
+        sc = pipe.settings(cfg_scale=cfg, temperature=temp, top_k=top_k, seed=args.seed)
+        result = pipe.sample([s.text for s in specs], n=args.n, settings=sc, batch_size=64)
         report = faithfulness.score_images(list(result.images), per_image, [i % args.n for i in range(len(per_image))])
         rows.append({"cfg": cfg, "temperature": temp, "top_k": top_k,
                      **{name: c["accuracy"] for name, c in report.categories.items()}, "all": report.accuracy})

@@ -22,23 +22,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 def main(argv: list[str] | None = None) -> int:
     from eval.faithfulness import demo_prompts
     from eval.speed import measure_sampling
-    from tessera.pipeline import Pipeline
+    from pipelines import open_sampler
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="run directory with tokenizer/ and generator/")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     p.add_argument("--images", type=int, default=32, help="images per setting (rounded up to whole batches)")
-    p.add_argument("--cfg", type=float, default=1.5,
-                   help="guidance scale (the demo's 1.5; any value but 1 samples two rows per image)")
+    p.add_argument("--cfg", type=float,
+                   help="guidance scale (default: the run's recorded one; any value but 1 samples two rows per image)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args(argv)
 
-    from ar_model import SampleConfig
-
-    pipe = Pipeline.from_run(args.run, device=args.device)
-    settings = {f"kv cache {'on' if c else 'off'}": SampleConfig(cfg_scale=args.cfg, seed=0, use_cache=c)
-                for c in (True, False)}
+    pipe = open_sampler(args.run, "generator", device=args.device)
+    guidance = {} if args.cfg is None else {"cfg_scale": args.cfg}
+    settings = {f"kv cache {'on' if c else 'off'}": pipe.settings(**guidance, seed=0, use_cache=c) for c in (True, False)}
     report = measure_sampling(pipe, [s.text for s in demo_prompts()], settings, args.batch_sizes, args.images)
     lines = report.to_markdown().splitlines()
     lines[2] += " speed-up of the cache |"

@@ -5,7 +5,7 @@
 What it does, in order (each step skipped when its output is already in the run):
 
 1. trains the autoregressive side, the VQ tokenizer and the generator (the stages' presets);
-2. trains the diffusion baseline (eval.diffusion) on the same scenes, captions and text ids for
+2. trains the diffusion baseline (baseline) on the same scenes, captions and text ids for
    the same training wall-clock on the same machine: the baseline's step count is set so that
    its steps take as long as the tokenizer's and the generator's training loops together took
    (their metrics logs record it), from a few timed steps before training. Data preparation
@@ -28,11 +28,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from eval.errors import BenchError
+from pipelines import STAGES, Run, open_sampler, resolve_device, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -66,19 +69,13 @@ PRESETS: dict[str, dict] = {
 }
 
 
-STAGES = ("tokenizer", "generator", "baseline")
-
-
-class BenchError(ValueError):
-    """A bad bench option or a run the bench cannot use; the message says which."""
-
-
 @dataclass
 class BenchConfig:
     stage_preset: str = "cpu"  # the tokenizer, generator and baseline stages' preset
     stages: dict = field(default_factory=dict)  # per-stage overrides: {"generator": {"loop.steps": 100}}
-    ar_main: dict = field(default_factory=dict)  # EvalConfig sampling fields: the harness's defaults
-    diffusion_main: dict = field(default_factory=lambda: {"sampler": "ddim", "steps": 25})
+    # sampling settings, as overrides of each model's recorded ones (EvalConfig.sampling)
+    ar_main: dict = field(default_factory=dict)  # the generator's main setting: its recorded one
+    diffusion_main: dict = field(default_factory=dict)  # the baseline's: its recorded one (DDIM, 25 steps)
     ar_points: list[dict] = field(default_factory=list)  # SampleConfig fields: cfg_scale, top_k, top_p, temperature
     diffusion_points: list[dict] = field(default_factory=list)  # sampler, steps (cfg_scale optional)
     n: int = 4  # the main evaluations' samples per prompt
@@ -96,7 +93,26 @@ class BenchConfig:
     def preset(cls, name: str, **overrides: Any) -> BenchConfig:
         if name not in PRESETS:
             raise BenchError(f"unknown bench preset {name!r} (known: {', '.join(PRESETS)})")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise BenchError(f"unknown bench setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
         return cls(**{**PRESETS[name], **overrides})
+
+    @classmethod
+    def from_assignments(cls, name: str, assignments: dict[str, Any], **overrides: Any) -> BenchConfig:
+        """The preset with `--set` assignments applied: bench.FIELD=value, or STAGE.SECTION.KEY=value."""
+        stages: dict[str, dict] = {}
+        bench: dict[str, Any] = {}
+        for key, value in assignments.items():
+            head, _, rest = key.partition(".")
+            if head == "bench" and rest:
+                bench[rest] = value
+            elif head in STAGES and rest:
+                stages.setdefault(head, {})[rest] = value
+            else:
+                raise BenchError(f"bench --set keys start with bench., {'., '.join(STAGES)}., got {key!r}")
+        return cls.preset(name, stages=stages, **overrides, **bench)
 
     def __post_init__(self):
         for name in ("n", "fid_images", "speed_images", "large_batch", "sweep_n", "sweep_fid_images",
@@ -123,10 +139,11 @@ class BenchConfig:
 # ---------------------------------------------------------------- training
 
 
-def training_seconds(run_dir: Path, stage: str) -> float:
+def training_seconds(run: Run, stage: str) -> float:
     """Training-loop wall-clock of `stage` in `run_dir`, from its metrics log (train.loop writes
     cumulative "seconds"; logs from before that field are summed from items / items_per_s)."""
-    path = run_dir / "metrics" / f"{stage}.jsonl"
+    run = run if isinstance(run, Run) else Run(run)
+    path = run.metrics_path(stage)
     if not path.is_file():
         raise BenchError(f"{path} is missing: cannot tell how long the {stage} stage trained")
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -134,7 +151,7 @@ def training_seconds(run_dir: Path, stage: str) -> float:
         raise BenchError(f"{path} is empty")
     if "seconds" in rows[-1]:
         return float(rows[-1]["seconds"])
-    cfg = json.loads((run_dir / f"{stage}_stage.json").read_text())["loop"]
+    cfg = (run.recorded_config(stage) or {}).get("loop", {})
     per_step = cfg.get("batch_size", 32) * cfg.get("grad_accum", 1)
     total, prev = 0.0, 0
     for r in rows:
@@ -144,7 +161,7 @@ def training_seconds(run_dir: Path, stage: str) -> float:
     return total
 
 
-def ensure_trained(run_dir: Path, cfg: BenchConfig) -> dict:
+def ensure_trained(run: Run, cfg: BenchConfig) -> dict:
     """Train whatever the run lacks; returns the training seconds and step counts of both sides."""
     from train import diffusion_stage, generator_stage, tokenizer_stage
 
@@ -155,22 +172,21 @@ def ensure_trained(run_dir: Path, cfg: BenchConfig) -> dict:
     def stage_cfg(module: Any, stage: str) -> Any:
         return module.preset_config(cfg.stage_preset).override({**common, **cfg.stages.get(stage, {})})
 
-    if not (run_dir / "tokenizer").is_dir():
+    if not run.has("tokenizer"):
         log.info("bench: training the tokenizer (%s preset)", cfg.stage_preset)
-        tokenizer_stage.train_tokenizer(stage_cfg(tokenizer_stage, "tokenizer"), run_dir)
-    if not (run_dir / "generator").is_dir():
+        tokenizer_stage.train_tokenizer(stage_cfg(tokenizer_stage, "tokenizer"), run.root)
+    if not run.has("generator"):
         log.info("bench: pre-tokenizing and training the generator (%s preset)", cfg.stage_preset)
-        generator_stage.train_generator(stage_cfg(generator_stage, "generator"), run_dir)
-    tok_seconds, gen_seconds = training_seconds(run_dir, "tokenizer"), training_seconds(run_dir, "generator")
+        generator_stage.train_generator(stage_cfg(generator_stage, "generator"), run.root)
+    tok_seconds, gen_seconds = training_seconds(run, "tokenizer"), training_seconds(run, "generator")
     ar_seconds = tok_seconds + gen_seconds
-    if not (run_dir / "baseline").is_dir():
+    if not run.has("baseline"):
         bcfg = stage_cfg(diffusion_stage, "baseline")
         log.info("bench: training the diffusion baseline for the AR side's %.0f s", ar_seconds)
-        diffusion_stage.train_baseline(bcfg, run_dir, seconds=ar_seconds)
+        diffusion_stage.train_baseline(bcfg, run.root, seconds=ar_seconds)
     return {"ar_seconds": ar_seconds, "tokenizer_seconds": tok_seconds, "generator_seconds": gen_seconds,
-            "baseline_seconds": training_seconds(run_dir, "baseline"),
-            "steps": {s: json.loads((run_dir / f"{s}_stage.json").read_text())["loop"]["steps"]
-                      for s in ("tokenizer", "generator", "baseline")}}
+            "baseline_seconds": training_seconds(run, "baseline"),
+            "steps": {s: run.recorded_config(s)["loop"]["steps"] for s in STAGES}}
 
 
 # ---------------------------------------------------------------- measuring
@@ -187,55 +203,42 @@ def flops_per_image(pipe: Any, sc: Any, prompt: str = "a red circle") -> float:
 
     mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa}
     with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
-        pipe.sample([prompt], n=1, sc=sc, batch_size=1)
+        pipe.sample([prompt], n=1, settings=sc, batch_size=1)
     return float(counter.get_total_flops())
 
 
-def parameter_counts(run_dir: Path, device: str | None) -> dict:
-    from tessera.pipeline import BaselinePipeline, Pipeline
-
-    ar = Pipeline.from_run(run_dir, device=device)
-    base = BaselinePipeline.from_run(run_dir, device=device)
+def parameter_counts(run: Run, device: str | None) -> dict:
+    ar = open_sampler(run, "generator", device=device)
+    base = open_sampler(run, "baseline", device=device)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     return {"generator": count(ar.model), "tokenizer": count(ar.tokenizer),
             "baseline": count(base.model), "baseline_unet": count(base.model.unet),
             "baseline_text_encoder": count(base.model.text)}
 
 
-def _point_name(model: str, p: dict) -> str:
+def _point_name(model: str, p: dict, sc: Any) -> str:
+    """A directory name for a sampling setting `sc`, naming what the point `p` sets."""
     if model == "generator":
-        name = f"ar_cfg{p.get('cfg_scale', 1.5):g}"
-        for k in ("top_k", "top_p", "temperature"):
-            if k in p:
-                name += f"_{k.replace('_', '')}{p[k]:g}"
-        return name
-    return f"{p.get('sampler', 'ddim').replace('+', 'p')}_{p.get('steps', 25)}steps" + (
-        f"_cfg{p['cfg_scale']:g}" if "cfg_scale" in p else "")
+        return f"ar_cfg{sc.cfg_scale:g}" + "".join(f"_{k.replace('_', '')}{p[k]:g}"
+                                                   for k in ("top_k", "top_p", "temperature") if k in p)
+    return f"{sc.sampler.replace('+', 'p')}_{sc.steps}steps" + (f"_cfg{sc.cfg_scale:g}" if "cfg_scale" in p else "")
 
 
-def _point_label(model: str, p: dict) -> str:
+def _point_label(model: str, p: dict, sc: Any) -> str:
     if model == "generator":
-        return f"guidance {p.get('cfg_scale', 1.5):g}" + (f", top-k {p['top_k']}" if p.get("top_k") else "")
-    return f"{p.get('sampler', 'ddim').upper()} {p.get('steps', 25)}" + (
-        f", guidance {p['cfg_scale']:g}" if "cfg_scale" in p else "")
+        return f"guidance {sc.cfg_scale:g}" + (f", top-k {sc.top_k}" if sc.top_k else "")
+    return f"{sc.sampler.upper()} {sc.steps}" + (f", guidance {sc.cfg_scale:g}" if "cfg_scale" in p else "")
 
 
 def _eval_config(model: str, p: dict, cfg: BenchConfig, sweep: bool) -> Any:
     from eval.harness import EvalConfig
 
-    fields: dict[str, Any] = {"model": model, "seed": cfg.seed, "device": cfg.device, "progress": cfg.progress,
-                              "n": cfg.sweep_n if sweep else cfg.n,
-                              "fid_images": cfg.sweep_fid_images if sweep else cfg.fid_images,
-                              "speed_images": cfg.sweep_speed_images if sweep else cfg.speed_images,
-                              "speed_batch_sizes": [1, cfg.large_batch], "tokenizer": not sweep and model == "generator",
-                              "batch_size": max(64, cfg.large_batch)}
-    if model == "generator":
-        fields.update(p)
-    else:
-        fields.update({"diffusion_sampler": p.get("sampler", "ddim"), "diffusion_steps": p.get("steps", 25)})
-        if "cfg_scale" in p:
-            fields["cfg_scale"] = p["cfg_scale"]
-    return EvalConfig(**fields)
+    return EvalConfig(model=model, sampling=dict(p), seed=cfg.seed, device=cfg.device, progress=cfg.progress,
+                      n=cfg.sweep_n if sweep else cfg.n,
+                      fid_images=cfg.sweep_fid_images if sweep else cfg.fid_images,
+                      speed_images=cfg.sweep_speed_images if sweep else cfg.speed_images,
+                      speed_batch_sizes=[1, cfg.large_batch], tokenizer=not sweep,
+                      batch_size=max(64, cfg.large_batch))
 
 
 def _summarise(result: Any, flops: float, large_batch: int) -> dict:
@@ -255,18 +258,19 @@ def _summarise(result: Any, flops: float, large_batch: int) -> dict:
     }
 
 
-def _measure(run_dir: Path, model: str, p: dict, cfg: BenchConfig, out: Path, sweep: bool) -> dict:
-    from eval.harness import _sample_config, evaluate_run
-    from tessera.pipeline import BaselinePipeline, Pipeline
+def _measure(run: Run, model: str, p: dict, cfg: BenchConfig, out: Path, sweep: bool) -> dict:
+    from eval.harness import evaluate_run
 
     ecfg = _eval_config(model, p, cfg, sweep)
-    where = out / "eval" / ("sweep" if sweep else "main") / _point_name(model, p)
-    log.info("bench: evaluating %s %s (%s)", model, _point_label(model, p), "sweep" if sweep else "main")
+    pipe = open_sampler(run, model, device=cfg.device, progress=cfg.progress)
+    sc = pipe.settings(**ecfg.sampling, seed=ecfg.seed)
+    label = _point_label(model, p, sc)
+    where = out / "eval" / ("sweep" if sweep else "main") / _point_name(model, p, sc)
+    log.info("bench: evaluating %s %s (%s)", model, label, "sweep" if sweep else "main")
     t = time.perf_counter()
-    result = evaluate_run(run_dir, ecfg, out_dir=where)
-    pipe = (Pipeline if model == "generator" else BaselinePipeline).from_run(run_dir, device=cfg.device)
-    summary = _summarise(result, flops_per_image(pipe, _sample_config(ecfg)), cfg.large_batch)
-    summary.update({"model": model, "setting": p, "label": _point_label(model, p), "sweep": sweep,
+    result = evaluate_run(run.root, ecfg, out_dir=where)
+    summary = _summarise(result, flops_per_image(pipe, sc), cfg.large_batch)
+    summary.update({"model": model, "setting": p, "settings": result.sampling, "label": label, "sweep": sweep,
                     "seconds": round(time.perf_counter() - t, 1), "report": str(where.relative_to(out) / "report.md")})
     if not sweep and result.tokenizer:
         summary["tokenizer"] = {k: result.tokenizer[k] for k in ("scene_preservation", "psnr", "ssim")}
@@ -279,21 +283,20 @@ def _measure(run_dir: Path, model: str, p: dict, cfg: BenchConfig, out: Path, sw
 def run_bench(run_dir: str | Path, cfg: BenchConfig, out_dir: str | Path | None = None) -> dict:
     """Train what `run_dir` lacks, evaluate both models and the sweep, write the report; returns bench.json's dict."""
     from eval.speed import machine_info
-    from train.loop import resolve_device
 
     t0 = time.perf_counter()
-    run_dir = Path(run_dir)
-    out = Path(out_dir) if out_dir else run_dir / "bench"
-    training = ensure_trained(run_dir, cfg)
+    run = Run(run_dir)
+    out = Path(out_dir) if out_dir else run.bench_dir
+    training = ensure_trained(run, cfg)
     t_train = time.perf_counter() - t0
-    main = [_measure(run_dir, "generator", cfg.ar_main, cfg, out, sweep=False),
-            _measure(run_dir, "baseline", cfg.diffusion_main, cfg, out, sweep=False)]
-    sweep = [_measure(run_dir, "generator", p, cfg, out, sweep=True) for p in cfg.ar_points]
-    sweep += [_measure(run_dir, "baseline", p, cfg, out, sweep=True) for p in cfg.diffusion_points]
+    main = [_measure(run, "generator", cfg.ar_main, cfg, out, sweep=False),
+            _measure(run, "baseline", cfg.diffusion_main, cfg, out, sweep=False)]
+    sweep = [_measure(run, "generator", p, cfg, out, sweep=True) for p in cfg.ar_points]
+    sweep += [_measure(run, "baseline", p, cfg, out, sweep=True) for p in cfg.diffusion_points]
     report = {
-        "version": BENCH_VERSION, "run": str(run_dir), "config": asdict(cfg),
-        "machine": machine_info(resolve_device(cfg.device or "auto")), "training": training,
-        "parameters": parameter_counts(run_dir, cfg.device), "main": main, "sweep": sweep,
+        "version": BENCH_VERSION, "run": str(run.root), "config": asdict(cfg),
+        "machine": machine_info(resolve_device(cfg.device)), "training": training,
+        "parameters": parameter_counts(run, cfg.device), "main": main, "sweep": sweep,
         "seconds": {"training": round(t_train, 1), "total": round(time.perf_counter() - t0, 1)},
         "date": time.strftime("%Y-%m-%d"),
     }
@@ -304,12 +307,8 @@ def run_bench(run_dir: str | Path, cfg: BenchConfig, out_dir: str | Path | None 
 def write_report(report: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     plots = plot_tradeoffs(report, out)
-    tmp = out / "bench.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(out / "bench.json")
-    tmp = out / "report.md.tmp"
-    tmp.write_text(render_markdown(report, plots))
-    tmp.replace(out / "report.md")
+    write_atomic(out / "bench.json", json.dumps(report, indent=2) + "\n")
+    write_atomic(out / "report.md", render_markdown(report, plots))
 
 
 def _pct(x: float | None) -> str:
@@ -336,8 +335,8 @@ def render_markdown(report: dict, plots: list[str]) -> str:
         f"({tr['steps']['tokenizer']} steps) + generator {tr['generator_seconds']:.0f} s ({tr['steps']['generator']} "
         f"steps) = {tr['ar_seconds']:.0f} s; diffusion: {tr['baseline_seconds']:.0f} s ({tr['steps']['baseline']} "
         "steps). Same scenes, captions and text ids; data preparation not counted on either side.",
-        f"- main settings: AR {ar['label']} (temperature {c['ar_main'].get('temperature', 0.5):g}); diffusion "
-        f"{df['label']} steps, guidance {c['diffusion_main'].get('cfg_scale', 1.5):g}. {c['n']} samples per prompt, "
+        f"- main settings: AR {ar['label']} (temperature {ar['settings']['temperature']:g}); diffusion "
+        f"{df['label']} steps, guidance {df['settings']['cfg_scale']:g}. {c['n']} samples per prompt, "
         f"seed {c['seed']}; FID on {c['fid_images']} images (the harness's classifier features).",
         f"- bench time: {report['seconds']['total'] / 60:.1f} min ({report['seconds']['training'] / 60:.1f} training)",
         "",
@@ -388,7 +387,7 @@ def render_markdown(report: dict, plots: list[str]) -> str:
 def _series(p: dict) -> str:
     if p["model"] == "generator":
         return "AR: top-k" if p["setting"].get("top_k") else "AR: guidance"
-    return f"diffusion: {p['setting'].get('sampler', 'ddim').upper()} steps"
+    return f"diffusion: {p['settings']['sampler'].upper()} steps"
 
 
 def plot_tradeoffs(report: dict, out: Path) -> list[str]:

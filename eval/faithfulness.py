@@ -21,7 +21,8 @@ reported, and the reason lists each failure it has: "missing ...", "extra object
 category and per kind of constraint, how often they held, with 95% Wilson intervals
 (an attribute is checked only on objects that were found: a missing object fails the count).
 
-The demo's 48 prompts (`demo_prompts`, used by `tessera demo` and issue 3's bars) come
+The demo's 48 prompts (`demo_prompts`, used by `tessera demo` and by the accuracy
+targets in docs/RESULTS.md: >= 80% on held-out single objects, >= 90% on seen ones) come
 in three categories:
     single_heldout  one object at its (colour, shape) pair's held-out cell, never
                     seen in training: compositional generalisation

@@ -38,8 +38,8 @@ from scipy import linalg
 from torch import nn
 from tqdm.auto import tqdm
 
+from eval.errors import FeaturesError, FeaturesUnavailableError
 from train.data import shapes
-from vqtok.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -370,30 +370,30 @@ def save_classifier(model: ShapesClassifier, cfg: ClassifierConfig, directory: s
 
 
 def load_classifier(directory: str | Path) -> ShapesClassifier:
-    """A classifier saved by save_classifier, in eval mode; CheckpointError naming the file on any problem."""
+    """A classifier saved by save_classifier, in eval mode; FeaturesError naming the file on any problem."""
     directory = Path(directory)
     path, weights = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     if not path.is_file():
-        raise CheckpointError(f"'{directory}' is not a shapes-classifier directory: {path} is missing")
+        raise FeaturesError(f"'{directory}' is not a shapes-classifier directory: {path} is missing")
     try:
         meta = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read '{path}' as JSON: {e}") from e
+        raise FeaturesError(f"cannot read '{path}' as JSON: {e}") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"'{path}' is not a shapes-classifier config (expected format {FORMAT!r})")
+        raise FeaturesError(f"'{path}' is not a shapes-classifier config (expected format {FORMAT!r})")
     if meta.get("version") != ClassifierConfig.VERSION:
-        raise CheckpointError(f"'{path}' is classifier version {meta.get('version')!r}; this code reads "
-                              f"version {ClassifierConfig.VERSION}: delete the directory to retrain")
+        raise FeaturesError(f"'{path}' is classifier version {meta.get('version')!r}; this code reads "
+                            f"version {ClassifierConfig.VERSION}: delete the directory to retrain")
     try:
         model = ShapesClassifier(ClassifierConfig.from_dict(meta["config"]))
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"'{path}' has an invalid \"config\": {e}") from e
+        raise FeaturesError(f"'{path}' has an invalid \"config\": {e}") from e
     if not weights.is_file():
-        raise CheckpointError(f"'{directory}' is incomplete: {weights} is missing")
+        raise FeaturesError(f"'{directory}' is incomplete: {weights} is missing")
     try:
         load_model(model, str(weights), strict=True)
     except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"cannot load '{weights}': {e}") from e
+        raise FeaturesError(f"cannot load '{weights}': {e}") from e
     return model.eval()
 
 
@@ -428,14 +428,6 @@ def classifier_features(cache_dir: str | Path | None = None, cfg: ClassifierConf
 # ---------------------------------------------------------------- Inception-v3 from a local file
 
 
-class FeaturesUnavailableError(ImportError):
-    """A feature source needs a package that is not installed."""
-
-
-class FeaturesError(ValueError):
-    """A feature source that cannot be used as given (a weights file refused, an unknown spec)."""
-
-
 def _plain_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The file's tensors, loaded without running any pickled code; refuses anything but a flat state dict."""
     if not path.is_file():
@@ -449,7 +441,7 @@ def _plain_state_dict(path: Path) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)  # refuses pickled classes and code
     except Exception as e:  # UnpicklingError, RuntimeError (not a torch file), ...: all mean "not plain tensors"
         raise FeaturesError(f"refusing '{path}': only plain state dicts of tensors are accepted (or .safetensors); "
-                         f"torch.load(weights_only=True) failed: {e}") from e
+                            f"torch.load(weights_only=True) failed: {e}") from e
     if not (isinstance(state, dict) and all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items())):
         raise FeaturesError(f"refusing '{path}': expected a flat state dict {{name: tensor}}, got {type(state).__name__}")
     return state

@@ -15,7 +15,9 @@ Four parts, each optional:
                   batch sizes (eval.speed)
 
 `model` picks what is measured: the run's generator (default) or its diffusion baseline
-(`tessera train-baseline`), with the same suites, seeds and features.
+(`tessera train-baseline`), with the same suites, seeds and features. Both are opened
+through the sampling interface (`pipelines.open_sampler`), sampled with the settings
+recorded with the model when it was trained, overridden by `sampling`.
 
 Each suite is sampled on its own with the same seed (batch b of a suite uses seed + b),
 so a suite's numbers do not depend on which other suites ran beside it, and two runs
@@ -34,29 +36,25 @@ from typing import Any, Callable
 import numpy as np
 
 from eval import faithfulness, suites
+from eval.errors import EvalConfigError
+from pipelines import SAMPLERS, Run, open_sampler, write_atomic
 
 log = logging.getLogger(__name__)
 
 RESULT_VERSION = 1
 GRID_TILES = 8  # images per grid row in the report
-
-
-MODELS = ("generator", "baseline")
+MODELS = tuple(SAMPLERS)  # "generator", "baseline"
 
 
 @dataclass
 class EvalConfig:
-    model: str = "generator"  # the run's autoregressive generator, or its diffusion baseline (eval.diffusion)
+    model: str = "generator"  # the run's autoregressive generator, or its diffusion baseline (pipelines.SAMPLERS)
     suites: list[str] = field(default_factory=lambda: list(suites.DEFAULT_SUITES))
     n: int = 4  # samples per prompt: GenEval's 4
     seed: int = 0
-    # the demo's sampling defaults (tessera demo / sample): light guidance and a low temperature
-    cfg_scale: float = 1.5
-    temperature: float = 0.5
-    top_k: int = 0
-    top_p: float = 1.0
-    diffusion_sampler: str = "ddim"  # the baseline's: ddim or dpm++ (guidance: cfg_scale above)
-    diffusion_steps: int = 25
+    # overrides of the model's recorded sampling settings: the generator's ar_model.SampleConfig fields
+    # (cfg_scale, temperature, top_k, top_p), the baseline's baseline.DiffusionSampleConfig (sampler, steps, cfg_scale)
+    sampling: dict = field(default_factory=dict)
     batch_size: int = 64
     fid: bool = True
     fid_images: int = 500  # Fréchet distance is biased at small N: compare runs at the same N only
@@ -73,16 +71,16 @@ class EvalConfig:
     def __post_init__(self):
         self.suites = list(dict.fromkeys(self.suites or suites.DEFAULT_SUITES))
         if self.model not in MODELS:
-            raise ValueError(f"eval model must be one of {', '.join(MODELS)}, got {self.model!r}")
+            raise EvalConfigError(f"eval model must be one of {', '.join(MODELS)}, got {self.model!r}")
         for name in ("n", "batch_size", "fid_images", "tokenizer_images", "speed_images"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"eval {name} must be >= 1, got {getattr(self, name)!r}")
+                raise EvalConfigError(f"eval {name} must be >= 1, got {getattr(self, name)!r}")
         if self.fid and self.fid_images < 5:
-            raise ValueError(f"eval fid_images must be >= 5 (precision/recall use 3 neighbours), got {self.fid_images}")
+            raise EvalConfigError(f"eval fid_images must be >= 5 (precision/recall use 3 neighbours), got {self.fid_images}")
         if isinstance(self.features, str) and not (
             self.features == "classifier" or (self.features.startswith("inception:") and len(self.features) > 10)
         ):
-            raise ValueError(f"eval features must be 'classifier' or 'inception:PATH', got {self.features!r}")
+            raise EvalConfigError(f"eval features must be 'classifier' or 'inception:PATH', got {self.features!r}")
         suites.get_suites(self.suites)  # unknown suite names fail here, before any work
 
     def to_dict(self) -> dict:
@@ -98,6 +96,7 @@ class EvalResult:
     run: str
     config: dict
     machine: dict
+    sampling: dict  # the settings every image was drawn with (the recorded ones, overridden), seed of batch 0
     suite_version: int
     faithfulness: dict  # faithfulness.FaithfulnessReport.to_dict() over every suite's images
     fid: dict | None
@@ -109,38 +108,17 @@ class EvalResult:
         return asdict(self)
 
 
-def _sample_config(cfg: EvalConfig):
-    if cfg.model == "baseline":
-        from eval.diffusion import DiffusionSampleConfig
-
-        return DiffusionSampleConfig(sampler=cfg.diffusion_sampler, steps=cfg.diffusion_steps,
-                                     cfg_scale=cfg.cfg_scale, seed=cfg.seed)
-    from ar_model import SampleConfig
-
-    return SampleConfig(cfg_scale=cfg.cfg_scale, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                        seed=cfg.seed)
-
-
-def _run_data(run_dir: Path, model: str) -> dict:
-    """The data config (object counts) the run's generator or baseline was trained with, when there is one."""
-    path = run_dir / f"{model}_stage.json"
-    return json.loads(path.read_text()).get("data", {}) if path.is_file() else {}
-
-
 def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out_dir: str | Path | None = None) -> EvalResult:
     """Evaluate the trained run in `run_dir`; write result.json, report.md and grids/ to out_dir (default run/eval)."""
-    from eval.grids import save_grid
-    from eval.speed import machine_info, measure_sampling
-    from tessera.pipeline import BaselinePipeline, Pipeline
-
     cfg = cfg or EvalConfig()
-    run_dir = Path(run_dir)
-    out = Path(out_dir) if out_dir else run_dir / ("eval" if cfg.model == "generator" else "eval-baseline")
-    pipe = (Pipeline if cfg.model == "generator" else BaselinePipeline).from_run(run_dir, device=cfg.device)
-    sc = _sample_config(cfg)
+    run = Run(run_dir)
+    out = Path(out_dir) if out_dir else run.eval_dir(cfg.model)
+    pipe = open_sampler(run, cfg.model, device=cfg.device, progress=cfg.progress)
+    sc = pipe.settings(**{**cfg.sampling, "seed": cfg.seed})
+    measure_tokenizer = cfg.tokenizer and pipe.tokenizer is not None  # a pixel-space sampler has no tokenizer
     seconds: dict[str, float] = {}
     features = None
-    if cfg.fid or (cfg.tokenizer and cfg.model == "generator"):  # first: a bad weights file fails before sampling
+    if cfg.fid or measure_tokenizer:  # first: a bad weights file fails before sampling
         from eval.fid import resolve_features
 
         t = time.perf_counter()
@@ -149,29 +127,19 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out_dir: st
 
     # ---- faithfulness, suite by suite
     t = time.perf_counter()
-    specs, images, sample_index = [], [], []
-    for name, prompts in suites.get_suites(cfg.suites).items():
-        log.info("eval: suite %s, %d prompts x %d samples", name, len(prompts), cfg.n)
-        result = pipe.sample([p.text for p in prompts], n=cfg.n, sc=sc, batch_size=cfg.batch_size,
-                             progress=cfg.progress)
-        specs += [p for p in prompts for _ in range(cfg.n)]
-        images += list(result.images)
-        sample_index += [i % cfg.n for i in range(len(result.images))]
-    verdicts = faithfulness.score_all(images, specs)
-    report = faithfulness.aggregate(verdicts, specs, sample_index)
+    report, grids = _faithfulness(pipe, cfg, sc, out)
     seconds["faithfulness"] = time.perf_counter() - t
-    grids = _save_grids(out / "grids", images, specs, verdicts, sample_index, save_grid)
 
     # ---- FID on generated vs rendered scenes
     fid = None
     if cfg.fid:
         t = time.perf_counter()
-        fid = _generation_fid(pipe, cfg, sc, features, _run_data(run_dir, cfg.model))
+        fid = _generation_fid(pipe, cfg, sc, features, run.recorded_data(cfg.model))
         seconds["fid"] = time.perf_counter() - t
 
     # ---- tokenizer
     tok = None
-    if cfg.tokenizer and cfg.model == "generator":  # the baseline has no tokenizer: it works in pixels
+    if measure_tokenizer:
         from eval.tokenizer_metrics import evaluate_tokenizer, heldout_images
 
         t = time.perf_counter()
@@ -183,22 +151,40 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out_dir: st
     # ---- speed
     speed = None
     if cfg.speed:
+        from eval.speed import measure_sampling
+
         t = time.perf_counter()
-        setting = (f"{cfg.diffusion_sampler} {cfg.diffusion_steps} steps" if cfg.model == "baseline"
-                   else "kv cache on")
         speed = measure_sampling(pipe, [p.text for p in suites.get_suites(["position"])["position"]],
-                                 {setting: sc}, cfg.speed_batch_sizes, cfg.speed_images).to_dict()
+                                 {pipe.describe(sc): sc}, cfg.speed_batch_sizes, cfg.speed_images).to_dict()
         seconds["speed"] = time.perf_counter() - t
 
+    from eval.speed import machine_info
+
     result = EvalResult(
-        version=RESULT_VERSION, run=str(run_dir), config=cfg.to_dict(), machine=machine_info(pipe.device),
-        suite_version=suites.SUITE_VERSION, faithfulness=report.to_dict(), fid=fid, tokenizer=tok, speed=speed,
-        seconds={k: round(v, 1) for k, v in seconds.items()},
+        version=RESULT_VERSION, run=str(run.root), config=cfg.to_dict(), machine=machine_info(pipe.device),
+        sampling=asdict(sc), suite_version=suites.SUITE_VERSION, faithfulness=report.to_dict(), fid=fid,
+        tokenizer=tok, speed=speed, seconds={k: round(v, 1) for k, v in seconds.items()},
     )
-    out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "result.json", json.dumps(result.to_dict(), indent=2) + "\n")
-    _write_atomic(out / "report.md", render_markdown(result, report, grids))
+    write_atomic(out / "result.json", json.dumps(result.to_dict(), indent=2) + "\n")
+    write_atomic(out / "report.md", render_markdown(result, report, grids))
     return result
+
+
+def _faithfulness(pipe: Any, cfg: EvalConfig, sc: Any, out: Path) -> tuple[faithfulness.FaithfulnessReport, dict]:
+    """Every suite sampled on its own (same seed), scored, aggregated; grids of good and failed samples."""
+    from pipelines import save_grid
+
+    specs, images, sample_index = [], [], []
+    for name, prompts in suites.get_suites(cfg.suites).items():
+        log.info("eval: suite %s, %d prompts x %d samples", name, len(prompts), cfg.n)
+        result = pipe.sample([p.text for p in prompts], n=cfg.n, settings=sc, batch_size=cfg.batch_size,
+                             progress=cfg.progress)
+        specs += [p for p in prompts for _ in range(cfg.n)]
+        images += list(result.images)
+        sample_index += [i % cfg.n for i in range(len(result.images))]
+    verdicts = faithfulness.score_all(images, specs)
+    report = faithfulness.aggregate(verdicts, specs, sample_index)
+    return report, _save_grids(out / "grids", images, specs, verdicts, sample_index, save_grid)
 
 
 def _generation_fid(pipe: Any, cfg: EvalConfig, sc: Any, features: Any, data: dict) -> dict:
@@ -214,15 +200,9 @@ def _generation_fid(pipe: Any, cfg: EvalConfig, sc: Any, features: Any, data: di
         min_objects=data.get("min_objects", 1), count_weights=data.get("count_weights"),
     )
     real = shapes.render_batch(scenes, pipe.resolution)
-    fake = pipe.sample([shapes.describe(s) for s in scenes], n=1, sc=sc, batch_size=cfg.batch_size,
+    fake = pipe.sample([shapes.describe(s) for s in scenes], n=1, settings=sc, batch_size=cfg.batch_size,
                        progress=cfg.progress).images
     return quality_metrics(real, fake, features).to_dict()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _save_grids(out: Path, images: list, specs: list, verdicts: list, sample_index: list,
@@ -254,10 +234,8 @@ def render_markdown(result: EvalResult, report: faithfulness.FaithfulnessReport,
         f"# Evaluation of {result.run} ({c['model']})",
         "",
         f"- machine: {describe_machine(result.machine)}; torch {result.machine['torch']}",
-        (f"- sampling: guidance {c['cfg_scale']:g}, temperature {c['temperature']:g}, top-k {c['top_k']}, "
-         f"top-p {c['top_p']:g}, seed {c['seed']}, {c['n']} samples per prompt" if c["model"] == "generator" else
-         f"- sampling: {c['diffusion_sampler']}, {c['diffusion_steps']} steps, guidance {c['cfg_scale']:g}, "
-         f"seed {c['seed']}, {c['n']} samples per prompt"),
+        "- sampling: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in result.sampling.items())
+        + f"; {c['n']} samples per prompt",
         f"- suites (version {result.suite_version}): {', '.join(c['suites'])}",
         f"- seconds: " + ", ".join(f"{k} {v:g}" for k, v in result.seconds.items()),
         "",

@@ -93,8 +93,8 @@ def measure_sampling(
     pipe: Any, prompts: Sequence[str], settings: dict[str, Any], batch_sizes: Sequence[int] = (1, 32),
     images: int = 32,
 ) -> SpeedReport:
-    """Time `pipe` (tessera.pipeline's Pipeline or BaselinePipeline) sampling `images` images (whole
-    batches) with each named sample config of `settings`, at each batch size.
+    """Time `pipe` (a `pipelines.ImageSampler`: `ARPipeline` or `DiffusionPipeline`) sampling `images`
+    images (whole batches) with each named sample config of `settings`, at each batch size.
 
     Settings run interleaved in one process, so ratios between them share the machine's state.
     All settings should share one guidance scale (the report states the first's).
@@ -109,13 +109,13 @@ def measure_sampling(
         batches = max(1, -(-images // bs))
         texts = [prompts[i % len(prompts)] for i in range(bs)]
         for name, sc in settings.items():
-            pipe.sample(texts, n=1, sc=sc, batch_size=bs)  # warm-up: allocator, kernels, caches
+            pipe.sample(texts, n=1, settings=sc, batch_size=bs)  # warm-up: allocator, kernels, caches
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             sync()
             t = time.perf_counter()
             for b in range(batches):
-                pipe.sample(texts, n=1, sc=dataclasses.replace(sc, seed=b), batch_size=bs)
+                pipe.sample(texts, n=1, settings=dataclasses.replace(sc, seed=b), batch_size=bs)
             sync()
             dt = time.perf_counter() - t
             n, steps = batches * bs, pipe.steps_per_image(sc)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from eval.diffusion import (
+from baseline import (
     SAMPLERS,
     BaselineError,
     DiffusionBaseline,
@@ -154,7 +154,7 @@ def test_samplers_read_the_prediction_type(kind, sampler):
 
 
 def test_min_snr_weights_cap_the_clean_timesteps():
-    from eval.diffusion import min_snr_weights
+    from baseline import min_snr_weights
 
     for kind in PREDICTIONS:
         sched = train_scheduler(DiffusionConfig(**TINY, prediction_type=kind))

@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import dist_toy  # noqa: E402
 from tiny import GEN, TOK, set_args  # noqa: E402
 
-from train.loop import TrainConfigError, train_loop  # noqa: E402
+from train.errors import TrainConfigError  # noqa
+from train.loop import train_loop  # noqa: E402
 
 SCRIPT = Path(__file__).parent / "dist_toy.py"
 

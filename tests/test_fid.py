@@ -18,10 +18,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 import eval.fid as fid
+from eval.errors import FeaturesError, FeaturesUnavailableError
 from eval.fid import (
     ClassifierConfig,
     Features,
-    FeaturesUnavailableError,
     frechet_distance,
     kid,
     precision_recall,
@@ -29,7 +29,6 @@ from eval.fid import (
     resolve_features,
 )
 from train.data import shapes
-from vqtok.errors import CheckpointError
 
 TINY = ClassifierConfig(steps=3, batch_size=8, width=4, feature_dim=8)  # trains in well under a second
 
@@ -247,28 +246,28 @@ def test_load_classifier_errors_name_the_file(cache, tiny_features, tmp_path):
 
     d = broken("garbage-weights")
     (d / "model.safetensors").write_bytes(b"not safetensors at all")
-    with pytest.raises(CheckpointError, match="model.safetensors"):
+    with pytest.raises(FeaturesError, match="model.safetensors"):
         fid.load_classifier(d)
     d = broken("no-weights")
     (d / "model.safetensors").unlink()
-    with pytest.raises(CheckpointError, match="model.safetensors is missing"):
+    with pytest.raises(FeaturesError, match="model.safetensors is missing"):
         fid.load_classifier(d)
     d = broken("no-config")
     (d / "config.json").unlink()
-    with pytest.raises(CheckpointError, match="config.json is missing"):
+    with pytest.raises(FeaturesError, match="config.json is missing"):
         fid.load_classifier(d)
     for name, edit, message in [("old", {"version": 0}, "version 0"), ("foreign", {"format": "x"}, "not a shapes"),
                                 ("bad-config", {"config": {"nope": 1}}, "invalid")]:
         d = broken(name)
         meta = json.loads((d / "config.json").read_text())
         (d / "config.json").write_text(json.dumps({**meta, **edit}))
-        with pytest.raises(CheckpointError, match=message):
+        with pytest.raises(FeaturesError, match=message):
             fid.load_classifier(d)
     d = broken("wrong-shapes")
     meta = json.loads((d / "config.json").read_text())
     meta["config"]["width"] = 8  # weights saved for width 4
     (d / "config.json").write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match="model.safetensors"):
+    with pytest.raises(FeaturesError, match="model.safetensors"):
         fid.load_classifier(d)
 
 

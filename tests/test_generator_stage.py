@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -15,7 +16,7 @@ from tessera.cli import main
 from tiny import GEN, TOK, set_args
 from train.data import shapes
 from train.generator_stage import GeneratorTask, preset_config
-from train.loop import TrainConfigError
+from train.errors import TrainConfigError
 from train.pretokenize import check_manifest, load_codes, pretokenize, read_manifest
 from vqtok import VQConfig, VQTokenizer, load_tokenizer, save_tokenizer
 
@@ -163,3 +164,38 @@ def test_faithfulness_sweep_benchmark_scores_each_setting(run, tmp_path, capsys)
     assert "| 2 | 1 | 5 |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="CFG:TEMPERATURE:TOPK"):
         bench.main(["--run", str(run), "--setting", "3"])
+
+
+def test_sampling_settings_are_recorded_with_the_generator_and_read_by_sample(run, tmp_path):
+    from ar_model import SampleConfig
+    from pipelines import ImageSampler, open_sampler
+
+    recorded = json.loads((run / "generator" / "tessera_sampling.json").read_text())
+    assert recorded == {k: v for k, v in SampleConfig().to_dict().items() if k != "seed"}
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "generator" / "tessera_sampling.json").write_text(json.dumps({"cfg_scale": 2.0, "top_k": 5}))
+    pipe = open_sampler(copy, "generator", device="cpu")
+    assert isinstance(pipe, ImageSampler) and pipe.settings().cfg_scale == 2.0
+    assert main(["sample", "--run", str(copy), "--prompt", "a red circle", "--n", "1", "--out", str(tmp_path / "a")]) == 0
+    used = json.loads(Image.open(tmp_path / "a" / "a-red-circle_000.png").text["tessera"])
+    assert (used["cfg_scale"], used["top_k"], used["temperature"]) == (2.0, 5, SampleConfig().temperature)
+    # a flag overrides the recorded value, zero included
+    assert main(["sample", "--run", str(copy), "--prompt", "a red circle", "--n", "1", "--top-k", "0",
+                 "--temperature", "0", "--out", str(tmp_path / "b")]) == 0
+    used = json.loads(Image.open(tmp_path / "b" / "a-red-circle_000.png").text["tessera"])
+    assert (used["cfg_scale"], used["top_k"], used["temperature"]) == (2.0, 0, 0.0)
+
+
+def test_the_sample_section_is_checked_and_may_change_on_resume(tmp_path):
+    from ar_model import ConfigError
+    from train.config import check_run_config
+
+    cfg = preset_config("cpu")
+    assert cfg.override({"sample.cfg_scale": 3}).recommended_sampling().cfg_scale == 3
+    with pytest.raises(ConfigError, match="guidance"):
+        cfg.override({"sample.guidance": 3})
+    check_run_config(tmp_path, cfg)
+    check_run_config(tmp_path, cfg.override({"sample.temperature": 1.0}))  # not part of what trains
+    with pytest.raises(TrainConfigError, match="data.text_len"):
+        check_run_config(tmp_path, cfg.override({"data.text_len": 20}))

@@ -5,16 +5,12 @@ import json
 import pytest
 import torch
 
-from train.checkpoint import ResumeError, latest_checkpoint
-from train.loop import (
-    LoopConfig,
-    LossOutput,
-    TrainConfigError,
-    config_from_dict,
-    steps_for_seconds,
-    train_loop,
-    uses_bf16,
-)
+from train.checkpoint import latest_checkpoint
+from train.errors import ResumeError
+from train.config import config_from_dict
+from train.errors import TrainConfigError
+from train.loop import LoopConfig, LossOutput, steps_for_seconds, train_loop
+from train.precision import uses_bf16
 
 
 class ToyTask:

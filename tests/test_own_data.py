@@ -20,10 +20,11 @@ from train.data import own, shapes
 import tiny
 from tiny import set_args
 from train.data.images import to_rgb
+from train.errors import TrainConfigError
 from train.generator_stage import GeneratorStageConfig, prepare_codes, preset_config
-from train.loop import TrainConfigError
 from train.pretokenize import load_codes, read_manifest
-from train.tokenizer_stage import check_run_config, train_tokenizer
+from train.config import check_run_config
+from train.tokenizer_stage import train_tokenizer
 from train.tokenizer_stage import preset_config as tokenizer_preset
 
 torch.set_num_threads(1)
@@ -155,7 +156,7 @@ def test_killed_tokenize_resumes_from_its_last_shard(images, tok_dir, reference,
     run = tmp_path / "run"
     args = ["tokenize", "--run", str(run), "--tokenizer", str(tok_dir), "--no-progress",
             *set_args({**GEN, "data.source": str(images), "data.shard_size": 5})]  # 13 rows: shards of 5, 5, 3
-    encode_shard = pretokenize._encode_shard
+    encode_shard = pretokenize.encode_shard
     encoded, kill = [], [True]
 
     def killed_in_second_shard(ds, *a, **kw):
@@ -164,7 +165,7 @@ def test_killed_tokenize_resumes_from_its_last_shard(images, tok_dir, reference,
             raise KeyboardInterrupt
         return encode_shard(ds, *a, **kw)
 
-    monkeypatch.setattr(pretokenize, "_encode_shard", killed_in_second_shard)
+    monkeypatch.setattr(pretokenize, "encode_shard", killed_in_second_shard)
     assert main(args) == 130
     partial = run / "codes.partial"
     assert sorted(p.name for p in partial.iterdir()) == ["shard-00000", pretokenize.PARTIAL_MANIFEST]
@@ -227,12 +228,12 @@ def test_to_rgb_centre_crops_the_shorter_side_then_resizes():
 def test_runs_recorded_before_the_own_data_settings_still_resume(tmp_path):
     cfg = gen_cfg()
     old = json.loads(json.dumps(cfg.to_dict()))
-    for key in ("image_column", "text_column", "shard_size"):  # settings a run from before issue 6 lacks
+    for key in ("image_column", "text_column", "shard_size"):  # added with own data: older runs lack them
         del old["data"][key]
     (tmp_path / "generator_stage.json").write_text(json.dumps(old))
-    check_run_config(tmp_path, cfg, name="generator_stage.json")  # missing settings count as their defaults
+    check_run_config(tmp_path, cfg)  # missing settings count as their defaults
     with pytest.raises(TrainConfigError, match="data.text_column"):
-        check_run_config(tmp_path, cfg.override({"data.text_column": "caption"}), name="generator_stage.json")
+        check_run_config(tmp_path, cfg.override({"data.text_column": "caption"}))
 
 
 def test_tokenize_has_help(capsys):

@@ -12,7 +12,8 @@ from PIL import Image
 
 from tessera.cli import main
 from train.data import shapes
-from train.loop import TrainConfigError, train_loop
+from train.errors import TrainConfigError
+from train.loop import train_loop
 from train.tokenizer_stage import TokenizerStageConfig, TokenizerTask, preset_config, train_tokenizer
 from vqtok import load_tokenizer
 

@@ -13,7 +13,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import dist_toy  # noqa: E402
 from tiny import GEN, TOK, set_args  # noqa: E402
 
-from train.loop import LoopConfig, TrainConfigError, train_loop  # noqa: E402
+from train.errors import TrainConfigError  # noqa
+from train.loop import LoopConfig, train_loop  # noqa: E402
 
 
 class PreviewToy(dist_toy.ToyTask):
@@ -116,7 +117,8 @@ def test_compile_flag_trains_the_same_model(tmp_path):
 
 
 def test_a_resume_may_change_execution_settings_and_the_batch_split_not_the_global_batch(tmp_path):
-    from train.tokenizer_stage import check_run_config, preset_config
+    from train.config import check_run_config
+    from train.tokenizer_stage import preset_config
 
     cfg = preset_config("cpu").override({"loop.batch_size": 8, "loop.grad_accum": 2})
     check_run_config(tmp_path, cfg)

@@ -1,7 +1,7 @@
 """Invariants of the VQ tokenizer on tiny models, on the CPU.
 
-encode shapes / ranges, codes -> latent == forward's quantized latent (the
-vector-quantize-pytorch image-fmap pitfall), one batch overfits, save/load
+encode shapes / ranges, codes -> latent == forward's quantized latent (what
+vector-quantize-pytorch gets wrong for image feature maps), one batch overfits, save/load
 reproduces codes and images, clear errors, and the single-optimizer gradient
 routing of TokenizerLoss.
 """
@@ -87,11 +87,13 @@ def trained_a_little(quantizer: str, steps: int = 5) -> tuple[VQTokenizer, torch
 
 
 def test_vqtok_imports_no_other_package():
-    # vqtok is a library a notebook can use alone (DESIGN.md): no train / eval / ar_model / tessera
+    # vqtok is a library a notebook can use alone, the lowest layer: it imports none of Tessera's other
+    # packages (ar_model, baseline, pipelines, train, eval, tessera) nor their heavy dependencies
     code = (
         "import sys, vqtok; "
         "bad = sorted({m.split('.')[0] for m in sys.modules} & "
-        "{'train', 'eval', 'ar_model', 'tessera', 'transformers', 'diffusers', 'datasets', 'wandb'}); "
+        "{'train', 'eval', 'ar_model', 'baseline', 'pipelines', 'tessera', 'transformers', 'diffusers', "
+        "'datasets', 'wandb'}); "
         "print(','.join(bad))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -173,7 +175,8 @@ def test_encode_decode_shapes(quantizer):
 @pytest.mark.parametrize("quantizer", QUANTIZERS)
 def test_codes_roundtrip_equals_forward(quantizer):
     # decode(codes) must equal decoding the forward pass's quantized latent
-    # (PITFALLS: VectorQuantize with image fmaps and codebook_dim != dim gets this wrong)
+    # (vector-quantize-pytorch's VectorQuantize.get_output_from_indices projects along the wrong axis
+    # with accept_image_fmap=True and codebook_dim != dim; Quantizer feeds (B, h*w, D) sequences to avoid it)
     model, x = trained_a_little(quantizer)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():

@@ -36,12 +36,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from train.errors import ResumeError
+
 FORMAT = "tessera.train_state"
 VERSION = 1
-
-
-class ResumeError(RuntimeError):
-    """A checkpoint exists but cannot be resumed (foreign, other version, mismatched)."""
 
 
 class CheckpointData(NamedTuple):

@@ -4,7 +4,7 @@
     run/baseline_stage.json  the stage config (a resumed run must keep it)
     run/state/baseline/      the shared loop's checkpoints (resume)
     run/metrics/baseline.jsonl
-    run/baseline/            the exported model (eval.diffusion) + its text tokenizer
+    run/baseline/            the exported model (baseline) + its text tokenizer
 
 The data section is the generator stage's (`GeneratorDataConfig`): the same scenes,
 captions and text length by default, so the two models see the same examples and the
@@ -15,7 +15,6 @@ empty caption or an unreadable image are skipped, named and counted (`baseline_d
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,46 +23,46 @@ from typing import Any, NamedTuple
 import torch
 
 from ar_model import SequenceLayout, condition_dropout, encode_text
-from eval.diffusion import DiffusionBaseline, DiffusionConfig, diffusion_loss, save_baseline, train_scheduler
-from train import distributed
-from train.data.images import decode_rows, image_name, undecoded
-from train.generator_stage import GeneratorDataConfig, prepare_text_tokenizer, training_rows
-from train.loop import (
-    EpochOrder,
-    LoopConfig,
-    LossOutput,
-    TrainConfigError,
-    config_from_dict,
-    override_sections,
-    resolve_device,
-    steps_for_seconds,
-    train_loop,
+from baseline import (
+    DiffusionBaseline,
+    DiffusionConfig,
+    DiffusionSampleConfig,
+    diffusion_loss,
+    save_baseline,
+    train_scheduler,
 )
-from train.tokenizer_stage import check_run_config
+from pipelines import Run, resolve_device, sampling_file
+from train import distributed
+from train.config import StageConfig, check_run_config, preset
+from train.data.images import decode_rows, image_name, undecoded
+from train.errors import TrainConfigError
+from train.generator_stage import GeneratorDataConfig, prepare_text_tokenizer, training_rows
+from train.loop import EpochOrder, LoopConfig, LossOutput, steps_for_seconds, train_loop
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class BaselineStageConfig:
+class BaselineStageConfig(StageConfig):
+    STAGE = "baseline"
+    OPEN_SECTIONS = ("model", "sample")
+    FREE_SECTIONS = ("sample",)  # what sampling to recommend does not change training: a resume may change it
+
     model: dict = field(default_factory=dict)  # DiffusionConfig fields but the text ones (set from the tokenizer)
     loop: LoopConfig = field(default_factory=LoopConfig)
     data: GeneratorDataConfig = field(default_factory=GeneratorDataConfig)
+    # the sampling settings recorded with the trained baseline (RUN/baseline/tessera_sampling.json):
+    # baseline.DiffusionSampleConfig fields, its defaults where unset
+    sample: dict = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
-        return {"model": dict(self.model), "loop": self.loop.to_dict(), "data": asdict(self.data)}
+    def __post_init__(self):
+        self.recommended_sampling()  # a bad sample.* setting fails here, before any work
 
-    @classmethod
-    def from_dict(cls, d: dict) -> BaselineStageConfig:
-        unknown = sorted(set(d) - {"model", "loop", "data"})
-        if unknown:
-            raise TrainConfigError(f"unknown baseline-stage section {unknown[0]!r} (known: data, loop, model)")
-        return cls(model=dict(d.get("model", {})), loop=config_from_dict(LoopConfig, d.get("loop", {}), "loop"),
-                   data=config_from_dict(GeneratorDataConfig, d.get("data", {}), "data"))
-
-    def override(self, assignments: dict[str, object]) -> BaselineStageConfig:
-        d = override_sections(self.to_dict(), assignments, open_sections=("model",))
-        return BaselineStageConfig.from_dict(d)
+    def recommended_sampling(self) -> DiffusionSampleConfig:
+        try:
+            return DiffusionSampleConfig(**self.sample)
+        except TypeError as e:
+            raise TrainConfigError(f"sample: {e}") from None
 
     def diffusion_config(self, layout: SequenceLayout) -> DiffusionConfig:
         taken = {"text_vocab", "pad_id", "text_len"} & set(self.model)
@@ -109,9 +108,7 @@ PRESETS: dict[str, dict] = {
 
 
 def preset_config(name: str) -> BaselineStageConfig:
-    if name not in PRESETS:
-        raise TrainConfigError(f"unknown baseline preset {name!r} (known: {', '.join(PRESETS)})")
-    return BaselineStageConfig.from_dict(PRESETS[name])
+    return preset(BaselineStageConfig, PRESETS, name)
 
 
 def text_layout(text_tok: Any, text_len: int) -> SequenceLayout:
@@ -198,23 +195,23 @@ def train_baseline(cfg: BaselineStageConfig, run_dir: str | Path, seconds: float
     machine (train.loop.steps_for_seconds, measured before training; the lr schedule follows it);
     a resumed run keeps the count its stage config recorded.
     """
-    run_dir = Path(run_dir)
+    run = Run(run_dir)
     world = distributed.init(resolve_device(cfg.loop.device).type)  # under torchrun: join the group first
     if seconds is not None and world.distributed:
         raise TrainConfigError("a wall-clock budget (seconds=) is measured in one process; give loop.steps instead")
-    recorded = run_dir / "baseline_stage.json"
-    if seconds is not None and recorded.is_file():
-        cfg = cfg.override({"loop.steps": json.loads(recorded.read_text())["loop"]["steps"]})
+    recorded = run.recorded_config("baseline")
+    if seconds is not None and recorded is not None:
+        cfg = cfg.override({"loop.steps": recorded["loop"]["steps"]})
         seconds = None
     if seconds is None:
-        check_run_config(run_dir, cfg, name="baseline_stage.json")
+        check_run_config(run, cfg)
     resolution = int(cfg.model.get("resolution", 24))
     rows = training_rows(cfg, resolution)  # the generator stage's scenes and captions
     # every row's caption, as the generator stage trains it: the shared tokenizer is the same whichever stage runs first
     if world.main:  # process 0 makes the text tokenizer (when the generator stage has not); the others read it
-        prepare_text_tokenizer(cfg, run_dir, rows["text"])
+        prepare_text_tokenizer(cfg, run, rows["text"])
     distributed.barrier()
-    text_tok = prepare_text_tokenizer(cfg, run_dir, rows["text"])
+    text_tok = prepare_text_tokenizer(cfg, run, rows["text"])
     layout = text_layout(text_tok, cfg.data.text_len)
     dcfg = cfg.diffusion_config(layout)
     data = baseline_data(rows, resolution, text_tok, layout, progress=cfg.loop.progress)  # aligned, bad rows skipped
@@ -223,15 +220,16 @@ def train_baseline(cfg: BaselineStageConfig, run_dir: str | Path, seconds: float
     if seconds is not None:
         steps = steps_for_seconds(task, cfg.loop, seconds)
         cfg = cfg.override({"loop.steps": steps, "loop.warmup_steps": min(cfg.loop.warmup_steps, steps // 10)})
-        check_run_config(run_dir, cfg, name="baseline_stage.json")
+        check_run_config(run, cfg)
         log.info("baseline: %d steps for a budget of %.0f s", steps, seconds)
     log.info("baseline: %d parameters, %d training images at %d px", sum(p.numel() for p in task.model.parameters()),
              len(images), resolution)
-    result = train_loop(task, cfg.loop, run_dir, desc="baseline", stage="baseline")
+    result = train_loop(task, cfg.loop, run, desc="baseline", stage="baseline")
     log.info("baseline: %d steps in %.1fs (resumed from %d)", result.step, result.seconds, result.resumed_from)
-    out = run_dir / "baseline"
+    out = run.baseline
     if world.main:
-        save_baseline(task.model.eval(), out, text_tokenizer=text_tok)
+        recommended = {k: v for k, v in asdict(cfg.recommended_sampling()).items() if k != "seed"}
+        save_baseline(task.model.eval(), out, text_tokenizer=text_tok, extra_files=sampling_file(recommended))
     distributed.barrier()  # the exported baseline is on disk before any process reads it
     return out
 

@@ -29,6 +29,7 @@ import torch
 
 from ar_model import (
     GeneratorConfig,
+    SampleConfig,
     SequenceLayout,
     build_model,
     condition_dropout,
@@ -40,18 +41,11 @@ from ar_model import (
 from ar_model.layout import build_sequences
 from train import distributed
 from train.data import own, shapes
-from train.loop import (
-    EpochOrder,
-    LoopConfig,
-    LossOutput,
-    TrainConfigError,
-    config_from_dict,
-    override_sections,
-    resolve_device,
-    train_loop,
-)
+from pipelines import Run, resolve_device, sampling_file
+from train.config import StageConfig, check_run_config, preset
+from train.errors import TrainConfigError
+from train.loop import EpochOrder, LoopConfig, LossOutput, train_loop
 from train.pretokenize import SHARD_SIZE, check_devices, check_manifest, load_codes, pretokenize, read_manifest
-from train.tokenizer_stage import check_run_config
 from vqtok import load_tokenizer, read_tokenizer_config
 
 log = logging.getLogger(__name__)
@@ -98,34 +92,27 @@ class GeneratorDataConfig:
 
 
 @dataclass
-class GeneratorStageConfig:
+class GeneratorStageConfig(StageConfig):
+    STAGE = "generator"
+    OPEN_SECTIONS = ("model", "sample")
+    FREE_SECTIONS = ("sample",)  # what sampling to recommend does not change training: a resume may change it
+
     # size names a preset of ar_model.SIZES; any other GeneratorConfig field overrides it
     model: dict = field(default_factory=lambda: {"size": "tiny"})
     loop: LoopConfig = field(default_factory=LoopConfig)
     data: GeneratorDataConfig = field(default_factory=GeneratorDataConfig)
+    # the sampling settings recorded with the trained generator (RUN/generator/tessera_sampling.json), which
+    # `tessera sample`, `eval`, `bench`, the demo and the notebook start from: ar_model.SampleConfig fields,
+    # its defaults where unset
+    sample: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if not isinstance(self.model, dict) or "size" not in self.model:
             raise TrainConfigError(f"model must be a mapping with a 'size' key, got {self.model!r}")
+        self.recommended_sampling()  # a bad sample.* setting fails here, before any work
 
-    def to_dict(self) -> dict:
-        return {"model": dict(self.model), "loop": self.loop.to_dict(), "data": asdict(self.data)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "GeneratorStageConfig":
-        unknown = sorted(set(d) - {"model", "loop", "data"})
-        if unknown:
-            raise TrainConfigError(f"unknown generator-stage section {unknown[0]!r} (known: data, loop, model)")
-        return cls(
-            model=dict(d.get("model", {"size": "tiny"})),
-            loop=config_from_dict(LoopConfig, d.get("loop", {}), "loop"),
-            data=config_from_dict(GeneratorDataConfig, d.get("data", {}), "data"),
-        )
-
-    def override(self, assignments: dict[str, object]) -> "GeneratorStageConfig":
-        """A copy with dotted keys replaced, e.g. {"model.size": "S", "loop.lr": 1e-3}."""
-        d = override_sections(self.to_dict(), assignments, open_sections=("model",))
-        return GeneratorStageConfig.from_dict(d)
+    def recommended_sampling(self) -> SampleConfig:
+        return SampleConfig.from_dict(self.sample)
 
     def generator_config(self, layout: SequenceLayout) -> GeneratorConfig:
         opts = dict(self.model)
@@ -162,9 +149,7 @@ PRESETS: dict[str, dict] = {
 
 
 def preset_config(name: str) -> GeneratorStageConfig:
-    if name not in PRESETS:
-        raise TrainConfigError(f"unknown generator preset {name!r} (known: {', '.join(PRESETS)})")
-    return GeneratorStageConfig.from_dict(PRESETS[name])
+    return preset(GeneratorStageConfig, PRESETS, name)
 
 
 class GeneratorTask:
@@ -197,16 +182,17 @@ class GeneratorTask:
     # sample grids during training (loop.sample_every): set by train_generator when asked for
     preview_decoder: Any = None  # the VQ tokenizer, to turn codes into pixels
     preview_text: Any = None  # the text tokenizer, to print the captions
+    preview_sampling: SampleConfig = SampleConfig()  # the stage's recommended settings (seeded by step)
 
     def preview(self, step: int, prompts: int = 4, per_prompt: int = 4) -> tuple[np.ndarray, list[str]]:
-        """`per_prompt` samples for each of `prompts` fixed training captions (guidance 1.5, seeded by step)."""
-        from ar_model import SampleConfig, generate
+        """`per_prompt` samples for each of `prompts` fixed training captions (the recommended settings)."""
+        from ar_model import generate
         from vqtok import tensor_to_images
 
         idx = torch.arange(prompts) * max(1, len(self.text_ids) // prompts)  # the same captions every time
         text = self.text_ids[idx].long().repeat_interleave(per_prompt, dim=0)  # (P * n, T)
         device = next(self.model.parameters()).device
-        codes = generate(self.model, self.layout, text.to(device), SampleConfig(cfg_scale=1.5, seed=step))  # (P*n, h, w)
+        codes = generate(self.model, self.layout, text.to(device), self.preview_sampling.replace(seed=step))  # (P*n, h, w)
         with torch.inference_mode():
             images = tensor_to_images(self.preview_decoder.decode(codes.to(next(self.preview_decoder.parameters()).device)))
         captions = [self.preview_text.decode(t.tolist(), skip_special_tokens=True) for t in text]
@@ -236,9 +222,9 @@ def data_source(data: GeneratorDataConfig) -> dict:
             **({"count_weights": data.count_weights} if data.count_weights is not None else {})}
 
 
-def prepare_text_tokenizer(cfg: GeneratorStageConfig, run_dir: Path, captions: Any) -> Any:
+def prepare_text_tokenizer(cfg: GeneratorStageConfig, run: Run, captions: Any) -> Any:
     """The run's text tokenizer: made once (trained, or copied from data.text_tokenizer), then reloaded."""
-    path = run_dir / "text_tokenizer"
+    path = (run if isinstance(run, Run) else Run(run)).text_tokenizer
     if not path.is_dir():
         if cfg.data.text_tokenizer:
             tok = load_text_tokenizer(cfg.data.text_tokenizer)
@@ -255,6 +241,7 @@ class PreparedCodes(NamedTuple):
     codes_dir: Path  # the pre-tokenized Arrow directory (train.pretokenize)
     text_tokenizer: Any  # the run's text tokenizer, which made the text ids
     layout: SequenceLayout  # the sequence layout the codes were checked against
+    manifest: Any  # train.pretokenize's manifest of the codes: rows, skipped and truncated counts
 
 
 def prepare_codes(
@@ -267,16 +254,18 @@ def prepare_codes(
     `num_proc` / `devices` spread the encoding over processes and GPUs
     (`train.pretokenize.pretokenize`); existing codes are checked, not redone.
     """
-    run_dir = Path(run_dir)
-    tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir else run_dir / "tokenizer"
+    if num_proc < 1:
+        raise TrainConfigError(f"the number of pre-tokenizing processes must be >= 1, got {num_proc}")
+    run = Run(run_dir)
+    tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir else run.tokenizer
     vq_cfg = read_tokenizer_config(tokenizer_dir)  # a clear error when it is missing or foreign
-    run_dir.mkdir(parents=True, exist_ok=True)
-    codes_dir = run_dir / "codes"
+    run.root.mkdir(parents=True, exist_ok=True)
+    codes_dir = run.codes
     source = data_source(cfg.data)
     rows = None
-    if not (run_dir / "text_tokenizer").is_dir() or not codes_dir.is_dir():
+    if not run.has("text_tokenizer") or not run.has("codes"):
         rows = training_rows(cfg, vq_cfg.resolution)
-    text_tok = prepare_text_tokenizer(cfg, run_dir, rows["text"] if rows is not None else [])
+    text_tok = prepare_text_tokenizer(cfg, run, rows["text"] if rows is not None else [])
     layout = SequenceLayout.for_tokenizer(
         text_tok, codebook_size=vq_cfg.num_codes, grid=(vq_cfg.grid_size, vq_cfg.grid_size), text_len=cfg.data.text_len,
         row_tokens=cfg.data.row_tokens,
@@ -298,8 +287,14 @@ def prepare_codes(
                     batch_size=cfg.data.encode_batch_size, progress=cfg.loop.progress, source=source,
                     shard_size=cfg.data.shard_size, num_proc=num_proc, devices=devices)
         del tokenizer
-    check_manifest(read_manifest(codes_dir), tokenizer_dir, layout, source=source)
-    return PreparedCodes(codes_dir, text_tok, layout)
+    manifest = read_manifest(codes_dir)
+    check_manifest(manifest, tokenizer_dir, layout, source=source)
+    return PreparedCodes(codes_dir, text_tok, layout, manifest)
+
+
+def _recorded(sc: SampleConfig) -> dict:
+    """The settings a run recommends: everything but the seed, which each use chooses."""
+    return {k: v for k, v in sc.to_dict().items() if k != "seed"}
 
 
 def train_generator(cfg: GeneratorStageConfig, run_dir: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
@@ -308,17 +303,17 @@ def train_generator(cfg: GeneratorStageConfig, run_dir: str | Path, tokenizer_di
     The VQ tokenizer is `run_dir/tokenizer` unless `tokenizer_dir` names another.
     Codes made beforehand by `prepare_codes` (`tessera tokenize`) are reused.
     """
-    run_dir = Path(run_dir)
-    tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir else run_dir / "tokenizer"
-    # before check_run_config writes into run_dir: a missing tokenizer is the likelier mistake
+    run = Run(run_dir)
+    tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir else run.tokenizer
+    # before check_run_config writes into the run: a missing tokenizer is the likelier mistake
     read_tokenizer_config(tokenizer_dir)
     world = distributed.init(resolve_device(cfg.loop.device).type)  # under torchrun: join the group first
-    check_run_config(run_dir, cfg, name="generator_stage.json")
+    check_run_config(run, cfg)
     if world.main:  # process 0 makes the text tokenizer and the codes; the others then read them
-        prepared = prepare_codes(cfg, run_dir, tokenizer_dir)
+        prepared = prepare_codes(cfg, run.root, tokenizer_dir)
     distributed.barrier()
     if not world.main:
-        prepared = prepare_codes(cfg, run_dir, tokenizer_dir)  # finds both made: checks and loads them
+        prepared = prepare_codes(cfg, run.root, tokenizer_dir)  # finds both made: checks and loads them
     gcfg = cfg.generator_config(prepared.layout)
     codes, text_ids = load_codes(prepared.codes_dir)
 
@@ -326,13 +321,15 @@ def train_generator(cfg: GeneratorStageConfig, run_dir: str | Path, tokenizer_di
     if cfg.loop.sample_every:
         task.preview_decoder = load_tokenizer(tokenizer_dir, device=str(resolve_device(cfg.loop.device)))
         task.preview_text = prepared.text_tokenizer
+        task.preview_sampling = cfg.recommended_sampling()
     log.info("generator: %s, %d parameters, %d training sequences of %d tokens", gcfg.size,
              sum(p.numel() for p in task.model.parameters()), len(codes), prepared.layout.seq_len)
-    result = train_loop(task, cfg.loop, run_dir, desc="generator", stage="generator")
+    result = train_loop(task, cfg.loop, run, desc="generator", stage="generator")
     log.info("generator: %d steps in %.1fs (resumed from %d)", result.step, result.seconds, result.resumed_from)
-    out = run_dir / "generator"
+    out = run.generator
     if world.main:
-        save_generator(task.model.eval(), gcfg, prepared.text_tokenizer, out)
+        save_generator(task.model.eval(), gcfg, prepared.text_tokenizer, out, progress=cfg.loop.progress,
+                       extra_files=sampling_file(_recorded(cfg.recommended_sampling())))
     distributed.barrier()  # the exported generator is on disk before any process reads it
     return out
 

@@ -1,9 +1,12 @@
-"""The one training loop every stage uses (tokenizer now; generator and baseline later).
+"""The one training loop every stage uses (tokenizer, generator, diffusion baseline).
 
 A stage describes itself as a `Task` (its model, how to build batch `i`, its
-loss); `train_loop` owns everything else: device, bf16 autocast on GPU,
-gradient accumulation, AdamW with warmup + cosine, EMA, a progress bar, the
-metrics jsonl and atomic checkpoints with resume.
+loss); `train_loop` owns everything else: device, precision (train.precision),
+gradient accumulation, AdamW with warmup + cosine, EMA (train.ema), the
+processes' share of the model (train.parallel), a progress bar, the metrics log
+(train.tracking) and atomic checkpoints with resume (train.checkpoint).
+`optimizer_step` is the step body, shared by the loop and by `steps_for_seconds`,
+which times it to fit a run into a wall-clock budget.
 
 Resume is exact: a batch is a pure function of (step, micro-batch index), and
 every RNG is saved with the weights, so a run killed at any point and restarted
@@ -16,65 +19,24 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Protocol
+from typing import Any, Callable, NamedTuple, Protocol, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
+from pipelines import Run, resolve_device, write_atomic
 from train import distributed
-from train.checkpoint import (
-    check_keys,
-    latest_checkpoint,
-    read_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from train.checkpoint import latest_checkpoint, read_checkpoint, rng_state, save_checkpoint, set_rng_state
 from train.distributed import PARALLEL
+from train.ema import EMA
+from train.errors import TrainConfigError
+from train.parallel import ParallelModel, enable_activation_checkpointing
+from train.precision import PRECISIONS, autocast, uses_bf16
 from train.tracking import LOGGERS, Tracker
 
-logger = logging.getLogger(__name__)  # not `log`: train_loop names its metrics file that
-
-
-class TrainConfigError(ValueError):
-    """A training option that does not exist or has a bad value."""
-
-
-def config_from_dict(cls, data: dict, what: str | None = None):
-    """Build dataclass `cls` from `data`, naming any key it does not know."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise TrainConfigError(
-            f"unknown {what or cls.__name__} key {unknown[0]!r} (known: {', '.join(sorted(known))})"
-        )
-    return cls(**data)
-
-
-def override_sections(d: dict, assignments: dict[str, object], open_sections: tuple[str, ...] = ()) -> dict:
-    """Apply {"section.name": value} to a stage's dict of sections, naming any unknown key.
-
-    Sections in `open_sections` accept new names (their validation happens later,
-    e.g. the generator's `model` section is checked by GeneratorConfig).
-    """
-    for key, value in assignments.items():
-        section, _, name = key.partition(".")
-        if section not in d or not name:
-            raise TrainConfigError(
-                f"unknown setting {key!r}: use section.name with section in {', '.join(sorted(d))}"
-            )
-        if name not in d[section] and section not in open_sections:
-            raise TrainConfigError(f"unknown setting {key!r} (known in {section}: {', '.join(sorted(d[section]))})")
-        d[section][name] = value
-    return d
-
-
-PRECISIONS = ("auto", "bf16-native", "fp32", "bf16")
-# how a run executes, not what it computes: a resumed run may change these (and the process count)
-EXECUTION_KEYS = ("device", "precision", "progress", "parallel", "compile", "activation_checkpointing", "log",
-                  "sample_every")
+logger = logging.getLogger(__name__)  # not `log`: LoopConfig has a field of that name
 
 
 @dataclass
@@ -194,12 +156,6 @@ class LoopResult(NamedTuple):
     last_metrics: dict[str, float]
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def lr_lambda(cfg: LoopConfig) -> Callable[[int], float]:
     """Linear warmup, then cosine from 1 down to `min_lr_ratio` at `steps`."""
 
@@ -224,63 +180,49 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-class EMA(torch.nn.Module):
-    """Exponential moving average of a model's parameters; buffers are copied.
 
-    Written here rather than torch.optim.swa_utils.AveragedModel because that
-    either averages buffers too (which scrambles a VQ codebook whose dead codes
-    are re-seeded) or leaves them stale; we want parameters averaged and buffers
-    (codebooks, cluster sizes) taken as they are.
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop log lines past `step` (written by a run that died after its last checkpoint)."""
+    if not path.exists():
+        return
+    kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    write_atomic(path, "".join(ln + "\n" for ln in kept))
+
+
+class StepOutput(NamedTuple):
+    metrics: dict[str, float]  # the loss terms averaged over the step's micro-batches, and grad_norm
+    items: int  # examples this process saw in the step
+
+
+def optimizer_step(task: Task, par: ParallelModel, optimizer: torch.optim.Optimizer, cfg: LoopConfig, step: int,
+                   micros: Sequence[int], device: torch.device, bf16: bool) -> StepOutput:
+    """One optimizer step over this process's micro-batches `micros`: forward, backward, clip, AdamW.
+
+    The gradient all-reduce (DDP / FSDP) runs on the last micro-batch only; the loss
+    of each is divided by their number, so the step sees the mean gradient.
     """
-
-    def __init__(self, model: torch.nn.Module, decay: float):
-        super().__init__()
-        self.decay = decay
-        self.params = torch.nn.ParameterDict()
-        self._names = []
-        for n, p in model.named_parameters():
-            if p.requires_grad:
-                self._names.append(n)
-                self.params[n.replace(".", "__")] = torch.nn.Parameter(p.detach().clone(), requires_grad=False)
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        named = dict(model.named_parameters())
-        for n in self._names:
-            self.params[n.replace(".", "__")].lerp_(named[n].detach(), 1 - self.decay)
-
-    @torch.no_grad()
-    def copy_to(self, model: torch.nn.Module) -> None:
-        """Load the averaged parameters into `model` (buffers stay the model's own)."""
-        named = dict(model.named_parameters())
-        for n in self._names:
-            named[n].copy_(self.params[n.replace(".", "__")])
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when this CPU does bf16 matmuls in hardware (AMX tiles or AVX512-BF16).
-
-    torch has no public query for this; its private `torch.cpu._is_*_supported` helpers are
-    read through getattr so a torch without them answers False (fp32, the safe choice).
-    """
-    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
-
-
-def uses_bf16(device: torch.device, precision: str) -> bool:
-    """Whether `precision` means bf16 autocast on `device` (see LoopConfig.precision)."""
-    if precision == "bf16":
-        return True
-    if precision == "fp32" or device.type not in ("cuda", "cpu"):
-        return False
-    if device.type == "cuda":
-        return True  # auto and bf16-native
-    return precision == "bf16-native" and cpu_has_native_bf16()
+    optimizer.zero_grad(set_to_none=True)
+    sums: dict[str, float] = {}
+    items = 0
+    for m, micro in enumerate(micros):
+        batch = task.batch(step, micro, cfg.batch_size)
+        with par.no_sync(last=m == len(micros) - 1):
+            with autocast(device, bf16):
+                out = task.loss(batch, step)
+            (out.loss / len(micros)).backward()  # DDP / FSDP average over processes
+        items += task.items(batch)
+        for k, v in out.metrics.items():
+            sums[k] = sums.get(k, 0.0) + v / len(micros)
+    if cfg.grad_clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(par.model.parameters(), cfg.grad_clip)
+        sums["grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    optimizer.step()
+    return StepOutput(sums, items)
 
 
 def steps_for_seconds(task: Task, cfg: LoopConfig, seconds: float, probe: int = 5) -> int:
     """How many optimizer steps of `task` fit in `seconds` on this machine: `probe` whole steps
-    (every micro-batch, clipping, an AdamW update, the EMA update) timed after one warm-up, with a
+    (`optimizer_step` with every micro-batch, then the EMA update) timed after one warm-up, with a
     throwaway optimizer and EMA; the weights and RNGs are restored afterwards, so the run that follows
     is the one it would have been. Used to give two models one wall-clock budget; checkpoint and
     logging time is not in it."""
@@ -290,21 +232,14 @@ def steps_for_seconds(task: Task, cfg: LoopConfig, seconds: float, probe: int = 
     model = task.model.to(device)
     model.train()
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    par = ParallelModel(model, cfg, distributed.world(), device, compile=False)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
     ema = EMA(model, cfg.ema_decay).to(device) if cfg.ema_decay > 0 else None
     times = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # dropout draws from these
         for i in range(probe + 1):
             t = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            for micro in range(cfg.grad_accum):
-                batch = task.batch(i, micro, cfg.batch_size)
-                with _autocast(device, cfg.precision):
-                    loss = task.loss(batch, i).loss
-                (loss / cfg.grad_accum).backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
+            optimizer_step(task, par, optimizer, cfg, i, range(cfg.grad_accum), device, uses_bf16(device, cfg.precision))
             if ema is not None:
                 ema.update(model)
             if device.type == "cuda":
@@ -319,154 +254,79 @@ def steps_for_seconds(task: Task, cfg: LoopConfig, seconds: float, probe: int = 
     return steps
 
 
-def _autocast(device: torch.device, precision: str):
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, precision))
+class _Resumed(NamedTuple):
+    step: int  # the step the checkpoint was written after (0: a fresh run)
+    seconds: float  # training wall-clock of the invocations before this one
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop log lines past `step` (written by a run that died after its last checkpoint)."""
-    if not path.exists():
-        return
-    kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(ln + "\n" for ln in kept))
-    tmp.replace(path)
+def _resume(run: Run, stage: str | None, par: ParallelModel, optimizer: torch.optim.Optimizer, scheduler: Any,
+            ema: EMA | None, world: distributed.World, desc: str) -> _Resumed:
+    """Load the latest checkpoint of `stage` into the model, optimizer, scheduler, EMA and RNGs, if there is one."""
+    ckpt = distributed.broadcast_object(latest_checkpoint(run.state_dir(stage)) if world.main else None)
+    if ckpt is None:
+        return _Resumed(0, 0.0)
+    data = read_checkpoint(ckpt, ema=ema is not None)
+    par.load_model_state(data.model, ckpt)
+    if ema is not None:
+        ema.load_full_state(data.ema, ckpt)
+    state = data.train_state
+    par.load_optimizer_state(optimizer, state["optimizer"], state.get("optimizer_format"))
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    if world.main:
+        _truncate_metrics(run.metrics_path(stage), int(state["step"]))
+    logger.info("%s: resumed from %s", desc, ckpt)
+    return _Resumed(int(state["step"]), float(state.get("seconds", 0.0)))  # older checkpoints lack seconds
 
 
-def enable_activation_checkpointing(model: torch.nn.Module) -> None:
-    """Turn on the libraries' own activation checkpointing in `model` (HF transformers or diffusers parts)."""
-    found = False
-    for module in model.modules():
-        if hasattr(module, "activation_checkpointing_enable") and getattr(module, "supports_gradient_checkpointing", False):
-            # transformers >= 5 (gradient_checkpointing_enable is its deprecated name); non-reentrant
-            # checkpointing works with DDP, FSDP and inputs that do not require grad
-            module.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-            found = True
-        elif hasattr(module, "enable_gradient_checkpointing") and getattr(module, "_supports_gradient_checkpointing", False):
-            module.enable_gradient_checkpointing()  # diffusers
-            found = True
-    if not found:
-        raise TrainConfigError(f"activation_checkpointing: {type(model).__name__} has no transformers or diffusers "
-                               "part that supports it")
+def _save(run: Run, stage: str | None, done: int, par: ParallelModel, optimizer: torch.optim.Optimizer,
+          scheduler: Any, ema: EMA | None, world: distributed.World, seconds: float, keep: int) -> None:
+    """A checkpoint after step `done` (collectives: every process calls this; process 0 writes)."""
+    train_state = {"step": done, "optimizer": par.optimizer_state(optimizer), "optimizer_format": "by_name",
+                   "scheduler": scheduler.state_dict(), "rng": rng_state(), "seconds": seconds,
+                   "processes": world.size}
+    model_state = par.model_state()
+    ema_state = ema.full_state() if ema is not None else None
+    if world.main:
+        save_checkpoint(run.state_dir(stage), done, model_state, train_state, ema_state, keep=keep)
+    distributed.barrier()  # the checkpoint is on disk before any process goes on
 
 
-class _Parallel:
-    """The loop's model as the processes share it: plain, DDP or FSDP2 (train/distributed.py)."""
+def _preview(task: Task, par: ParallelModel, tracker: Tracker | None, done: int) -> None:
+    """Sample grids from the plain model in eval mode (every process: an FSDP model needs all of them)."""
+    task.model = par.model
+    par.model.eval()
+    images, captions = task.preview(done)
+    par.model.train()
+    task.model = par.train_model
+    if tracker is not None:
+        from train.tracking import image_grid
 
-    def __init__(self, model: torch.nn.Module, cfg: LoopConfig, world: distributed.World, device: torch.device,
-                 unused_parameters: bool = False):
-        self.model, self.world = model, world  # `model`: the plain module, whose names the checkpoints use
-        self.fsdp = world.distributed and cfg.parallel == "fsdp"
-        self.skeleton = None
-        if self.fsdp:
-            import copy
-
-            # a weightless copy to export the trained model into (FSDP2 shards the module in place)
-            self.skeleton = copy.deepcopy(model).to("meta")
-            distributed.shard_model(model, mixed_bf16=uses_bf16(device, cfg.precision))
-            self.train_model = model
-        elif world.distributed:
-            ids = [device.index] if device.type == "cuda" else None
-            self.train_model = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=ids, find_unused_parameters=unused_parameters)
-        else:
-            self.train_model = model
-        if cfg.compile:
-            self.train_model = torch.compile(self.train_model)
-
-    def autocast_on(self, device: torch.device, precision: str) -> bool:
-        # under FSDP, bf16 is FSDP's own mixed precision (shard_model), not autocast
-        return uses_bf16(device, precision) and not self.fsdp
-
-    def no_sync(self, last: bool):
-        """Skip the gradient all-reduce on all but the last micro-batch of a step."""
-        import contextlib
-
-        if not self.world.distributed:
-            return contextlib.nullcontext()
-        if self.fsdp:
-            self.model.set_requires_gradient_sync(last)
-            return contextlib.nullcontext()
-        ddp = getattr(self.train_model, "_orig_mod", self.train_model)
-        return contextlib.nullcontext() if last else ddp.no_sync()
-
-    def model_state(self) -> dict[str, torch.Tensor]:
-        """Full tensors by name on process 0 (a collective under FSDP; {} on other processes)."""
-        if self.fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-            return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return self.model.state_dict() if self.world.main else {}
-
-    def load_model_state(self, state: dict[str, torch.Tensor], path: Path) -> None:
-        check_keys(set(self.model.state_dict()), set(state), path)
-        if self.fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-            set_model_state_dict(self.model, state, options=StateDictOptions(full_state_dict=True))
-        else:
-            self.model.load_state_dict(state)
-
-    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict:
-        """Keyed by parameter name, full tensors: loads on any process count and with either strategy."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-        opts = StateDictOptions(full_state_dict=True, cpu_offload=self.world.distributed)
-        return get_optimizer_state_dict(self.model, optimizer, options=opts)
-
-    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict, fmt: str | None) -> None:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-        if fmt != "by_name":  # written before checkpoints keyed the optimizer by name: a single-process run
-            if self.fsdp:
-                raise TrainConfigError("this checkpoint's optimizer state predates FSDP support; resume it with "
-                                       "loop.parallel=ddp or in one process")
-            optimizer.load_state_dict(state)
-            return
-        set_optimizer_state_dict(self.model, optimizer, state, options=StateDictOptions(full_state_dict=True))
-
-    def unwrapped(self) -> torch.nn.Module:
-        """The trained model as a plain module (FSDP: its full weights gathered into the skeleton)."""
-        if not self.fsdp:
-            return self.model
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))  # every process
-        plain = self.skeleton.to_empty(device="cpu")
-        plain.load_state_dict({k: v.cpu() for k, v in full.items()})
-        for (name, buf), (_, src) in zip(plain.named_buffers(), self.model.named_buffers()):
-            buf.copy_(src.detach().cpu())  # non-persistent buffers (e.g. rotary frequencies) too
-        return plain
+        tracker.images(done, image_grid(images, cols=max(1, len(images) // max(1, len(set(captions))))), captions)
 
 
-def _ema_state(ema: EMA | None) -> dict[str, torch.Tensor] | None:
-    """The EMA's full tensors (gathered from shards under FSDP; every process calls this)."""
-    if ema is None:
-        return None
-    return dict(distributed.full_tensors(dict(ema.state_dict())))
-
-
-@torch.no_grad()
-def _load_ema_state(ema: EMA, state: dict[str, torch.Tensor], path: Path) -> None:
-    own = ema.state_dict()
-    check_keys(set(own), set(state), path, "EMA weights")
-    for name, p in ema.params.items():
-        p.copy_(distributed.shard_like(state[f"params.{name}"], p))
+def _check_accum(cfg: LoopConfig, world: distributed.World) -> None:
+    if cfg.grad_accum % world.size:
+        raise TrainConfigError(
+            f"loop.grad_accum ({cfg.grad_accum}) counts micro-batches over all processes and must be a multiple "
+            f"of the {world.size} processes; e.g. loop.grad_accum={world.size} with loop.batch_size="
+            f"{max(1, cfg.batch_size * cfg.grad_accum // world.size)} keeps this global batch"
+        )
 
 
 def train_loop(
     task: Task,
     cfg: LoopConfig,
-    run_dir: str | Path,
+    run_dir: str | Path | Run,
     on_step: Callable[[int], None] | None = None,
     desc: str = "train",
     stage: str | None = None,
 ) -> LoopResult:
-    """Train `task.model` for `cfg.steps` steps, resuming from `run_dir/state` if present.
+    """Train `task.model` for `cfg.steps` steps, resuming from the run's checkpoints if present.
 
     With `stage` (several stages share a run directory) the checkpoints go to
-    `run_dir/state/<stage>/` and the log to `run_dir/metrics/<stage>.jsonl`;
-    without it, to `run_dir/state/` and `run_dir/metrics.jsonl`.
+    `state/<stage>/` and the log to `metrics/<stage>.jsonl`; without it, to
+    `state/` and `metrics.jsonl` (pipelines.Run owns these paths).
 
     Under torchrun every process calls this with the same arguments
     (train/distributed.py); process 0 writes the log and the checkpoints, and
@@ -476,31 +336,18 @@ def train_loop(
     checkpoint for that step is on disk); tests use it to interrupt a run.
     """
     t0 = time.perf_counter()
-    run_dir = Path(run_dir)
+    run = run_dir if isinstance(run_dir, Run) else Run(run_dir)
     device = resolve_device(cfg.device)
-    world = distributed.world()
-    if cfg.grad_accum % world.size:
-        raise TrainConfigError(
-            f"loop.grad_accum ({cfg.grad_accum}) counts micro-batches over all processes and must be a multiple "
-            f"of the {world.size} processes; e.g. loop.grad_accum={world.size} with loop.batch_size="
-            f"{max(1, cfg.batch_size * cfg.grad_accum // world.size)} keeps this global batch"
-        )
+    _check_accum(cfg, distributed.world())
     world = distributed.init(device.type)
     if world.distributed and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)  # one GPU per process
     local_accum = cfg.grad_accum // world.size
-    if stage:
-        state_dir, metrics_path = run_dir / "state" / stage, run_dir / "metrics" / f"{stage}.jsonl"
-        samples_dir = run_dir / "samples" / stage
-    else:
-        state_dir, metrics_path, samples_dir = run_dir / "state", run_dir / "metrics.jsonl", run_dir / "samples"
-    if world.main:
-        metrics_path.parent.mkdir(parents=True, exist_ok=True)
     plain = task.model.to(device)
     plain.train()
     if cfg.activation_checkpointing:
         enable_activation_checkpointing(plain)
-    par = _Parallel(plain, cfg, world, device, unused_parameters=getattr(task, "unused_parameters", False))
+    par = ParallelModel(plain, cfg, world, device, unused_parameters=getattr(task, "unused_parameters", False))
     bf16 = par.autocast_on(device, cfg.precision)
     logger.info("%s on %s%s, %s%s", desc, device, f" x {world.size} processes ({cfg.parallel})" if world.distributed else "",
                 "bf16" if uses_bf16(device, cfg.precision) else "fp32", ", compiled" if cfg.compile else "")
@@ -508,95 +355,45 @@ def train_loop(
     optimizer = torch.optim.AdamW(param_groups(plain, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     ema = EMA(plain, cfg.ema_decay).to(device) if cfg.ema_decay > 0 else None  # sharded like the model under FSDP
-
-    start, elapsed = 0, 0.0  # elapsed: training seconds of earlier invocations (resume)
-    ckpt = distributed.broadcast_object(latest_checkpoint(state_dir) if world.main else None)
-    if ckpt is not None:
-        data = read_checkpoint(ckpt, ema=ema is not None)
-        par.load_model_state(data.model, ckpt)
-        if ema is not None:
-            _load_ema_state(ema, data.ema, ckpt)
-        state = data.train_state
-        par.load_optimizer_state(optimizer, state["optimizer"], state.get("optimizer_format"))
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        start = int(state["step"])
-        elapsed = float(state.get("seconds", 0.0))  # older checkpoints lack it
-        if world.main:
-            _truncate_metrics(metrics_path, start)
-        logger.info("%s: resumed from %s", desc, ckpt)
+    if world.main:
+        run.metrics_path(stage).parent.mkdir(parents=True, exist_ok=True)
+    start, elapsed = _resume(run, stage, par, optimizer, scheduler, ema, world, desc)
     distributed.barrier()  # nobody trains before every process has loaded (and the log is truncated)
 
     tracker = None
     if world.main:
-        tracker = Tracker.open(cfg.log, metrics_path, samples_dir, run_name=f"{run_dir.name}/{stage or desc}",
+        tracker = Tracker.open(cfg.log, run.metrics_path(stage), run.samples_dir(stage),
+                               run_name=f"{run.root.name}/{stage or desc}",
                                config={"loop": cfg.to_dict(), "stage": stage, "processes": world.size})
     last: dict[str, float] = {}
     bar = tqdm(total=cfg.steps, initial=start, desc=desc, disable=not (cfg.progress and world.main),
                dynamic_ncols=True, leave=False)
     seen, t_log = 0, time.perf_counter()
     t_train = t_log  # "seconds" in the log: training wall-clock so far, summed over resumes
+    micros = [world.rank * local_accum + m for m in range(local_accum)]  # this process's share of a step
     task.model = par.train_model  # loss() runs the forward through the wrapper (gradient averaging)
     try:
         for step in range(start, cfg.steps):
-            optimizer.zero_grad(set_to_none=True)
-            sums: dict[str, float] = {}
-            for m in range(local_accum):
-                micro = world.rank * local_accum + m  # this process's share of the step's global batch
-                batch = task.batch(step, micro, cfg.batch_size)
-                with par.no_sync(last=m == local_accum - 1):
-                    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-                        out = task.loss(batch, step)
-                    (out.loss / local_accum).backward()  # DDP / FSDP average over processes
-                seen += task.items(batch)
-                for k, v in out.metrics.items():
-                    sums[k] = sums.get(k, 0.0) + v / local_accum
-            if cfg.grad_clip > 0:
-                norm = torch.nn.utils.clip_grad_norm_(plain.parameters(), cfg.grad_clip)
-                sums["grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-            optimizer.step()
+            out = optimizer_step(task, par, optimizer, cfg, step, micros, device, bf16)
             scheduler.step()
             if ema is not None:
                 ema.update(plain)
-            done = step + 1
-            last = sums
+            done, last, seen = step + 1, out.metrics, seen + out.items
             bar.update(1)
             if done % cfg.log_every == 0 or done == cfg.steps:
-                last = sums = distributed.all_reduce_mean(sums, device)  # grad_norm is the same everywhere
-                items = distributed.all_reduce_sum(seen, device)
-                dt = time.perf_counter() - t_log
-                rate = items / dt if dt > 0 else 0.0
-                row = {"step": done, "lr": scheduler.get_last_lr()[0], **sums, "items_per_s": rate,
+                last = distributed.all_reduce_mean(out.metrics, device)  # grad_norm is the same everywhere
+                rate = distributed.all_reduce_sum(seen, device) / max(time.perf_counter() - t_log, 1e-9)
+                row = {"step": done, "lr": scheduler.get_last_lr()[0], **last, "items_per_s": rate,
                        "seconds": round(elapsed + time.perf_counter() - t_train, 3)}
                 if tracker is not None:
                     tracker.log(row)
-                bar.set_postfix(loss=f"{sums.get('loss', 0.0):.4f}", ips=f"{rate:.0f}")
+                bar.set_postfix(loss=f"{last.get('loss', 0.0):.4f}", ips=f"{rate:.0f}")
                 seen, t_log = 0, time.perf_counter()
             if cfg.sample_every and hasattr(task, "preview") and (done % cfg.sample_every == 0 or done == cfg.steps):
-                task.model = plain
-                plain.eval()
-                images, captions = task.preview(done)
-                plain.train()
-                task.model = par.train_model
-                if tracker is not None:
-                    from train.tracking import image_grid
-
-                    tracker.images(done, image_grid(images, cols=max(1, len(images) // max(1, len(set(captions))))),
-                                   captions)
+                _preview(task, par, tracker, done)
             if done % cfg.ckpt_every == 0 or done == cfg.steps:
-                train_state = {
-                    "step": done,
-                    "optimizer": par.optimizer_state(optimizer),
-                    "optimizer_format": "by_name",
-                    "scheduler": scheduler.state_dict(),
-                    "rng": rng_state(),
-                    "seconds": elapsed + time.perf_counter() - t_train,
-                    "processes": world.size,
-                }
-                model_state, ema_state = par.model_state(), _ema_state(ema)  # collectives: every process
-                if world.main:
-                    save_checkpoint(state_dir, done, model_state, train_state, ema_state, keep=cfg.keep_checkpoints)
-                distributed.barrier()  # the checkpoint is on disk before any process goes on
+                _save(run, stage, done, par, optimizer, scheduler, ema, world,
+                      elapsed + time.perf_counter() - t_train, cfg.keep_checkpoints)
             if on_step is not None:
                 on_step(done)
     finally:
@@ -608,3 +405,7 @@ def train_loop(
         ema.copy_to(plain)  # the model leaves the loop with its averaged weights
     task.model = par.unwrapped()
     return LoopResult(cfg.steps, start, time.perf_counter() - t0, last)
+
+
+__all__ = ["EpochOrder", "LoopConfig", "LoopResult", "LossOutput", "StepOutput", "Task", "lr_lambda",
+           "optimizer_step", "param_groups", "steps_for_seconds", "train_loop"]

@@ -42,9 +42,9 @@ import torch
 from einops import rearrange
 
 from ar_model import SequenceLayout, encode_text
-from train.data.images import ImageError, decode_image, image_name, undecoded
-from train.loop import TrainConfigError
-from vqtok import VQTokenizer, images_to_tensor
+from train.data.images import decode_image, image_name, undecoded
+from train.errors import ImageError, TrainConfigError
+from vqtok import VQTokenizer, images_to_tensor, weights_path
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +60,8 @@ SKIP_KINDS = {"empty caption": "skipped_empty_text", "bad image": "skipped_bad_i
 
 def tokenizer_fingerprint(tokenizer_dir: str | Path) -> str:
     """sha256 of the tokenizer's weights file: the identity of the codes it makes."""
-    from vqtok.io import WEIGHTS_NAME
-
     h = hashlib.sha256()
-    with open(Path(tokenizer_dir) / WEIGHTS_NAME, "rb") as f:
+    with open(weights_path(tokenizer_dir), "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -164,9 +162,25 @@ def _open_partial(partial: Path, plan: dict) -> None:
     tmp.replace(path)
 
 
-def _encode_shard(ds: Any, num_proc: int, fn_kwargs: dict, features: Any, batch_size: int, fingerprint: str,
-                  desc: str) -> Any:
-    """One shard through the tokenizer: `num_proc` workers over contiguous slices (datasets.Dataset.map)."""
+def code_features(layout: SequenceLayout) -> Any:
+    """The columns `encode_shard` writes, as datasets.Features."""
+    import datasets
+
+    return datasets.Features({
+        "codes": datasets.Sequence(datasets.Value("int16"), length=layout.num_image_tokens),
+        "text_ids": datasets.Sequence(datasets.Value("int32"), length=layout.text_len),
+        "skip": datasets.Value("string"),
+        "truncated": datasets.Value("bool"),
+    })
+
+
+def encode_shard(ds: Any, num_proc: int, fn_kwargs: dict, features: Any, batch_size: int, fingerprint: str,
+                 desc: str) -> Any:
+    """One shard through the tokenizer: `num_proc` workers over contiguous slices (datasets.Dataset.map).
+
+    `fn_kwargs` are `_encode_batch`'s keyword arguments; every row comes back, the
+    skipped ones with their reason in the "skip" column (see `code_features`).
+    """
     return ds.map(
         _encode_batch,
         batched=True,
@@ -202,6 +216,59 @@ def _cpu_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def _check_request(ds: Any, tokenizer: VQTokenizer, layout: SequenceLayout, shard_size: int, num_proc: int,
+                   devices: list[str] | None) -> None:
+    """Refuse, before any work, what `pretokenize` cannot do with these arguments."""
+    if layout.codebook_size > np.iinfo(np.int16).max + 1:
+        raise TrainConfigError(f"codebook of {layout.codebook_size} codes does not fit the int16 code column")
+    for col in ("image", "text"):
+        if col not in ds.column_names:
+            raise TrainConfigError(f"the dataset has no {col!r} column (columns: {', '.join(ds.column_names)})")
+    if shard_size < 1 or num_proc < 1:
+        raise TrainConfigError(f"shard_size and num_proc must be >= 1, got {shard_size} and {num_proc}")
+    targets = check_devices(devices) or [next(tokenizer.parameters()).device]
+    if num_proc > 1 and any(d.type == "cuda" for d in targets) and torch.cuda.is_initialized():
+        raise TrainConfigError("the workers are forked, and CUDA cannot be used in a fork of a process that has used "
+                               "it: pre-tokenize in a fresh process (`tessera tokenize`)")
+
+
+def _save_shard(coded: Any, shard_dir: Path, start: int) -> None:
+    """Log the shard's skipped rows (by their row in the whole data set), then save it under `shard_dir`."""
+    for j, reason in enumerate(coded["skip"]):
+        if reason:
+            log.warning("pre-tokenize: row %d skipped: %s", start + j, reason)
+    tmp = shard_dir.with_name(shard_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    coded.save_to_disk(str(tmp))
+    tmp.rename(shard_dir)  # a shard exists only once it is complete
+
+
+def _join_shards(shard_dirs: list[Path]) -> tuple[Any, dict[str, int]]:
+    """The finished shards' kept rows as one data set (codes, text_ids), and the counts of the manifest."""
+    import datasets
+
+    coded = datasets.concatenate_datasets([datasets.load_from_disk(str(d)) for d in shard_dirs])
+    counts = dict.fromkeys(SKIP_KINDS.values(), 0)
+    kept = []
+    for i, reason in enumerate(coded["skip"]):
+        if reason:
+            counts[next(v for k, v in SKIP_KINDS.items() if reason.startswith(k))] += 1
+        else:
+            kept.append(i)
+    counts["truncated_text"] = sum(coded["truncated"])
+    return coded.select(kept).remove_columns(["skip", "truncated"]), counts
+
+
+def _save_codes(coded: Any, manifest: CodesManifest, out_dir: Path) -> None:
+    """The data set and its manifest, written under a temporary name, then renamed to `out_dir`."""
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    coded.save_to_disk(str(tmp))
+    (tmp / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+
+
 def pretokenize(
     ds: Any,
     tokenizer: VQTokenizer,
@@ -225,19 +292,7 @@ def pretokenize(
     `devices[rank % len(devices)]`, otherwise where `tokenizer` is. The result
     is written to a temporary name, then renamed.
     """
-    import datasets
-
-    if layout.codebook_size > np.iinfo(np.int16).max + 1:
-        raise TrainConfigError(f"codebook of {layout.codebook_size} codes does not fit the int16 code column")
-    for col in ("image", "text"):
-        if col not in ds.column_names:
-            raise TrainConfigError(f"the dataset has no {col!r} column (columns: {', '.join(ds.column_names)})")
-    if shard_size < 1 or num_proc < 1:
-        raise TrainConfigError(f"shard_size and num_proc must be >= 1, got {shard_size} and {num_proc}")
-    targets = check_devices(devices) or [next(tokenizer.parameters()).device]
-    if num_proc > 1 and any(d.type == "cuda" for d in targets) and torch.cuda.is_initialized():
-        raise TrainConfigError("the workers are forked, and CUDA cannot be used in a fork of a process that has used "
-                               "it: pre-tokenize in a fresh process (`tessera tokenize`)")
+    _check_request(ds, tokenizer, layout, shard_size, num_proc, devices)
     ds = undecoded(ds, "image")
     out_dir = Path(out_dir)
     partial = out_dir.with_name(out_dir.name + ".partial")
@@ -245,12 +300,7 @@ def pretokenize(
     _open_partial(partial, {"source": source, "layout": layout.to_dict(), "tokenizer_sha256": sha,
                             "rows": len(ds), "shard_size": shard_size})
     tokenizer.eval()
-    features = datasets.Features({
-        "codes": datasets.Sequence(datasets.Value("int16"), length=layout.num_image_tokens),
-        "text_ids": datasets.Sequence(datasets.Value("int32"), length=layout.text_len),
-        "skip": datasets.Value("string"),
-        "truncated": datasets.Value("bool"),
-    })
+    features = code_features(layout)
     fn_kwargs = dict(tokenizer=tokenizer, text_tokenizer=text_tokenizer, layout=layout,
                      resolution=tokenizer.cfg.resolution, devices=devices, threads=max(1, _cpu_cores() // num_proc))
     n_shards = math.ceil(len(ds) / shard_size)
@@ -261,41 +311,21 @@ def pretokenize(
                 log.info("pre-tokenize: shard %d/%d was finished by an earlier run", k + 1, n_shards)
                 continue
             start = k * shard_size
-            coded = _encode_shard(
+            coded = encode_shard(
                 ds.select(range(start, min(start + shard_size, len(ds)))), num_proc,
                 {**fn_kwargs, "offset": start}, features, batch_size, fingerprint=f"tessera-{sha[:16]}-{k:05d}",
                 desc=f"pre-tokenizing shard {k + 1}/{n_shards}",
             )
-            for j, reason in enumerate(coded["skip"]):
-                if reason:
-                    log.warning("pre-tokenize: row %d skipped: %s", start + j, reason)
-            tmp = shard_dir.with_name(shard_dir.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            coded.save_to_disk(str(tmp))
-            tmp.rename(shard_dir)  # a shard exists only once it is complete
-        coded = datasets.concatenate_datasets([datasets.load_from_disk(str(d)) for d in shard_dirs])
-        counts = dict.fromkeys(SKIP_KINDS.values(), 0)
-        kept = []
-        for i, reason in enumerate(coded["skip"]):
-            if reason:
-                counts[next(v for k, v in SKIP_KINDS.items() if reason.startswith(k))] += 1
-            else:
-                kept.append(i)
-        counts["truncated_text"] = sum(coded["truncated"])
-        if not kept:
+            _save_shard(coded, shard_dir, start)
+        coded, counts = _join_shards(shard_dirs)
+        if not len(coded):
             shutil.rmtree(partial)  # nothing worth resuming: the data must change first
             raise TrainConfigError(f"pre-tokenizing left no rows ({counts}); see the log for the skipped rows")
-        coded = coded.select(kept).remove_columns(["skip", "truncated"])
-        tmp = out_dir.with_name(out_dir.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        coded.save_to_disk(str(tmp))
-    manifest = CodesManifest(
-        format=FORMAT, version=VERSION, tokenizer_sha256=sha, tokenizer_dir=str(tokenizer_dir),
-        layout=layout.to_dict(), rows=len(coded), **counts, source=source, shards=n_shards,
-    )
-    (tmp / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+        manifest = CodesManifest(
+            format=FORMAT, version=VERSION, tokenizer_sha256=sha, tokenizer_dir=str(tokenizer_dir),
+            layout=layout.to_dict(), rows=len(coded), **counts, source=source, shards=n_shards,
+        )
+        _save_codes(coded, manifest, out_dir)
     shutil.rmtree(partial)
     skipped = counts["skipped_empty_text"] + counts["skipped_bad_image"]
     if skipped or counts["truncated_text"]:
@@ -360,6 +390,8 @@ __all__ = [
     "CodesManifest",
     "check_devices",
     "check_manifest",
+    "code_features",
+    "encode_shard",
     "load_codes",
     "pretokenize",
     "read_manifest",

@@ -8,9 +8,8 @@ cores and a GPU preset for one H100-class card.
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,17 +17,10 @@ import torch
 from train import distributed
 from train.data import own, shapes
 from train.data.images import dataset_images
-from train.loop import (
-    EXECUTION_KEYS,
-    EpochOrder,
-    LoopConfig,
-    LossOutput,
-    TrainConfigError,
-    config_from_dict,
-    override_sections,
-    resolve_device,
-    train_loop,
-)
+from pipelines import Run, resolve_device
+from train.config import StageConfig, check_run_config, preset
+from train.errors import TrainConfigError
+from train.loop import EpochOrder, LoopConfig, LossOutput, train_loop
 from vqtok import TokenizerLoss, VQConfig, VQTokenizer, images_to_tensor, save_tokenizer
 
 log = logging.getLogger(__name__)
@@ -52,29 +44,12 @@ class TokenizerDataConfig:
 
 
 @dataclass
-class TokenizerStageConfig:
+class TokenizerStageConfig(StageConfig):
+    STAGE = "tokenizer"
+
     vq: VQConfig = field(default_factory=VQConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     data: TokenizerDataConfig = field(default_factory=TokenizerDataConfig)
-
-    def to_dict(self) -> dict:
-        return {"vq": self.vq.to_dict(), "loop": self.loop.to_dict(), "data": asdict(self.data)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TokenizerStageConfig":
-        unknown = sorted(set(d) - {"vq", "loop", "data"})
-        if unknown:
-            raise TrainConfigError(f"unknown tokenizer-stage section {unknown[0]!r} (known: data, loop, vq)")
-        return cls(
-            vq=VQConfig.from_dict(d.get("vq", {})),
-            loop=config_from_dict(LoopConfig, d.get("loop", {}), "loop"),
-            data=config_from_dict(TokenizerDataConfig, d.get("data", {}), "data"),
-        )
-
-    def override(self, assignments: dict[str, object]) -> "TokenizerStageConfig":
-        """A copy with dotted keys replaced, e.g. {"vq.codebook_size": 256, "loop.lr": 1e-3}."""
-        d = override_sections(self.to_dict(), assignments)
-        return TokenizerStageConfig.from_dict(d)
 
 
 # Presets are data, not code paths (after DiT's DiT_models registry).
@@ -109,9 +84,7 @@ PRESETS: dict[str, dict] = {
 
 
 def preset_config(name: str) -> TokenizerStageConfig:
-    if name not in PRESETS:
-        raise TrainConfigError(f"unknown tokenizer preset {name!r} (known: {', '.join(PRESETS)})")
-    return TokenizerStageConfig.from_dict(PRESETS[name])
+    return preset(TokenizerStageConfig, PRESETS, name)
 
 
 class _TrainModule(torch.nn.Module):
@@ -167,50 +140,16 @@ def training_images(cfg: TokenizerStageConfig, progress: bool = True) -> torch.T
     return dataset_images(ds, cfg.vq.resolution, progress=progress)
 
 
-def check_run_config(run_dir: Path, cfg: TokenizerStageConfig, name: str = "tokenizer_stage.json") -> None:
-    """Record the config in a new run; refuse to resume a run started with another one.
-
-    A setting the recorded config lacks (added to Tessera since the run began)
-    counts as its default, so that older runs still resume.
-    """
-    path = run_dir / name
-    new = json.loads(json.dumps(cfg.to_dict()))  # as stored: tuples become lists, or every resume would differ
-    if path.exists():
-        old = json.loads(path.read_text())
-        default = json.loads(json.dumps(type(cfg)().to_dict()))
-        diff = [f"{s}.{k}" for s in new for k in new[s]
-                if old.get(s, {}).get(k, default.get(s, {}).get(k)) != new[s][k]]
-        # the step count may grow: resuming with more steps continues the run; how the run executes
-        # (device, precision, parallel, compile, ...) may change too
-        diff = [d for d in diff if d != "loop.steps" and d.removeprefix("loop.") not in EXECUTION_KEYS]
-        # so may the split of a step's batch into micro-batches (a new process count needs it):
-        # the data order depends only on the global batch (train.loop.EpochOrder)
-        old_loop = {**default["loop"], **old.get("loop", {})}
-        if old_loop["batch_size"] * old_loop["grad_accum"] == new["loop"]["batch_size"] * new["loop"]["grad_accum"]:
-            diff = [d for d in diff if d not in ("loop.batch_size", "loop.grad_accum")]
-        if diff:
-            raise TrainConfigError(
-                f"{run_dir} was started with a different config (differs in: {', '.join(diff)}); "
-                "use a new --run directory, or the same settings to resume"
-            )
-    if not distributed.world().main:
-        return  # process 0 records it
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(new, indent=2))
-    tmp.replace(path)
-
-
 def train_tokenizer(cfg: TokenizerStageConfig, run_dir: str | Path) -> Path:
     """Train (or resume) the tokenizer of `run_dir`; returns the exported tokenizer directory."""
-    run_dir = Path(run_dir)
+    run = Run(run_dir)
     distributed.init(resolve_device(cfg.loop.device).type)  # under torchrun: join the group first
-    check_run_config(run_dir, cfg)
+    check_run_config(run, cfg)
     images = training_images(cfg, progress=cfg.loop.progress)
     task = TokenizerTask(cfg, images)
-    result = train_loop(task, cfg.loop, run_dir, desc="tokenizer", stage="tokenizer")
+    result = train_loop(task, cfg.loop, run, desc="tokenizer", stage="tokenizer")
     log.info("tokenizer: %d steps in %.1fs (resumed from %d)", result.step, result.seconds, result.resumed_from)
-    out = run_dir / "tokenizer"
+    out = run.tokenizer
     if distributed.world().main:
         save_tokenizer(task.model.tokenizer.eval(), out)
     distributed.barrier()  # the exported tokenizer is on disk before any process reads it

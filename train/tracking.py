@@ -7,9 +7,10 @@
 
 Only process 0 of a run opens a tracker. wandb is optional (`pip install
 'tessera[wandb]'`) and imported only for `log="wandb"`; its mode comes from the
-environment (`WANDB_MODE=offline` / `disabled`, `WANDB_PROJECT`), picked before
-`wandb.init` as PITFALLS.md advises. A resumed run continues the same wandb run
-(its id is kept in `wandb_id.txt` beside the log).
+environment (`WANDB_MODE=offline` / `disabled`, `WANDB_PROJECT`): wandb reads it
+when `wandb.init` runs, so it must be set before training starts, and no `mode=`
+is passed that would override it. A resumed run continues the same wandb run
+(its id is kept in `<log name>.wandb_id.txt` beside the log).
 """
 
 from __future__ import annotations

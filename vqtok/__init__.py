@@ -10,8 +10,8 @@ and numpy, never the rest of Tessera.
 """
 
 from vqtok.config import QUANTIZERS, RECON_LOSSES, VQConfig
-from vqtok.errors import CheckpointError, ConfigError
-from vqtok.io import load_tokenizer, read_tokenizer_config, save_tokenizer
+from vqtok.errors import CheckpointError, ConfigError, TokenizerError
+from vqtok.io import load_tokenizer, read_tokenizer_config, save_tokenizer, weights_path
 from vqtok.losses import (
     LossOutput,
     PatchDiscriminator,
@@ -39,6 +39,7 @@ __all__ = [
     "RECON_LOSSES",
     "CheckpointError",
     "ConfigError",
+    "TokenizerError",
     "Decoder",
     "EncodeOutput",
     "Encoder",
@@ -60,4 +61,5 @@ __all__ = [
     "save_tokenizer",
     "tensor_to_images",
     "vgg16_feature_shapes",
+    "weights_path",
 ]

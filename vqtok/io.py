@@ -31,6 +31,11 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
+def weights_path(directory: str | Path) -> Path:
+    """The weights file of the tokenizer directory `directory` (whether or not it exists yet)."""
+    return Path(directory) / WEIGHTS_NAME
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     """Strip torch.compile (`_orig_mod`) and DDP/FSDP-style (`module`) wrappers so keys stay plain."""
     while True:
@@ -61,7 +66,7 @@ def save_tokenizer(model: nn.Module, directory: str | Path) -> Path:
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
-        save_model(model, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT})  # save_model handles shared tensors
+        save_model(model, str(weights_path(tmp)), metadata={"format": FORMAT})  # save_model handles shared tensors
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old-{tag}")
             os.replace(directory, old)  # the old checkpoint steps aside ...
@@ -113,7 +118,7 @@ def load_tokenizer(directory: str | Path, device: str | torch.device = "cpu") ->
     """Load a tokenizer saved by `save_tokenizer`, in eval mode on `device`; strict about every weight."""
     directory = Path(directory)
     cfg = read_tokenizer_config(directory)
-    weights = directory / WEIGHTS_NAME
+    weights = weights_path(directory)
     if not weights.is_file():
         raise CheckpointError(f"'{directory}' is not a complete tokenizer directory: {WEIGHTS_NAME} is missing")
     model = VQTokenizer(cfg)
@@ -141,4 +146,4 @@ def load_tokenizer(directory: str | Path, device: str | torch.device = "cpu") ->
 
 
 __all__ = ["CONFIG_NAME", "FORMAT", "VERSION", "WEIGHTS_NAME", "load_tokenizer", "read_tokenizer_config",
-           "save_tokenizer"]
+           "save_tokenizer", "weights_path"]

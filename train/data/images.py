@@ -20,11 +20,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from train.errors import ImageError
+
 log = logging.getLogger(__name__)
-
-
-class ImageError(ValueError):
-    """An image that cannot be used; the message names it."""
 
 
 # What PIL raises for truncated, corrupt or hostile files (DecompressionBombError is no OSError)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from train.data.images import undecoded
-from train.loop import TrainConfigError
+from train.errors import TrainConfigError
 
 SHAPES = "shapes"  # the `data.source` value naming the embedded shapes world instead of a path
 

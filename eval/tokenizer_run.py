@@ -1,0 +1,41 @@
+"""A run's VQ tokenizer measured on held-out scenes, or applied to image files (`tessera eval-tokenizer`,
+`tessera reconstruct`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+from pipelines import Run, resolve_device, save_grid, write_atomic
+
+
+def evaluate_run_tokenizer(run_dir: str | Path, n: int = 1000, seed: int = 1234, batch_size: int = 100,
+                           device: str | None = "cpu", out: str | Path | None = None) -> dict:
+    """Scene preservation, PSNR, SSIM, codebook usage and speed on `n` held-out images (also written to `out`)."""
+    from eval.tokenizer_metrics import evaluate_tokenizer, heldout_images
+
+    tok = Run(run_dir).load_tokenizer(device=resolve_device(device))
+    images = heldout_images(n, tok.cfg.resolution, seed=seed)
+    report = evaluate_tokenizer(tok, images, batch_size=batch_size).to_dict()
+    if out:
+        write_atomic(Path(out), json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def reconstruct_files(run_dir: str | Path, paths: Sequence[str | Path], out: str | Path) -> Path:
+    """Encode and decode image files with the run's tokenizer; a grid of originals (top) and reconstructions."""
+    import numpy as np
+    import torch
+
+    from train.data.images import load_image_file
+    from vqtok import images_to_tensor, tensor_to_images
+
+    tok = Run(run_dir).load_tokenizer(device="cpu")
+    images = torch.from_numpy(np.stack([load_image_file(p, tok.cfg.resolution) for p in paths]))  # (N, H, W, 3)
+    with torch.no_grad():
+        recon = tensor_to_images(tok.decode(tok.encode(images_to_tensor(images)).codes))
+    return save_grid([images, recon], out)
+
+
+__all__ = ["evaluate_run_tokenizer", "reconstruct_files"]

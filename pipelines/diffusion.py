@@ -1,0 +1,81 @@
+"""The diffusion baseline's pipeline: text ids -> a denoised image, behind the same interface."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ar_model import SequenceLayout, encode_text
+from baseline import BaselineError, DiffusionSampleConfig, sample, to_uint8
+from pipelines.device import resolve_device
+from pipelines.interface import SampleResult, sample_in_batches
+from pipelines.run import Run
+
+log = logging.getLogger(__name__)
+
+
+class DiffusionPipeline:
+    """A run's diffusion baseline and its text tokenizer on one device; an `ImageSampler`."""
+
+    kind = "diffusion"
+    tokenizer = None  # works in pixels: no image tokenizer
+
+    def __init__(self, model: Any, text_tokenizer: Any, device: torch.device, recommended: dict | None = None):
+        self.model = model.to(device).eval()  # baseline.DiffusionBaseline
+        self.text_tokenizer = text_tokenizer
+        self.device = device
+        self.recommended = DiffusionSampleConfig()
+        self.recommended = self.settings(**(recommended or {}))
+        # the generator's text ids (ar_model.encode_text); the layout's image part is unused
+        self.text_layout = SequenceLayout.for_tokenizer(text_tokenizer, 1, (1, 1), model.cfg.text_len)
+
+    @classmethod
+    def from_run(cls, run: str | Path | Run, device: str | None = None, progress: bool = True) -> "DiffusionPipeline":
+        run = run if isinstance(run, Run) else Run(run)
+        model, text_tokenizer = run.load_baseline()
+        return cls(model, text_tokenizer, resolve_device(device), run.recorded_sampling("baseline"))
+
+    @property
+    def resolution(self) -> int:
+        return self.model.cfg.resolution
+
+    def settings(self, **overrides: Any) -> DiffusionSampleConfig:
+        """The run's recorded settings (baseline.DiffusionSampleConfig's defaults for older runs), overridden."""
+        known = {f.name for f in dataclasses.fields(DiffusionSampleConfig)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise BaselineError(f"unknown diffusion sampling setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        return dataclasses.replace(self.recommended, **overrides)
+
+    def describe(self, settings: DiffusionSampleConfig) -> str:
+        return f"{settings.sampler} {settings.steps} steps"
+
+    def steps_per_image(self, settings: DiffusionSampleConfig) -> int:
+        """Sequential model calls per image: one per denoising step."""
+        return settings.steps
+
+    def sample(self, prompts: Sequence[str], n: int = 4, settings: DiffusionSampleConfig | None = None,
+               batch_size: int = 32, progress: bool = False) -> SampleResult:
+        """`n` images per prompt (prompt-major); batch b uses seed settings.seed + b."""
+        settings = settings if settings is not None else self.settings()
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a list of strings, got one string")
+        batch = encode_text(self.text_tokenizer, list(prompts), self.text_layout)
+        warnings = [f"prompt longer than the model's {self.text_layout.text_len} text tokens, truncated: {p[:60]!r}"
+                    for p, cut in zip(prompts, batch.truncated) if cut]
+        for w in warnings:
+            log.warning(w)
+        text = batch.ids.repeat_interleave(n, dim=0)  # (P * n, T)
+
+        def draw(rows: slice, sc: DiffusionSampleConfig):
+            return to_uint8(sample(self.model, text[rows], sc)).numpy()
+
+        rows, images = sample_in_batches(prompts, n, settings, batch_size, draw, progress)
+        return SampleResult(images, rows, settings.seed, dataclasses.asdict(settings), warnings)
+
+
+__all__ = ["DiffusionPipeline"]

@@ -1,0 +1,14 @@
+"""Errors of the run layer; the command line prints their message alone."""
+
+from __future__ import annotations
+
+
+class RunError(Exception):
+    """A run directory that cannot be used as asked; the message names the path and what to do."""
+
+
+class MissingPartError(RunError, FileNotFoundError):
+    """A run lacks a trained part (tokenizer/, generator/, baseline/ ...)."""
+
+
+__all__ = ["MissingPartError", "RunError"]

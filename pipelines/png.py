@@ -1,0 +1,73 @@
+"""Writing samples to disk: one PNG per image (prompt and settings in its text chunks), and grids."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+import torch
+from einops import rearrange, repeat
+
+from pipelines.interface import SampleResult
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-")
+    return s or "unconditional"
+
+
+def save_pngs(result: SampleResult, out_dir: str | Path, run: str = "") -> list[Path]:
+    """One PNG per image, named by prompt and index, with the prompt and settings in PNG text chunks."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths, count = [], {}
+    for img, prompt in zip(result.images, result.prompts):
+        k = count[prompt] = count.get(prompt, -1) + 1
+        meta = PngInfo()
+        meta.add_text("prompt", prompt)
+        meta.add_text("tessera", json.dumps({"run": run, "index": k, **result.sample_config}))
+        path = out_dir / f"{_slug(prompt)}_{k:03d}.png"
+        Image.fromarray(img).save(path, pnginfo=meta)
+        paths.append(path)
+    return paths
+
+
+def save_grid(rows: list[torch.Tensor | np.ndarray], path: str | Path, scale: int = 4, pad: int = 2) -> Path:
+    """Save rows of images, each row uint8 (N, H, W, 3) with the same N, as one PNG.
+
+    Pixels are enlarged `scale` times (nearest) so 24-48 px images stay legible;
+    `pad` grey pixels separate the tiles.
+    """
+    from PIL import Image
+
+    grid = torch.stack([torch.as_tensor(np.asarray(r)) for r in rows])  # (R, N, H, W, 3)
+    grid = torch.nn.functional.pad(grid, (0, 0, pad, pad, pad, pad), value=128)  # pad H and W
+    grid = rearrange(grid, "r n h w c -> (r h) (n w) c")
+    grid = repeat(grid, "h w c -> (h s1) (w s2) c", s1=scale, s2=scale)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid.numpy()).save(path)
+    return path
+
+
+class SampleFiles(NamedTuple):
+    pngs: list[Path]  # one per image, prompt-major
+    grid: Path  # one row per prompt
+
+
+def sample_to_dir(sampler: Any, prompts: Sequence[str], out_dir: str | Path, n: int = 4, settings: Any = None,
+                  batch_size: int = 32, progress: bool = True, run: str = "") -> SampleFiles:
+    """`n` images per prompt from an ImageSampler, written as PNGs and OUT/grid.png (one row per prompt)."""
+    result = sampler.sample(list(prompts), n=n, settings=settings, batch_size=batch_size, progress=progress)
+    paths = save_pngs(result, out_dir, run=run)
+    rows = [result.images[i * n : (i + 1) * n] for i in range(len(prompts))]
+    return SampleFiles(paths, save_grid(rows, Path(out_dir) / "grid.png"))
+
+
+__all__ = ["SampleFiles", "sample_to_dir", "save_grid", "save_pngs"]

@@ -1,0 +1,185 @@
+"""The `tessera` commands' arguments (tessera/cli.py holds what each command calls).
+
+Argument names that match a library config's fields keep their names as `dest`
+(`EvalConfig(n=..., fid_images=...)`), so the command passes them on without copying.
+"""
+
+from __future__ import annotations
+
+import argparse
+from types import ModuleType
+
+SET_HELP = {
+    "stage": "override one setting, e.g. --set loop.lr=1e-3 (tokenizer: vq.codebook_size=512; generator: "
+             "model.size=S, sample.cfg_scale=3 (the sampling settings recorded with the model); own data: "
+             "data.source=PATH, docs/DATA.md)",
+    "demo": "override a stage setting, e.g. --set tokenizer.loop.steps=100 --set generator.model.size=S",
+    "bench": "bench.FIELD=JSON (e.g. bench.n=2, bench.ar_points='[{\"cfg_scale\": 3}]') or STAGE.SECTION.KEY=VALUE "
+             "for tokenizer, generator, baseline (e.g. generator.loop.steps=600)",
+}
+
+
+def _stage_args(sp: argparse.ArgumentParser, trains: bool = True) -> None:
+    sp.add_argument("--preset", default="cpu", help="named preset: cpu (minutes on 2 cores) or gpu")
+    sp.add_argument("--config", help="a JSON file with the full stage config (replaces the preset)")
+    sp.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help=SET_HELP["stage"])
+    if trains:  # how the run executes (a resumed run may change these): docs/SCALE.md
+        sp.add_argument("--steps", type=int, help="shorthand for --set loop.steps=N")
+        sp.add_argument("--log", choices=["jsonl", "wandb"], help="jsonl (default: RUN/metrics/<stage>.jsonl only) "
+                        "or wandb as well (mode from WANDB_MODE; pip install 'tessera[wandb]')")
+        sp.add_argument("--compile", action="store_true", help="torch.compile the model (loop.compile)")
+        sp.add_argument("--activation-checkpointing", action="store_true",
+                        help="recompute activations in backward: less memory, more compute")
+        sp.add_argument("--parallel", choices=["ddp", "fsdp"],
+                        help="under torchrun: replicate the model (ddp, default) or shard it (fsdp)")
+    sp.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+
+
+def _sampling_args(sp: argparse.ArgumentParser, seed_help: str, diffusion: bool = False) -> None:
+    """Sampling flags; unset ones keep the settings recorded with the trained model (RUN/*/tessera_sampling.json)."""
+    sp.add_argument("--cfg", type=float, help="classifier-free guidance scale (1 = none; default: the run's recorded)")
+    sp.add_argument("--temperature", type=float, help="sampling temperature (0 = greedy; default: the run's recorded)")
+    sp.add_argument("--top-k", type=int, help="keep the k most likely codes (0 = all; default: the run's recorded)")
+    sp.add_argument("--top-p", type=float, help="nucleus sampling mass (1 = off; default: the run's recorded)")
+    if diffusion:
+        sp.add_argument("--sampler", choices=["ddim", "dpm++"], help="the baseline's sampler (default: recorded, ddim)")
+        sp.add_argument("--steps", type=int, dest="diffusion_steps",
+                        help="the baseline's denoising steps (default: recorded, 25)")
+    sp.add_argument("--seed", type=int, default=0, help=seed_help)
+
+
+def _command(sub, name: str, func, help: str, description: str | None = None, **defaults) -> argparse.ArgumentParser:
+    sp = sub.add_parser(name, help=help, description=description or help)
+    sp.set_defaults(func=func, **defaults)
+    return sp
+
+
+def _training_commands(sub, cli: ModuleType) -> None:
+    t = _command(sub, "train-tokenizer", cli.cmd_train_stage, "train the VQ image tokenizer",
+                 "Train (or resume) the VQ tokenizer of a run directory; writes RUN/tokenizer/.", stage="tokenizer")
+    t.add_argument("--run", required=True, help="run directory, e.g. runs/tok (resumes if it has state/)")
+    _stage_args(t)
+    k = _command(sub, "tokenize", cli.cmd_tokenize, "pre-tokenize the generator's data (before `train`, for large data)",
+                 "The data preparation of `tessera train` alone: make (or reuse) RUN/text_tokenizer and encode the "
+                 "images with RUN/tokenizer into RUN/codes, in resumable shards (data.shard_size rows; rerun the same "
+                 "command after a kill). Takes the same --preset / --set as `tessera train`, which then reuses "
+                 "RUN/codes. Unreadable images and empty captions are skipped, named in the log and counted in "
+                 "RUN/codes/tessera_codes.json.")
+    k.add_argument("--run", required=True, help="run directory holding tokenizer/")
+    k.add_argument("--tokenizer", help="use this tokenizer directory instead of RUN/tokenizer")
+    k.add_argument("--num-proc", type=int, help="worker processes (default: one per --devices entry, else 1); each "
+                   "CPU worker gets an equal share of the cores")
+    k.add_argument("--devices", metavar="DEV,DEV",
+                   help="encode on these devices, e.g. cuda:0,cuda:1: worker r uses device r mod their number")
+    _stage_args(k, trains=False)
+    g = _command(sub, "train", cli.cmd_train_stage, "train the generator on a run's tokenizer",
+                 "Pre-tokenize the training data with RUN/tokenizer (once, into RUN/codes, unless `tessera tokenize` "
+                 "made them), then train (or resume) the Llama generator; writes RUN/generator/, a Hugging Face model "
+                 "directory with the text tokenizer, the sequence layout and the recommended sampling settings.",
+                 stage="generator")
+    g.add_argument("--run", required=True, help="run directory holding tokenizer/ (resumes if it has state/)")
+    g.add_argument("--tokenizer", help="use this tokenizer directory instead of RUN/tokenizer")
+    _stage_args(g)
+    b = _command(sub, "train-baseline", cli.cmd_train_stage, "train the diffusion baseline on the generator's data",
+                 "Train (or resume) a small text-conditioned UNet (diffusers) on the same scenes, captions and text "
+                 "ids as the generator, in pixels; writes RUN/baseline/. Measure it with `tessera eval --run RUN "
+                 "--model baseline`.", stage="baseline")
+    b.add_argument("--run", required=True, help="run directory (shares text_tokenizer/ with the generator)")
+    _stage_args(b)
+
+
+def _sampling_commands(sub, cli: ModuleType) -> None:
+    d = _command(sub, "demo", cli.cmd_demo, "the whole pipeline on the shapes world, from nothing",
+                 "Train the tokenizer, pre-tokenize, train the generator and sample a fixed prompt list (seen and "
+                 "held-out compositions) on the embedded shapes world; scores every sample against its prompt and "
+                 "writes OUT/summary.{json,md} and grids in OUT/samples/.")
+    d.add_argument("--out", default="runs/demo", help="run directory (a killed demo resumes where it stopped)")
+    d.add_argument("--preset", default="cpu", help="preset of both stages: cpu (minutes on 2 cores) or gpu")
+    d.add_argument("--set", action="append", metavar="STAGE.SECTION.KEY=VALUE", help=SET_HELP["demo"])
+    d.add_argument("--eval-images", type=int, default=1000, help="held-out images to measure the tokenizer on")
+    d.add_argument("--samples-per-prompt", type=int, default=4, help="samples drawn for each demo prompt")
+    _sampling_args(d, "sampling seed")
+    d.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    s = _command(sub, "sample", cli.cmd_sample, "sample images from prompts with a trained run",
+                 "Draw N images per prompt; writes one PNG per image (prompt and settings in its text chunks) and "
+                 "OUT/grid.png with one row per prompt. An empty prompt samples unconditionally; a prompt longer "
+                 "than the model's text length is truncated with a warning.")
+    s.add_argument("--run", required=True, help="run directory holding tokenizer/ and generator/")
+    s.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
+    s.add_argument("--prompts-file", help="a text file with one prompt per line")
+    s.add_argument("--n", type=int, default=4, help="images per prompt")
+    _sampling_args(s, "seed; the same seed and settings give the same images")
+    s.add_argument("--batch-size", type=int, default=32, help="images sampled together")
+    s.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    s.add_argument("--out", default="samples", help="output directory")
+
+
+def _eval_commands(sub, cli: ModuleType) -> None:
+    from eval.suites import DEFAULT_SUITES, SUITES
+
+    v = _command(sub, "eval", cli.cmd_eval, "measure a trained run: faithfulness per category, FID, tokenizer, speed",
+                 "Sample every prompt of the chosen suites N times with fixed seeds and score each image against its "
+                 "prompt's constraints (the shapes world's parse); FID of generated vs rendered scenes on the "
+                 "harness's own classifier features (trained once and cached in $TESSERA_CACHE or ~/.cache/tessera) "
+                 "or Inception from a local weights file; tokenizer metrics; sampling speed. Writes OUT/result.json, "
+                 "OUT/report.md and OUT/grids/ (OUT: RUN/eval, or RUN/eval-baseline with --model baseline).")
+    v.add_argument("--run", required=True, help="run directory holding tokenizer/ and generator/ (or baseline/)")
+    v.add_argument("--model", choices=["generator", "baseline"], default="generator",
+                   help="what to measure: the autoregressive generator, or the diffusion baseline")
+    v.add_argument("--suite", action="append", dest="suites", choices=list(SUITES),
+                   help=f"a suite to run (repeat for several; default: {' '.join(DEFAULT_SUITES)})")
+    v.add_argument("--n", type=int, default=4, help="samples per prompt")
+    _sampling_args(v, "sampling seed; the same seed gives the same numbers", diffusion=True)
+    v.add_argument("--batch-size", type=int, default=64, help="images sampled together")
+    v.add_argument("--features", default="classifier", help="FID features: classifier (default, offline) or "
+                   "inception:PATH (a local Inception-v3 state dict, .pth or .safetensors; needs torch-fidelity and "
+                   "torchvision)")
+    v.add_argument("--fid-images", type=int, default=500, help="generated and rendered images for FID")
+    v.add_argument("--no-fid", dest="fid", action="store_false", help="skip FID")
+    v.add_argument("--tokenizer-images", type=int, default=500, help="held-out images for the tokenizer metrics")
+    v.add_argument("--no-tokenizer", dest="tokenizer", action="store_false", help="skip the tokenizer metrics")
+    v.add_argument("--no-speed", dest="speed", action="store_false", help="skip the speed measurement")
+    v.add_argument("--speed-batch-sizes", type=int, nargs="+", default=[1, 32], help="batch sizes timed")
+    v.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    v.add_argument("--out", help="output directory (default: RUN/eval or RUN/eval-baseline)")
+    v.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars (for logs)")
+    bn = _command(sub, "bench", cli.cmd_bench, "the autoregressive generator vs the diffusion baseline, on one budget",
+                  "Train what RUN lacks (tokenizer, generator, then the diffusion baseline for the same training "
+                  "wall-clock), evaluate both with `tessera eval`'s harness, sweep guidance / top-k and diffusion step "
+                  "counts, and write OUT/report.md (table: faithfulness per category, FID, images/s at batch 1 and a "
+                  "large batch, FLOPs and network evaluations per image, parameters, training time), OUT/bench.json "
+                  "and two PNG plots (faithfulness and FID vs images/s). The cpu preset takes about an hour on 2 "
+                  "cores from nothing.")
+    bn.add_argument("--run", default="runs/bench", help="run directory; trained parts are reused (default: runs/bench)")
+    bn.add_argument("--preset", choices=["cpu", "gpu"], default="cpu",
+                    help="cpu: ~1 h on 2 cores; gpu: one H100/H200 (the stages' gpu presets)")
+    bn.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP["bench"])
+    bn.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    bn.add_argument("--out", help="report directory (default: RUN/bench)")
+    bn.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    e = _command(sub, "eval-tokenizer", cli.cmd_eval_tokenizer, "measure a trained tokenizer on held-out shapes",
+                 "Scene preservation, PSNR, SSIM, codebook usage and speed on held-out images (`tessera eval` adds "
+                 "reconstruction FID).")
+    e.add_argument("--run", required=True, help="run directory holding tokenizer/")
+    e.add_argument("--n", type=int, default=1000, help="number of held-out images")
+    e.add_argument("--seed", type=int, default=1234, help="held-out scene seed")
+    e.add_argument("--batch-size", type=int, default=100)
+    e.add_argument("--device", help="cpu or cuda (default: cpu)")
+    e.add_argument("--out", help="also write the JSON report here")
+    r = _command(sub, "reconstruct", cli.cmd_reconstruct, "encode and decode image files with a run's tokenizer",
+                 "Images are converted to RGB, centre-cropped to a square and resized; unreadable files are refused "
+                 "by name.")
+    r.add_argument("--run", required=True, help="run directory holding tokenizer/")
+    r.add_argument("images", nargs="+", help="image files")
+    r.add_argument("--out", default="reconstructions.png", help="output grid PNG")
+
+
+def add_commands(sub, cli: ModuleType) -> None:
+    """Every command, in the order `tessera --help` lists them; `cli` holds their functions."""
+    _sampling_commands(sub, cli)  # demo first: the README's main job
+    _training_commands(sub, cli)
+    _eval_commands(sub, cli)
+
+
+__all__ = ["add_commands"]
