@@ -161,7 +161,7 @@ def llama_config(cfg: GeneratorConfig) -> Any:
         num_attention_heads=cfg.num_heads,
         num_key_value_heads=cfg.num_kv_heads,
         max_position_embeddings=layout.seq_len,  # RoPE needs no table, but HF tools read this as the context size
-        # transformers 5: rope_theta lives in rope_parameters (PITFALLS.md)
+        # transformers 5: rope_theta lives in config.rope_parameters, no longer on the config itself
         rope_parameters={"rope_type": "default", "rope_theta": float(cfg.rope_theta)},
         attention_dropout=float(cfg.dropout),
         initializer_range=cfg.init_std,

@@ -80,7 +80,7 @@ PRESETS: dict[str, dict] = {
     # at the tokenizer's 24 px; the default UNet (1.16M parameters, the tiny generator's 1.14M).
     # v-prediction with min-SNR weights, batch 32 at lr 2e-3: at ~the generator's wall-clock it
     # scored 15.8% on position + heldout + single_object where DDPM's epsilon at batch 64, lr 1e-3
-    # drew noise (0-1%; docs/RESULTS.md, issue 5). 520 steps (~0.75 s each on 2 AVX2 cores: the
+    # drew noise (0-1%; docs/RESULTS.md). 520 steps (~0.75 s each on 2 AVX2 cores: the
     # generator stage's ~6.5 min) when trained on its own; `tessera bench` sets the count from the
     # AR side's training time.
     "cpu": {

@@ -281,7 +281,7 @@ def prepare_codes(
         elif devices:
             device = devices[0]
         else:
-            device = cfg.loop.device if cfg.loop.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+            device = str(resolve_device(cfg.loop.device))
         tokenizer = load_tokenizer(tokenizer_dir, device=device)
         pretokenize(rows, tokenizer, tokenizer_dir, text_tok, layout, codes_dir,
                     batch_size=cfg.data.encode_batch_size, progress=cfg.loop.progress, source=source,

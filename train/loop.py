@@ -314,6 +314,57 @@ def _check_accum(cfg: LoopConfig, world: distributed.World) -> None:
         )
 
 
+class _Setup(NamedTuple):
+    device: torch.device
+    world: distributed.World
+    par: ParallelModel
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    ema: EMA | None
+    micros: list[int]  # this process's micro-batches of each step
+    bf16: bool  # autocast (under FSDP, bf16 is FSDP's own mixed precision instead)
+
+
+def _setup(task: Task, cfg: LoopConfig, desc: str) -> _Setup:
+    """Join the process group, place and wrap the model, build AdamW, the schedule and the EMA."""
+    device = resolve_device(cfg.device)
+    _check_accum(cfg, distributed.world())
+    world = distributed.init(device.type)
+    if world.distributed and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)  # one GPU per process
+    plain = task.model.to(device)
+    plain.train()
+    if cfg.activation_checkpointing:
+        enable_activation_checkpointing(plain)
+    par = ParallelModel(plain, cfg, world, device, unused_parameters=getattr(task, "unused_parameters", False))
+    logger.info("%s on %s%s, %s%s", desc, device, f" x {world.size} processes ({cfg.parallel})" if world.distributed else "",
+                "bf16" if uses_bf16(device, cfg.precision) else "fp32", ", compiled" if cfg.compile else "")
+    optimizer = torch.optim.AdamW(param_groups(plain, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    ema = EMA(plain, cfg.ema_decay).to(device) if cfg.ema_decay > 0 else None  # sharded like the model under FSDP
+    local_accum = cfg.grad_accum // world.size
+    micros = [world.rank * local_accum + m for m in range(local_accum)]  # this process's share of a step
+    return _Setup(device, world, par, optimizer, scheduler, ema, micros, par.autocast_on(device, cfg.precision))
+
+
+class _Meter:
+    """Throughput since the last log line, and training wall-clock summed over resumes."""
+
+    def __init__(self, elapsed: float):
+        self.elapsed, self.seen = elapsed, 0
+        self.t_train = self.t_log = time.perf_counter()
+
+    def seconds(self) -> float:
+        return self.elapsed + time.perf_counter() - self.t_train
+
+    def row(self, done: int, metrics: dict[str, float], lr: float, device: torch.device) -> dict:
+        """The log line of step `done` (all processes: the metrics and item counts are reduced)."""
+        metrics = distributed.all_reduce_mean(metrics, device)  # grad_norm is the same everywhere
+        rate = distributed.all_reduce_sum(self.seen, device) / max(time.perf_counter() - self.t_log, 1e-9)
+        self.seen, self.t_log = 0, time.perf_counter()
+        return {"step": done, "lr": lr, **metrics, "items_per_s": rate, "seconds": round(self.seconds(), 3)}
+
+
 def train_loop(
     task: Task,
     cfg: LoopConfig,
@@ -326,84 +377,57 @@ def train_loop(
 
     With `stage` (several stages share a run directory) the checkpoints go to
     `state/<stage>/` and the log to `metrics/<stage>.jsonl`; without it, to
-    `state/` and `metrics.jsonl` (pipelines.Run owns these paths).
-
-    Under torchrun every process calls this with the same arguments
-    (train/distributed.py); process 0 writes the log and the checkpoints, and
-    `task.model` is the whole trained model on every process afterwards.
-
-    `on_step(step)` is called after each completed optimizer step (after any
-    checkpoint for that step is on disk); tests use it to interrupt a run.
+    `state/` and `metrics.jsonl` (pipelines.Run owns these paths). Under torchrun
+    every process calls this with the same arguments (train/distributed.py);
+    process 0 writes the log and the checkpoints, and `task.model` is the whole
+    trained model on every process afterwards. `on_step(step)` is called after each
+    completed optimizer step (after any checkpoint for that step is on disk).
     """
     t0 = time.perf_counter()
     run = run_dir if isinstance(run_dir, Run) else Run(run_dir)
-    device = resolve_device(cfg.device)
-    _check_accum(cfg, distributed.world())
-    world = distributed.init(device.type)
-    if world.distributed and device.type == "cuda":
-        device = torch.device("cuda", world.local_rank)  # one GPU per process
-    local_accum = cfg.grad_accum // world.size
-    plain = task.model.to(device)
-    plain.train()
-    if cfg.activation_checkpointing:
-        enable_activation_checkpointing(plain)
-    par = ParallelModel(plain, cfg, world, device, unused_parameters=getattr(task, "unused_parameters", False))
-    bf16 = par.autocast_on(device, cfg.precision)
-    logger.info("%s on %s%s, %s%s", desc, device, f" x {world.size} processes ({cfg.parallel})" if world.distributed else "",
-                "bf16" if uses_bf16(device, cfg.precision) else "fp32", ", compiled" if cfg.compile else "")
-
-    optimizer = torch.optim.AdamW(param_groups(plain, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    ema = EMA(plain, cfg.ema_decay).to(device) if cfg.ema_decay > 0 else None  # sharded like the model under FSDP
-    if world.main:
+    s = _setup(task, cfg, desc)
+    if s.world.main:
         run.metrics_path(stage).parent.mkdir(parents=True, exist_ok=True)
-    start, elapsed = _resume(run, stage, par, optimizer, scheduler, ema, world, desc)
+    start, elapsed = _resume(run, stage, s.par, s.optimizer, s.scheduler, s.ema, s.world, desc)
     distributed.barrier()  # nobody trains before every process has loaded (and the log is truncated)
-
     tracker = None
-    if world.main:
+    if s.world.main:
         tracker = Tracker.open(cfg.log, run.metrics_path(stage), run.samples_dir(stage),
                                run_name=f"{run.root.name}/{stage or desc}",
-                               config={"loop": cfg.to_dict(), "stage": stage, "processes": world.size})
-    last: dict[str, float] = {}
-    bar = tqdm(total=cfg.steps, initial=start, desc=desc, disable=not (cfg.progress and world.main),
+                               config={"loop": cfg.to_dict(), "stage": stage, "processes": s.world.size})
+    bar = tqdm(total=cfg.steps, initial=start, desc=desc, disable=not (cfg.progress and s.world.main),
                dynamic_ncols=True, leave=False)
-    seen, t_log = 0, time.perf_counter()
-    t_train = t_log  # "seconds" in the log: training wall-clock so far, summed over resumes
-    micros = [world.rank * local_accum + m for m in range(local_accum)]  # this process's share of a step
-    task.model = par.train_model  # loss() runs the forward through the wrapper (gradient averaging)
+    meter, last = _Meter(elapsed), {}
+    task.model = s.par.train_model  # loss() runs the forward through the wrapper (gradient averaging)
     try:
         for step in range(start, cfg.steps):
-            out = optimizer_step(task, par, optimizer, cfg, step, micros, device, bf16)
-            scheduler.step()
-            if ema is not None:
-                ema.update(plain)
-            done, last, seen = step + 1, out.metrics, seen + out.items
+            out = optimizer_step(task, s.par, s.optimizer, cfg, step, s.micros, s.device, s.bf16)
+            s.scheduler.step()
+            if s.ema is not None:
+                s.ema.update(s.par.model)
+            done, last, meter.seen = step + 1, out.metrics, meter.seen + out.items
             bar.update(1)
             if done % cfg.log_every == 0 or done == cfg.steps:
-                last = distributed.all_reduce_mean(out.metrics, device)  # grad_norm is the same everywhere
-                rate = distributed.all_reduce_sum(seen, device) / max(time.perf_counter() - t_log, 1e-9)
-                row = {"step": done, "lr": scheduler.get_last_lr()[0], **last, "items_per_s": rate,
-                       "seconds": round(elapsed + time.perf_counter() - t_train, 3)}
+                row = meter.row(done, out.metrics, s.scheduler.get_last_lr()[0], s.device)
+                last = {k: v for k, v in row.items() if k in out.metrics}
                 if tracker is not None:
                     tracker.log(row)
-                bar.set_postfix(loss=f"{last.get('loss', 0.0):.4f}", ips=f"{rate:.0f}")
-                seen, t_log = 0, time.perf_counter()
+                bar.set_postfix(loss=f"{row.get('loss', 0.0):.4f}", ips=f"{row['items_per_s']:.0f}")
             if cfg.sample_every and hasattr(task, "preview") and (done % cfg.sample_every == 0 or done == cfg.steps):
-                _preview(task, par, tracker, done)
+                _preview(task, s.par, tracker, done)
             if done % cfg.ckpt_every == 0 or done == cfg.steps:
-                _save(run, stage, done, par, optimizer, scheduler, ema, world,
-                      elapsed + time.perf_counter() - t_train, cfg.keep_checkpoints)
+                _save(run, stage, done, s.par, s.optimizer, s.scheduler, s.ema, s.world, meter.seconds(),
+                      cfg.keep_checkpoints)
             if on_step is not None:
                 on_step(done)
     finally:
-        task.model = plain
+        task.model = s.par.model
         bar.close()
         if tracker is not None:
             tracker.close()
-    if ema is not None:
-        ema.copy_to(plain)  # the model leaves the loop with its averaged weights
-    task.model = par.unwrapped()
+    if s.ema is not None:
+        s.ema.copy_to(s.par.model)  # the model leaves the loop with its averaged weights
+    task.model = s.par.unwrapped()
     return LoopResult(cfg.steps, start, time.perf_counter() - t0, last)
 
 
