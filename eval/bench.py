@@ -142,7 +142,7 @@ class BenchConfig:
 def training_seconds(run: Run, stage: str) -> float:
     """Training-loop wall-clock of `stage` in `run_dir`, from its metrics log (train.loop writes
     cumulative "seconds"; logs from before that field are summed from items / items_per_s)."""
-    run = run if isinstance(run, Run) else Run(run)
+    run = Run(run)
     path = run.metrics_path(stage)
     if not path.is_file():
         raise BenchError(f"{path} is missing: cannot tell how long the {stage} stage trained")
@@ -207,9 +207,9 @@ def flops_per_image(pipe: Any, sc: Any, prompt: str = "a red circle") -> float:
     return float(counter.get_total_flops())
 
 
-def parameter_counts(run: Run, device: str | None) -> dict:
-    ar = open_sampler(run, "generator", device=device)
-    base = open_sampler(run, "baseline", device=device)
+def parameter_counts(run: Run, device: str | None, progress: bool = True) -> dict:
+    ar = open_sampler(run, "generator", device=device, progress=progress)
+    base = open_sampler(run, "baseline", device=device, progress=progress)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     return {"generator": count(ar.model), "tokenizer": count(ar.tokenizer),
             "baseline": count(base.model), "baseline_unet": count(base.model.unet),
@@ -296,7 +296,7 @@ def run_bench(run_dir: str | Path, cfg: BenchConfig, out_dir: str | Path | None 
     report = {
         "version": BENCH_VERSION, "run": str(run.root), "config": asdict(cfg),
         "machine": machine_info(resolve_device(cfg.device)), "training": training,
-        "parameters": parameter_counts(run, cfg.device), "main": main, "sweep": sweep,
+        "parameters": parameter_counts(run, cfg.device, cfg.progress), "main": main, "sweep": sweep,
         "seconds": {"training": round(t_train, 1), "total": round(time.perf_counter() - t0, 1)},
         "date": time.strftime("%Y-%m-%d"),
     }

@@ -49,8 +49,9 @@ class ARPipeline:
 
     @classmethod
     def from_run(cls, run: str | Path | Run, device: str | None = None, progress: bool = True) -> "ARPipeline":
-        run = run if isinstance(run, Run) else Run(run)
-        run.require("tokenizer"), run.require("generator")  # both named before either is loaded
+        run = Run(run)
+        for part in ("tokenizer", "generator"):  # a missing part is named before anything loads
+            run.require(part)
         return cls(run.load_tokenizer(), run.load_generator(progress=progress), resolve_device(device),
                    run.recorded_sampling("generator"))
 

@@ -35,7 +35,8 @@ class DiffusionPipeline:
 
     @classmethod
     def from_run(cls, run: str | Path | Run, device: str | None = None, progress: bool = True) -> "DiffusionPipeline":
-        run = run if isinstance(run, Run) else Run(run)
+        """`progress` is part of the interface; loading the baseline shows no progress bar."""
+        run = Run(run)
         model, text_tokenizer = run.load_baseline()
         return cls(model, text_tokenizer, resolve_device(device), run.recorded_sampling("baseline"))
 

@@ -50,8 +50,8 @@ def write_atomic(path: Path, text: str) -> Path:
 class Run:
     """A run directory: paths of its parts, its recorded configs, and loading what it trained."""
 
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
+    def __init__(self, root: "str | Path | Run"):
+        self.root = Path(root)  # a Run is path-like too: Run(run) is the same run
 
     def __repr__(self) -> str:
         return f"Run({str(self.root)!r})"

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from baseline import BaselineError
 from eval import fid
 from eval.harness import EvalConfig, evaluate_run
 from tessera.cli import main
@@ -48,7 +49,9 @@ def test_eval_cli_writes_every_part(run, tmp_path, quick_classifier, capsys):
             "--suite", "counting", "--n", "2", "--fid-images", "8", "--tokenizer-images", "8",
             "--speed-batch-sizes", "1", "2", "--no-progress"]
     assert main(args) == 0
-    assert "wrote" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "wrote" in printed.out
+    assert "Loading weights" not in printed.err  # transformers' bar honours --no-progress
     result = json.loads((out / "result.json").read_text())
     f = result["faithfulness"]
     assert {c: v["n"] for c, v in f["categories"].items()} == {"position": 36, "relation": 32, "counting": 36}
@@ -130,6 +133,16 @@ def test_baseline_trains_and_is_evaluated_by_the_same_harness(run, tmp_path, cap
     row = result["speed"]["rows"][0]
     assert row["setting"] == "dpm++ 2 steps" and row["nfe_per_image"] == 4  # 2 steps x 2 rows (guidance 1.5)
     assert "sampler dpm++, steps 2" in (out / "report.md").read_text()
+    # the baseline records its sampling settings, and opens through the same interface as the generator
+    from pipelines import ImageSampler, open_sampler
+
+    assert json.loads((run / "baseline" / "tessera_sampling.json").read_text()) == {
+        "sampler": "ddim", "steps": 25, "cfg_scale": 1.5}
+    pipe = open_sampler(run, "baseline", device="cpu")
+    assert isinstance(pipe, ImageSampler) and pipe.tokenizer is None
+    assert pipe.settings(steps=3).steps == 3 and pipe.describe(pipe.settings()) == "ddim 25 steps"
+    with pytest.raises(BaselineError, match="temperature"):
+        pipe.settings(temperature=0.5)
     # a run without a baseline says how to make one
     assert main(["eval", "--run", str(tmp_path / "none"), "--model", "baseline", "--no-progress"]) == 2
     assert "train-baseline" in capsys.readouterr().err

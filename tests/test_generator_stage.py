@@ -131,11 +131,15 @@ def test_sample_cli_errors_are_one_line(run, tmp_path, capsys):
     assert "tokenizer" in capsys.readouterr().err
 
 
-def test_demo_runs_the_whole_pipeline(tmp_path):
+def test_demo_runs_the_whole_pipeline(tmp_path, capsys):
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--no-progress", "--eval-images", "20", "--samples-per-prompt", "1",
             *set_args(TOK, "tokenizer."), *set_args(GEN, "generator.")]
     assert main(args) == 0
+    printed = capsys.readouterr()
+    assert "[5/5]" in printed.out
+    for bar in ("Writing model shards", "Loading weights", "sampling:", "tokenizer eval"):  # --no-progress
+        assert bar not in printed.err, bar
     summary = json.loads((out / "summary.json").read_text())
     cats = summary["faithfulness"]["categories"]
     assert {c: v["n"] for c, v in cats.items()} == {"single_heldout": 18, "single_seen": 18, "two_object": 12}

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-
 import numpy as np
 import pytest
 
@@ -77,8 +75,10 @@ def test_recorded_sampling_settings_round_trip(tmp_path):
 
 
 def test_every_registered_sampler_implements_the_interface():
+    methods = {n for n, v in vars(ImageSampler).items()
+               if not n.startswith("_") and (callable(v) or isinstance(v, property))}
+    assert {"sample", "settings", "describe", "steps_per_image", "resolution"} <= methods
     for name, cls in SAMPLERS.items():
-        for member in ("sample", "settings", "describe", "steps_per_image", "resolution", "from_run"):
-            assert hasattr(cls, member), (name, member)
-    assert json.dumps(sorted(SAMPLERS)) == '["baseline", "generator"]'
-    assert isinstance(ImageSampler, type)
+        missing = {m for m in methods if not hasattr(cls, m)}
+        assert not missing, (name, missing)
+        assert isinstance(cls.kind, str) and hasattr(cls, "from_run")

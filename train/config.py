@@ -114,6 +114,8 @@ class StageConfig:
             data = d.get(name)
             if data is None:
                 sections[name] = default
+            elif not isinstance(data, dict):
+                raise TrainConfigError(f"{cls.STAGE}-stage section {name!r} must be a mapping, got {data!r}")
             elif isinstance(default, dict):
                 sections[name] = dict(data)
             elif hasattr(type(default), "from_dict"):
@@ -142,7 +144,7 @@ def check_run_config(run: Run | str, cfg: StageConfig) -> None:
     grow, how the run executes may change (EXECUTION_KEYS), and so may the split of
     a step's batch into micro-batches when the global batch stays the same.
     """
-    run = run if isinstance(run, Run) else Run(run)
+    run = Run(run)
     path = run.stage_config_path(cfg.STAGE)
     new = json.loads(json.dumps(cfg.to_dict()))  # as stored: tuples become lists, or every resume would differ
     old = run.recorded_config(cfg.STAGE)

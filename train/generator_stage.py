@@ -222,9 +222,9 @@ def data_source(data: GeneratorDataConfig) -> dict:
             **({"count_weights": data.count_weights} if data.count_weights is not None else {})}
 
 
-def prepare_text_tokenizer(cfg: GeneratorStageConfig, run: Run, captions: Any) -> Any:
+def prepare_text_tokenizer(cfg: GeneratorStageConfig, run: Run | str | Path, captions: Any) -> Any:
     """The run's text tokenizer: made once (trained, or copied from data.text_tokenizer), then reloaded."""
-    path = (run if isinstance(run, Run) else Run(run)).text_tokenizer
+    path = Run(run).text_tokenizer
     if not path.is_dir():
         if cfg.data.text_tokenizer:
             tok = load_text_tokenizer(cfg.data.text_tokenizer)

@@ -384,7 +384,7 @@ def train_loop(
     completed optimizer step (after any checkpoint for that step is on disk).
     """
     t0 = time.perf_counter()
-    run = run_dir if isinstance(run_dir, Run) else Run(run_dir)
+    run = Run(run_dir)
     s = _setup(task, cfg, desc)
     if s.world.main:
         run.metrics_path(stage).parent.mkdir(parents=True, exist_ok=True)
