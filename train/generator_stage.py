@@ -20,7 +20,7 @@ docs/DATA.md). Like the tokenizer stage, the presets are data.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
