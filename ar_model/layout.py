@@ -201,12 +201,13 @@ def encode_text(tokenizer: Any, prompts: Sequence[str], layout: SequenceLayout) 
     """Tokenize prompts to fixed-length text ids: left-aligned, [PAD]-padded, truncated to text_len.
 
     The tokenizer's own special tokens (BOS/EOS/CLS...) are not added: the layout's
-    [BOS] / [BOI] frame the text. An empty prompt gives all [PAD], i.e. the
-    unconditional form.
+    [BOS] / [BOI] frame the text. An empty or whitespace-only prompt gives all
+    [PAD], i.e. the unconditional form (training skips such captions, so spaces
+    alone never meant anything to a model).
     """
     if isinstance(prompts, str):
         raise TypeError("encode_text takes a list of prompts, got a single string (wrap it in a list)")
-    prompts = list(prompts)
+    prompts = [p if p.strip() else "" for p in prompts]
     ids = torch.full((len(prompts), layout.text_len), layout.pad_id, dtype=torch.long)
     truncated = []
     if prompts:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -28,6 +29,7 @@ from ar_model.layout import SequenceLayout
 FORMAT = "tessera.generator"
 VERSION = 1
 LAYOUT_FILE = "tessera_layout.json"
+VERIFY_ENV = "TESSERA_VERIFY_WEIGHTS"  # "0" turns load_generator's sha256 check off by default (very large files)
 
 # Named sizes (after DiT's DiT_models / LlamaGen's GPT_models): data, not code paths.
 # intermediate_size follows LlamaGen: SwiGLU's 8/3 * hidden rounded up to a multiple of 256
@@ -248,6 +250,15 @@ def _transformers_progress(enabled: bool) -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def _sha256(path: Path) -> str:
+    """The sha256 of the file at `path`, read in 1 MiB chunks (a large file is never held in memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def save_generator(
     model: torch.nn.Module,
     cfg: GeneratorConfig,
@@ -264,6 +275,8 @@ def save_generator(
     `progress=False` hides transformers' progress bars for this call only.
     `extra_files` ({name: text}) are written into the directory with the rest (e.g. a
     caller's recommended sampling settings), so they appear together or not at all.
+    The sha256 of each weights file (*.safetensors) is recorded in tessera_layout.json
+    for `load_generator` to check.
     """
     path = Path(path)
     model = unwrap_model(model)
@@ -290,6 +303,8 @@ def save_generator(
             "generator": cfg.to_dict(),  # includes the layout
             "token_ids": cfg.layout.token_ids(),  # derived, for readers; recomputed on load
             "tokenizer": {"path": ".", "class": type(tokenizer).__name__, "len": len(tokenizer)},
+            # checked by load_generator; every weights file, should save_pretrained have sharded them
+            "sha256": {f.name: _sha256(f) for f in sorted(tmp.glob("*.safetensors"))},
         }
         (tmp / LAYOUT_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         for name, text in (extra_files or {}).items():
@@ -308,7 +323,12 @@ def save_generator(
 
 def read_generator_config(path: str | os.PathLike) -> GeneratorConfig:
     """The GeneratorConfig (and layout) of a generator directory, without loading any weights."""
-    path = Path(path)
+    return _read_layout_file(Path(path))[0]
+
+
+def _read_layout_file(path: Path) -> tuple[GeneratorConfig, dict[str, str]]:
+    """The GeneratorConfig of a generator directory and the sha256s recorded with it ({file name: hex digest};
+    empty for directories written before they were recorded)."""
     if not path.is_dir():
         what = "is a file, not a directory" if path.exists() else "does not exist"
         raise CheckpointError(f"generator directory {str(path)!r} {what}")
@@ -329,10 +349,41 @@ def read_generator_config(path: str | os.PathLike) -> GeneratorConfig:
         raise CheckpointError(
             f"{str(meta_file)!r} has version {meta.get('version')!r}; this code reads version {VERSION}"
         )
+    recorded = meta.get("sha256", {})
+    if not isinstance(recorded, dict) or not all(isinstance(v, str) for v in recorded.values()):
+        raise CheckpointError(f"{str(meta_file)!r} has a malformed \"sha256\" entry "
+                              "(expected {file name: hex digest})")
     try:
-        return GeneratorConfig.from_dict(meta.get("generator"))
+        return GeneratorConfig.from_dict(meta.get("generator")), recorded
     except ConfigError as e:
         raise CheckpointError(f"{str(meta_file)!r}: {e}") from e
+
+
+def _check_sha256(path: Path, recorded: dict[str, str]) -> None:
+    """Refuse weights files whose sha256 is not the one recorded when they were written (a missing file is
+    left to the loader, which names it)."""
+    for name, expected in recorded.items():
+        file = path / name
+        if not file.is_file():
+            continue
+        try:
+            actual = _sha256(file)
+        except OSError as e:
+            raise CheckpointError(f"cannot read {str(file)!r}: {e}") from e
+        if actual != expected:
+            raise CheckpointError(f"cannot load {str(file)!r}: the file does not match the sha256 recorded when it "
+                                  "was written; it is damaged or was replaced")
+
+
+def _check_finite(model: torch.nn.Module, path: Path) -> None:
+    """Refuse weights holding NaN or inf, naming the file and the first such tensor."""
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        file = path / "model.safetensors"
+        where = file if file.is_file() else path  # sharded weights: the directory
+        more = f" (and {len(bad) - 1} more tensor(s))" if len(bad) > 1 else ""
+        raise CheckpointError(f"cannot load {str(where)!r}: tensor {bad[0]!r} holds non-finite values (NaN or inf)"
+                              f"{more}; the weights are unusable")
 
 
 def load_generator(
@@ -341,19 +392,29 @@ def load_generator(
     dtype: torch.dtype | None = None,
     *,
     progress: bool = True,
+    verify: bool | None = None,
 ) -> LoadedGenerator:
     """Load a directory written by `save_generator`: model (eval mode, on `device`), config, tokenizer, layout.
 
     Every weight must be present and of the right shape (no silent re-initialisation).
     `progress=False` hides transformers' progress bars for this call only.
+    The weights files are checked against the sha256s recorded in tessera_layout.json when
+    they were written (directories without them load unchecked); the check reads every file
+    once more, so for very large files `verify=False` skips it; when `verify` is not given,
+    the environment variable TESSERA_VERIFY_WEIGHTS=0 turns it off (an explicit
+    `verify=True` checks regardless). Weights holding NaN or inf are refused either way.
     """
     from transformers import LlamaForCausalLM
 
     from ar_model.text import load_text_tokenizer
 
     path = Path(path)
-    cfg = read_generator_config(path)
+    cfg, recorded = _read_layout_file(path)
     layout = cfg.layout
+    if verify is None:
+        verify = os.environ.get(VERIFY_ENV, "1").strip() != "0"
+    if verify:
+        _check_sha256(path, recorded)
     try:
         with _transformers_progress(progress):
             model, info = LlamaForCausalLM.from_pretrained(
@@ -372,6 +433,7 @@ def load_generator(
                 f"{str(path)!r}: config.json {name}={getattr(model.config, name)} disagrees with {LAYOUT_FILE} "
                 f"({getattr(expected, name)})"
             )
+    _check_finite(model, path)
     tokenizer = load_text_tokenizer(path)
     if len(tokenizer) != layout.text_vocab:
         raise CheckpointError(
@@ -387,6 +449,7 @@ __all__ = [
     "FORMAT",
     "LAYOUT_FILE",
     "SIZES",
+    "VERIFY_ENV",
     "VERSION",
     "GeneratorConfig",
     "LoadedGenerator",

@@ -28,6 +28,10 @@ from ar_model.errors import ConfigError
 from ar_model.layout import SequenceLayout, build_prefix, unconditional_text
 
 
+MAX_GUIDANCE = 1000.0
+MIN_TEMPERATURE = 1e-4
+
+
 @dataclass(frozen=True)
 class SampleConfig:
     """How to sample. Plain data: `to_dict()` / `from_dict()` round-trip JSON."""
@@ -49,8 +53,11 @@ class SampleConfig:
 
     def validate(self) -> None:
         """Raise ConfigError naming the field and the value of the first bad setting."""
-        _number(self, "cfg_scale", lambda v: True, "a finite number")
-        _number(self, "temperature", lambda v: v >= 0, "a number >= 0")
+        # bounds that keep float32 logits finite: guidance x logit gaps and logits / temperature stay far
+        # below 3e38 (a scale of 1e38 or a temperature of 1e-300 overflowed to NaN probabilities)
+        _number(self, "cfg_scale", lambda v: abs(v) <= MAX_GUIDANCE, f"a number in [-{MAX_GUIDANCE}, {MAX_GUIDANCE}]")
+        _number(self, "temperature", lambda v: v == 0 or v >= MIN_TEMPERATURE,
+                f"0 (greedy) or a number >= {MIN_TEMPERATURE}")
         _number(self, "top_p", lambda v: 0 < v <= 1, "a number in (0, 1]")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
             raise ConfigError(f"SampleConfig.top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")

@@ -14,13 +14,16 @@ Sampling uses diffusers' schedulers built from the training schedule's config: D
 (deterministic, eta 0) or DPM-Solver++ (multistep, 2nd order), at any step count.
 Pixel space at the world's resolution: images in [-1, 1], (B, 3, R, R).
 
-Saved as a directory: config.json (this module's format and version) + model.safetensors, and
-the text tokenizer the ids came from (text_tokenizer/, loadable with ar_model.load_text_tokenizer).
+Saved as a directory: config.json (this module's format and version, and the sha256 of the
+weights, checked on load) + model.safetensors, and the text tokenizer the ids came from
+(text_tokenizer/, loadable with ar_model.load_text_tokenizer).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,7 @@ from torch import nn
 FORMAT = "tessera.diffusion-baseline"
 VERSION = 1
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+VERIFY_ENV = "TESSERA_VERIFY_WEIGHTS"  # "0" turns load_baseline's sha256 check off by default (very large files)
 SAMPLERS = ("ddim", "dpm++")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
@@ -208,8 +212,11 @@ class DiffusionSampleConfig:
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
             raise BaselineError(f"unknown sampler {self.sampler!r} (known: {', '.join(SAMPLERS)})")
-        if self.steps < 1:
-            raise BaselineError(f"steps must be >= 1, got {self.steps}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise BaselineError(f"steps must be an integer >= 1, got {self.steps!r}")
+        if isinstance(self.cfg_scale, bool) or not isinstance(self.cfg_scale, (int, float)) or not (
+                abs(self.cfg_scale) <= 1000):  # also refuses NaN; larger scales overflow to NaN images
+            raise BaselineError(f"cfg_scale must be a number in [-1000, 1000], got {self.cfg_scale!r}")
 
 
 @torch.no_grad()
@@ -238,10 +245,19 @@ def sample(model: DiffusionBaseline, text_ids: torch.Tensor, sc: DiffusionSample
     return x.clamp(-1, 1)
 
 
+def _sha256(path: Path) -> str:
+    """The sha256 of the file at `path`, read in 1 MiB chunks (a large file is never held in memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def save_baseline(model: DiffusionBaseline, directory: str | Path, text_tokenizer: Any = None,
                   extra_files: dict[str, str] | None = None) -> Path:
     """config.json + model.safetensors (+ text_tokenizer/ when given, + `extra_files` {name: text}), written
-    to a temporary directory and renamed into place."""
+    to a temporary directory and renamed into place. config.json records the sha256 of model.safetensors."""
     import shutil
 
     from safetensors.torch import save_model
@@ -250,9 +266,10 @@ def save_baseline(model: DiffusionBaseline, directory: str | Path, text_tokenize
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    meta = {"format": FORMAT, "version": VERSION, "config": model.cfg.to_dict()}
-    (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
     save_model(model, str(tmp / WEIGHTS_NAME))
+    meta = {"format": FORMAT, "version": VERSION, "config": model.cfg.to_dict(),
+            "sha256": {WEIGHTS_NAME: _sha256(tmp / WEIGHTS_NAME)}}  # checked by load_baseline
+    (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
     if text_tokenizer is not None:
         text_tokenizer.save_pretrained(str(tmp / "text_tokenizer"))
     for name, text in (extra_files or {}).items():
@@ -263,7 +280,16 @@ def save_baseline(model: DiffusionBaseline, directory: str | Path, text_tokenize
     return directory
 
 
-def load_baseline(directory: str | Path, device: str | torch.device = "cpu") -> DiffusionBaseline:
+def load_baseline(directory: str | Path, device: str | torch.device = "cpu", *,
+                  verify: bool | None = None) -> DiffusionBaseline:
+    """Load a directory written by `save_baseline`, in eval mode on `device`; strict about every weight.
+
+    model.safetensors is checked against the sha256 recorded in config.json when it was
+    written (directories without one load unchecked); the check reads the whole file once
+    more, so for very large files `verify=False` skips it; when `verify` is not given, the
+    environment variable TESSERA_VERIFY_WEIGHTS=0 turns it off (an explicit `verify=True`
+    checks regardless). Weights holding NaN or inf are refused either way.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_model
 
@@ -278,11 +304,30 @@ def load_baseline(directory: str | Path, device: str | torch.device = "cpu") -> 
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise BaselineError(f"'{path}' is not a version-{VERSION} Tessera diffusion baseline "
                             f"(format {meta.get('format') if isinstance(meta, dict) else None!r})")
+    weights = directory / WEIGHTS_NAME
+    recorded = meta.get("sha256", {})  # absent in directories written before it was recorded
+    if not isinstance(recorded, dict) or not isinstance(recorded.get(WEIGHTS_NAME, ""), str):
+        raise BaselineError(f"'{path}' has a malformed \"sha256\" entry (expected {{file name: hex digest}})")
+    if verify is None:
+        verify = os.environ.get(VERIFY_ENV, "1").strip() != "0"
+    if verify and WEIGHTS_NAME in recorded and weights.is_file():  # a missing file: load_model names it below
+        try:
+            actual = _sha256(weights)
+        except OSError as e:
+            raise BaselineError(f"cannot load '{weights}': {e}") from e
+        if actual != recorded[WEIGHTS_NAME]:
+            raise BaselineError(f"cannot load '{weights}': the file does not match the sha256 recorded when it was "
+                                "written; it is damaged or was replaced")
     model = DiffusionBaseline(DiffusionConfig.from_dict(meta["config"]))
     try:
-        load_model(model, str(directory / WEIGHTS_NAME), strict=True)
+        load_model(model, str(weights), strict=True)
     except (SafetensorError, OSError, RuntimeError) as e:
-        raise BaselineError(f"cannot load '{directory / WEIGHTS_NAME}': {e}") from e
+        raise BaselineError(f"cannot load '{weights}': {e}") from e
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        more = f" (and {len(bad) - 1} more tensor(s))" if len(bad) > 1 else ""
+        raise BaselineError(f"cannot load '{weights}': tensor '{bad[0]}' holds non-finite values (NaN or inf)"
+                            f"{more}; the weights are unusable")
     return model.to(device).eval()
 
 
@@ -292,6 +337,6 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return rearrange(x, "b c h w -> b h w c").cpu()
 
 
-__all__ = ["PREDICTION_TYPES", "SAMPLERS", "BaselineError", "DiffusionBaseline", "DiffusionConfig",
+__all__ = ["PREDICTION_TYPES", "SAMPLERS", "VERIFY_ENV", "BaselineError", "DiffusionBaseline", "DiffusionConfig",
            "DiffusionSampleConfig", "TextEncoder", "diffusion_loss", "load_baseline", "make_sampler",
            "min_snr_weights", "sample", "save_baseline", "to_uint8", "train_scheduler"]

@@ -50,7 +50,11 @@ class DiffusionPipeline:
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise BaselineError(f"unknown diffusion sampling setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
-        return dataclasses.replace(self.recommended, **overrides)
+        settings = dataclasses.replace(self.recommended, **overrides)
+        if settings.steps > self.model.cfg.num_train_timesteps:
+            raise BaselineError(f"steps must be at most the {self.model.cfg.num_train_timesteps} timesteps the "
+                                f"baseline was trained with, got {settings.steps}")
+        return settings
 
     def describe(self, settings: DiffusionSampleConfig) -> str:
         return f"{settings.sampler} {settings.steps} steps"

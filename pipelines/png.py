@@ -16,23 +16,42 @@ from pipelines.interface import SampleResult
 
 def _slug(text: str, limit: int = 40) -> str:
     s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-")
-    return s or "unconditional"
+    if s or not text.strip():
+        return s or "unconditional"
+    return "prompt"  # no ASCII letters or digits (e.g. Japanese, Arabic): _file_stems adds a hash
+
+
+def _file_stems(prompts: list[str]) -> dict[str, str]:
+    """A file-name stem per distinct prompt: its ASCII slug, plus a short hash of the prompt where the slug
+    alone would not tell prompts apart (other scripts, or prompts differing only in case or punctuation)."""
+    import hashlib
+
+    distinct = list(dict.fromkeys(prompts))
+    slugs = {p: _slug(p) for p in distinct}
+    shared = {s for s in slugs.values() if list(slugs.values()).count(s) > 1}
+    return {p: f"{s}-{hashlib.sha256(p.encode()).hexdigest()[:8]}" if s in shared or s == "prompt" else s
+            for p, s in slugs.items()}
 
 
 def save_pngs(result: SampleResult, out_dir: str | Path, run: str = "") -> list[Path]:
-    """One PNG per image, named by prompt and index, with the prompt and settings in PNG text chunks."""
+    """One PNG per image, named by prompt and index, with the prompt and settings in PNG text chunks.
+
+    Names are safe in any file system and distinct for distinct prompts in any script:
+    `<ascii slug>_<index>.png`, with a short hash of the prompt added where slugs would collide.
+    """
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    stems = _file_stems(result.prompts)
     paths, count = [], {}
     for img, prompt in zip(result.images, result.prompts):
         k = count[prompt] = count.get(prompt, -1) + 1
         meta = PngInfo()
-        meta.add_text("prompt", prompt)
+        meta.add_itxt("prompt", prompt)  # iTXt: UTF-8, any script (tEXt is Latin-1 only)
         meta.add_text("tessera", json.dumps({"run": run, "index": k, **result.sample_config}))
-        path = out_dir / f"{_slug(prompt)}_{k:03d}.png"
+        path = out_dir / f"{stems[prompt]}_{k:03d}.png"
         Image.fromarray(img).save(path, pnginfo=meta)
         paths.append(path)
     return paths

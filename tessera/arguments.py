@@ -7,7 +7,106 @@ Argument names that match a library config's fields keep their names as `dest`
 from __future__ import annotations
 
 import argparse
+import math
+from pathlib import Path
 from types import ModuleType
+
+MAX_SEED = 2**63 - 2**32  # batch b samples with seed + b: stay inside torch's 64-bit seed range
+
+
+class UsageError(Exception):
+    """A command given what it cannot work with (e.g. nothing to sample); the message says what to give."""
+
+
+def prompts_from(args: argparse.Namespace) -> list[str]:
+    """`sample`'s prompts: each --prompt, then the non-blank lines of --prompts-file (UTF-8)."""
+    prompts = list(args.prompt or [])
+    if args.prompts_file:
+        path = Path(args.prompts_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"prompts file {path} does not exist")
+        try:
+            prompts += [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except UnicodeDecodeError as e:
+            raise UsageError(f"prompts file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not prompts:
+        raise UsageError("give at least one --prompt (an empty string samples unconditionally) or --prompts-file")
+    return prompts
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (exit status 2), like every other error of the command line."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind: type, low: float | None = None, high: float | None = None, low_open: bool = False,
+            name: str = "a number"):
+    """An argparse type: `kind` (int or float), finite, within [low, high] ((low, high] with low_open)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}") from None
+        if not math.isfinite(value) or (low is not None and (value <= low if low_open else value < low)) or (
+                high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}")
+        return value
+
+    return parse
+
+
+POSITIVE = _number(int, 1, name="an integer >= 1")
+NONNEGATIVE = _number(int, 0, name="an integer >= 0")
+SEED = _number(int, 0, MAX_SEED, name=f"an integer from 0 to {MAX_SEED}")
+GUIDANCE = _number(float, 0, 1000, name="a guidance scale from 0 to 1000 (1 = none)")
+TEMPERATURE = _number(float, 0, name="a temperature >= 0 (0 = greedy)")  # ar_model.SampleConfig bounds it further
+TOP_P = _number(float, 0, 1, low_open=True, name="a probability mass in (0, 1]")
+
+
+def DEVICE(text: str) -> str:
+    """A device this torch can use (cpu, cuda, cuda:1, ...), checked before any work."""
+    from pipelines import RunError, resolve_device
+
+    try:
+        resolve_device(text)
+    except RunError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def DEVICES(text: str) -> list[str]:
+    """A comma-separated list of devices, each checked."""
+    devices = [d.strip() for d in text.split(",") if d.strip()]
+    if not devices:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list such as cuda:0,cuda:1, got {text!r}")
+    return [DEVICE(d) for d in devices]
+
+
+def _no_file_on_the_way(path: Path, text: str) -> None:
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise argparse.ArgumentTypeError(f"{text!r}: {parent} is a file, not a directory")
+
+
+def OUT_DIR(text: str) -> str:
+    """A directory to write into: absent (it is made) or a directory, never an existing file."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file; give a directory")
+    _no_file_on_the_way(path, text)
+    return text
+
+
+def OUT_FILE(text: str) -> str:
+    """A file to write: not an existing directory, and inside a directory (or where one can be made)."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory; give a file name")
+    _no_file_on_the_way(path, text)
+    return text
 
 SET_HELP = {
     "stage": "override one setting, e.g. --set loop.lr=1e-3 (tokenizer: vq.codebook_size=512; generator: "
@@ -24,7 +123,7 @@ def _stage_args(sp: argparse.ArgumentParser, trains: bool = True) -> None:
     sp.add_argument("--config", help="a JSON file with the full stage config (replaces the preset)")
     sp.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help=SET_HELP["stage"])
     if trains:  # how the run executes (a resumed run may change these): docs/SCALE.md
-        sp.add_argument("--steps", type=int, help="shorthand for --set loop.steps=N")
+        sp.add_argument("--steps", type=POSITIVE, help="shorthand for --set loop.steps=N")
         sp.add_argument("--log", choices=["jsonl", "wandb"], help="jsonl (default: RUN/metrics/<stage>.jsonl only) "
                         "or wandb as well (mode from WANDB_MODE; pip install 'tessera[wandb]')")
         sp.add_argument("--compile", action="store_true", help="torch.compile the model (loop.compile)")
@@ -32,21 +131,23 @@ def _stage_args(sp: argparse.ArgumentParser, trains: bool = True) -> None:
                         help="recompute activations in backward: less memory, more compute")
         sp.add_argument("--parallel", choices=["ddp", "fsdp"],
                         help="under torchrun: replicate the model (ddp, default) or shard it (fsdp)")
-    sp.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+        sp.add_argument("--resume-intact", action="store_true", help="if the latest checkpoint is damaged, resume "
+                        "from the newest intact one (its later steps are trained again) instead of stopping")
+    sp.add_argument("--device", type=DEVICE, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
 
 
 def _sampling_args(sp: argparse.ArgumentParser, seed_help: str, diffusion: bool = False) -> None:
     """Sampling flags; unset ones keep the settings recorded with the trained model (RUN/*/tessera_sampling.json)."""
-    sp.add_argument("--cfg", type=float, help="classifier-free guidance scale (1 = none; default: the run's recorded)")
-    sp.add_argument("--temperature", type=float, help="sampling temperature (0 = greedy; default: the run's recorded)")
-    sp.add_argument("--top-k", type=int, help="keep the k most likely codes (0 = all; default: the run's recorded)")
-    sp.add_argument("--top-p", type=float, help="nucleus sampling mass (1 = off; default: the run's recorded)")
+    sp.add_argument("--cfg", type=GUIDANCE, help="classifier-free guidance scale (1 = none; default: the run's recorded)")
+    sp.add_argument("--temperature", type=TEMPERATURE, help="sampling temperature (0 = greedy; default: the run's recorded)")
+    sp.add_argument("--top-k", type=NONNEGATIVE, help="keep the k most likely codes (0 = all; default: the run's recorded)")
+    sp.add_argument("--top-p", type=TOP_P, help="nucleus sampling mass (1 = off; default: the run's recorded)")
     if diffusion:
         sp.add_argument("--sampler", choices=["ddim", "dpm++"], help="the baseline's sampler (default: recorded, ddim)")
-        sp.add_argument("--steps", type=int, dest="diffusion_steps",
+        sp.add_argument("--steps", type=POSITIVE, dest="diffusion_steps",
                         help="the baseline's denoising steps (default: recorded, 25)")
-    sp.add_argument("--seed", type=int, default=0, help=seed_help)
+    sp.add_argument("--seed", type=SEED, default=0, help=seed_help)
 
 
 def _command(sub, name: str, func, help: str, description: str | None = None, **defaults) -> argparse.ArgumentParser:
@@ -58,7 +159,7 @@ def _command(sub, name: str, func, help: str, description: str | None = None, **
 def _training_commands(sub, cli: ModuleType) -> None:
     t = _command(sub, "train-tokenizer", cli.cmd_train_stage, "train the VQ image tokenizer",
                  "Train (or resume) the VQ tokenizer of a run directory; writes RUN/tokenizer/.", stage="tokenizer")
-    t.add_argument("--run", required=True, help="run directory, e.g. runs/tok (resumes if it has state/)")
+    t.add_argument("--run", required=True, type=OUT_DIR, help="run directory, e.g. runs/tok (resumes if it has state/)")
     _stage_args(t)
     k = _command(sub, "tokenize", cli.cmd_tokenize, "pre-tokenize the generator's data (before `train`, for large data)",
                  "The data preparation of `tessera train` alone: make (or reuse) RUN/text_tokenizer and encode the "
@@ -66,11 +167,11 @@ def _training_commands(sub, cli: ModuleType) -> None:
                  "command after a kill). Takes the same --preset / --set as `tessera train`, which then reuses "
                  "RUN/codes. Unreadable images and empty captions are skipped, named in the log and counted in "
                  "RUN/codes/tessera_codes.json.")
-    k.add_argument("--run", required=True, help="run directory holding tokenizer/")
+    k.add_argument("--run", required=True, type=OUT_DIR, help="run directory holding tokenizer/")
     k.add_argument("--tokenizer", help="use this tokenizer directory instead of RUN/tokenizer")
-    k.add_argument("--num-proc", type=int, help="worker processes (default: one per --devices entry, else 1); each "
+    k.add_argument("--num-proc", type=POSITIVE, help="worker processes (default: one per --devices entry, else 1); each "
                    "CPU worker gets an equal share of the cores")
-    k.add_argument("--devices", metavar="DEV,DEV",
+    k.add_argument("--devices", metavar="DEV,DEV", type=DEVICES,
                    help="encode on these devices, e.g. cuda:0,cuda:1: worker r uses device r mod their number")
     _stage_args(k, trains=False)
     g = _command(sub, "train", cli.cmd_train_stage, "train the generator on a run's tokenizer",
@@ -78,14 +179,14 @@ def _training_commands(sub, cli: ModuleType) -> None:
                  "made them), then train (or resume) the Llama generator; writes RUN/generator/, a Hugging Face model "
                  "directory with the text tokenizer, the sequence layout and the recommended sampling settings.",
                  stage="generator")
-    g.add_argument("--run", required=True, help="run directory holding tokenizer/ (resumes if it has state/)")
+    g.add_argument("--run", required=True, type=OUT_DIR, help="run directory holding tokenizer/ (resumes if it has state/)")
     g.add_argument("--tokenizer", help="use this tokenizer directory instead of RUN/tokenizer")
     _stage_args(g)
     b = _command(sub, "train-baseline", cli.cmd_train_stage, "train the diffusion baseline on the generator's data",
                  "Train (or resume) a small text-conditioned UNet (diffusers) on the same scenes, captions and text "
                  "ids as the generator, in pixels; writes RUN/baseline/. Measure it with `tessera eval --run RUN "
                  "--model baseline`.", stage="baseline")
-    b.add_argument("--run", required=True, help="run directory (shares text_tokenizer/ with the generator)")
+    b.add_argument("--run", required=True, type=OUT_DIR, help="run directory (shares text_tokenizer/ with the generator)")
     _stage_args(b)
 
 
@@ -94,25 +195,26 @@ def _sampling_commands(sub, cli: ModuleType) -> None:
                  "Train the tokenizer, pre-tokenize, train the generator and sample a fixed prompt list (seen and "
                  "held-out compositions) on the embedded shapes world; scores every sample against its prompt and "
                  "writes OUT/summary.{json,md} and grids in OUT/samples/.")
-    d.add_argument("--out", default="runs/demo", help="run directory (a killed demo resumes where it stopped)")
+    d.add_argument("--out", default="runs/demo", type=OUT_DIR, help="run directory (a killed demo resumes where it stopped)")
     d.add_argument("--preset", default="cpu", help="preset of both stages: cpu (minutes on 2 cores) or gpu")
     d.add_argument("--set", action="append", metavar="STAGE.SECTION.KEY=VALUE", help=SET_HELP["demo"])
-    d.add_argument("--eval-images", type=int, default=1000, help="held-out images to measure the tokenizer on")
-    d.add_argument("--samples-per-prompt", type=int, default=4, help="samples drawn for each demo prompt")
+    d.add_argument("--eval-images", type=POSITIVE, default=1000, help="held-out images to measure the tokenizer on")
+    d.add_argument("--samples-per-prompt", type=POSITIVE, default=4, help="samples drawn for each demo prompt")
     _sampling_args(d, "sampling seed")
     d.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     s = _command(sub, "sample", cli.cmd_sample, "sample images from prompts with a trained run",
                  "Draw N images per prompt; writes one PNG per image (prompt and settings in its text chunks) and "
                  "OUT/grid.png with one row per prompt. An empty prompt samples unconditionally; a prompt longer "
                  "than the model's text length is truncated with a warning.")
-    s.add_argument("--run", required=True, help="run directory holding tokenizer/ and generator/")
+    s.add_argument("--run", required=True, type=OUT_DIR, help="run directory holding tokenizer/ and generator/")
     s.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
     s.add_argument("--prompts-file", help="a text file with one prompt per line")
-    s.add_argument("--n", type=int, default=4, help="images per prompt")
+    s.add_argument("--n", type=POSITIVE, default=4, help="images per prompt")
     _sampling_args(s, "seed; the same seed and settings give the same images")
-    s.add_argument("--batch-size", type=int, default=32, help="images sampled together")
-    s.add_argument("--device", help="cpu or cuda (default: cuda when present)")
-    s.add_argument("--out", default="samples", help="output directory")
+    s.add_argument("--batch-size", type=POSITIVE, default=32, help="images sampled together")
+    s.add_argument("--device", type=DEVICE, help="cpu or cuda (default: cuda when present)")
+    s.add_argument("--out", default="samples", type=OUT_DIR, help="output directory")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
 
 
 def _eval_commands(sub, cli: ModuleType) -> None:
@@ -124,25 +226,25 @@ def _eval_commands(sub, cli: ModuleType) -> None:
                  "harness's own classifier features (trained once and cached in $TESSERA_CACHE or ~/.cache/tessera) "
                  "or Inception from a local weights file; tokenizer metrics; sampling speed. Writes OUT/result.json, "
                  "OUT/report.md and OUT/grids/ (OUT: RUN/eval, or RUN/eval-baseline with --model baseline).")
-    v.add_argument("--run", required=True, help="run directory holding tokenizer/ and generator/ (or baseline/)")
+    v.add_argument("--run", required=True, type=OUT_DIR, help="run directory holding tokenizer/ and generator/ (or baseline/)")
     v.add_argument("--model", choices=["generator", "baseline"], default="generator",
                    help="what to measure: the autoregressive generator, or the diffusion baseline")
     v.add_argument("--suite", action="append", dest="suites", choices=list(SUITES),
                    help=f"a suite to run (repeat for several; default: {' '.join(DEFAULT_SUITES)})")
-    v.add_argument("--n", type=int, default=4, help="samples per prompt")
+    v.add_argument("--n", type=POSITIVE, default=4, help="samples per prompt")
     _sampling_args(v, "sampling seed; the same seed gives the same numbers", diffusion=True)
-    v.add_argument("--batch-size", type=int, default=64, help="images sampled together")
+    v.add_argument("--batch-size", type=POSITIVE, default=64, help="images sampled together")
     v.add_argument("--features", default="classifier", help="FID features: classifier (default, offline) or "
                    "inception:PATH (a local Inception-v3 state dict, .pth or .safetensors; needs torch-fidelity and "
                    "torchvision)")
-    v.add_argument("--fid-images", type=int, default=500, help="generated and rendered images for FID")
+    v.add_argument("--fid-images", type=POSITIVE, default=500, help="generated and rendered images for FID")
     v.add_argument("--no-fid", dest="fid", action="store_false", help="skip FID")
-    v.add_argument("--tokenizer-images", type=int, default=500, help="held-out images for the tokenizer metrics")
+    v.add_argument("--tokenizer-images", type=POSITIVE, default=500, help="held-out images for the tokenizer metrics")
     v.add_argument("--no-tokenizer", dest="tokenizer", action="store_false", help="skip the tokenizer metrics")
     v.add_argument("--no-speed", dest="speed", action="store_false", help="skip the speed measurement")
-    v.add_argument("--speed-batch-sizes", type=int, nargs="+", default=[1, 32], help="batch sizes timed")
-    v.add_argument("--device", help="cpu or cuda (default: cuda when present)")
-    v.add_argument("--out", help="output directory (default: RUN/eval or RUN/eval-baseline)")
+    v.add_argument("--speed-batch-sizes", type=POSITIVE, nargs="+", default=[1, 32], help="batch sizes timed")
+    v.add_argument("--device", type=DEVICE, help="cpu or cuda (default: cuda when present)")
+    v.add_argument("--out", type=OUT_DIR, help="output directory (default: RUN/eval or RUN/eval-baseline)")
     v.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars (for logs)")
     bn = _command(sub, "bench", cli.cmd_bench, "the autoregressive generator vs the diffusion baseline, on one budget",
                   "Train what RUN lacks (tokenizer, generator, then the diffusion baseline for the same training "
@@ -151,28 +253,28 @@ def _eval_commands(sub, cli: ModuleType) -> None:
                   "large batch, FLOPs and network evaluations per image, parameters, training time), OUT/bench.json "
                   "and two PNG plots (faithfulness and FID vs images/s). The cpu preset takes about an hour on 2 "
                   "cores from nothing.")
-    bn.add_argument("--run", default="runs/bench", help="run directory; trained parts are reused (default: runs/bench)")
+    bn.add_argument("--run", default="runs/bench", type=OUT_DIR, help="run directory; trained parts are reused (default: runs/bench)")
     bn.add_argument("--preset", choices=["cpu", "gpu"], default="cpu",
                     help="cpu: ~1 h on 2 cores; gpu: one H100/H200 (the stages' gpu presets)")
     bn.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP["bench"])
-    bn.add_argument("--device", help="cpu or cuda (default: cuda when present)")
-    bn.add_argument("--out", help="report directory (default: RUN/bench)")
+    bn.add_argument("--device", type=DEVICE, help="cpu or cuda (default: cuda when present)")
+    bn.add_argument("--out", type=OUT_DIR, help="report directory (default: RUN/bench)")
     bn.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     e = _command(sub, "eval-tokenizer", cli.cmd_eval_tokenizer, "measure a trained tokenizer on held-out shapes",
                  "Scene preservation, PSNR, SSIM, codebook usage and speed on held-out images (`tessera eval` adds "
                  "reconstruction FID).")
-    e.add_argument("--run", required=True, help="run directory holding tokenizer/")
-    e.add_argument("--n", type=int, default=1000, help="number of held-out images")
-    e.add_argument("--seed", type=int, default=1234, help="held-out scene seed")
-    e.add_argument("--batch-size", type=int, default=100)
-    e.add_argument("--device", help="cpu or cuda (default: cpu)")
-    e.add_argument("--out", help="also write the JSON report here")
+    e.add_argument("--run", required=True, type=OUT_DIR, help="run directory holding tokenizer/")
+    e.add_argument("--n", type=POSITIVE, default=1000, help="number of held-out images")
+    e.add_argument("--seed", type=SEED, default=1234, help="held-out scene seed")
+    e.add_argument("--batch-size", type=POSITIVE, default=100)
+    e.add_argument("--device", type=DEVICE, help="cpu or cuda (default: cpu)")
+    e.add_argument("--out", type=OUT_FILE, help="also write the JSON report here")
     r = _command(sub, "reconstruct", cli.cmd_reconstruct, "encode and decode image files with a run's tokenizer",
                  "Images are converted to RGB, centre-cropped to a square and resized; unreadable files are refused "
                  "by name.")
-    r.add_argument("--run", required=True, help="run directory holding tokenizer/")
+    r.add_argument("--run", required=True, type=OUT_DIR, help="run directory holding tokenizer/")
     r.add_argument("images", nargs="+", help="image files")
-    r.add_argument("--out", default="reconstructions.png", help="output grid PNG")
+    r.add_argument("--out", default="reconstructions.png", type=OUT_FILE, help="output grid PNG")
 
 
 def add_commands(sub, cli: ModuleType) -> None:
@@ -182,4 +284,4 @@ def add_commands(sub, cli: ModuleType) -> None:
     _eval_commands(sub, cli)
 
 
-__all__ = ["add_commands"]
+__all__ = ["Parser", "UsageError", "add_commands", "prompts_from"]

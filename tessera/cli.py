@@ -17,7 +17,7 @@ from pathlib import Path
 
 # flags that change how a training run executes, not what it computes -> loop.* settings
 LOOP_FLAGS = {"steps": "steps", "device": "device", "log": "log", "parallel": "parallel", "compile": "compile",
-              "activation_checkpointing": "activation_checkpointing"}
+              "activation_checkpointing": "activation_checkpointing", "resume_intact": "resume_intact"}
 # sampling flags -> fields of the model's sampling settings (ar_model.SampleConfig / baseline.DiffusionSampleConfig)
 SAMPLING_FLAGS = {"cfg": "cfg_scale", "temperature": "temperature", "top_k": "top_k", "top_p": "top_p",
                   "sampler": "sampler", "diffusion_steps": "steps"}
@@ -26,19 +26,31 @@ SAMPLING_FLAGS = {"cfg": "cfg_scale", "temperature": "temperature", "top_k": "to
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Each package's base error (imported late: importing torch costs seconds)."""
     from ar_model import GeneratorError
+    from tessera.arguments import UsageError
     from baseline import BaselineError
     from eval.errors import EvalError
     from pipelines import RunError
     from train.errors import TrainError
     from vqtok import TokenizerError
 
-    return (TokenizerError, GeneratorError, BaselineError, RunError, TrainError, EvalError, FileNotFoundError)
+    return (UsageError, TokenizerError, GeneratorError, BaselineError, RunError, TrainError, EvalError,
+            FileNotFoundError)
 
 
 def _chosen(args: argparse.Namespace, flags: dict[str, str], prefix: str = "") -> dict[str, object]:
     """{prefix + setting: value} for each flag of `flags` the user gave (None / False = not given)."""
     given = {flag: getattr(args, flag, None) for flag in flags}
     return {prefix + key: given[flag] for flag, key in flags.items() if given[flag] is not None and given[flag] is not False}
+
+
+def _sampling(args: argparse.Namespace) -> dict[str, object]:
+    """The sampling flags given, with a warning for a guidance scale that is legal but odd."""
+    chosen = _chosen(args, SAMPLING_FLAGS)
+    cfg = chosen.get("cfg_scale")
+    if cfg is not None and (cfg < 1 or cfg > 10):
+        odd = "below 1: samples move toward the unconditional model" if cfg < 1 else "unusually strong"
+        print(f"warning: guidance {cfg:g} is {odd}", file=sys.stderr)
+    return chosen
 
 
 def _assignments(args: argparse.Namespace) -> dict[str, object]:
@@ -65,9 +77,7 @@ def cmd_train_stage(args: argparse.Namespace) -> int:
 def cmd_tokenize(args: argparse.Namespace) -> int:
     from train.generator_stage import prepare_codes
 
-    devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices is not None else None
-    if devices == []:
-        raise SystemExit(f"error: --devices expects a comma-separated list such as cuda:0,cuda:1, got {args.devices!r}")
+    devices = args.devices  # checked by arguments.DEVICES
     num_proc = args.num_proc if args.num_proc is not None else len(devices) if devices else 1  # one per device
     prepared = prepare_codes(_stage_config(args, "generator"), args.run, tokenizer_dir=args.tokenizer,
                              num_proc=num_proc, devices=devices)
@@ -81,16 +91,13 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from pipelines import open_sampler, sample_to_dir
 
-    prompts = list(args.prompt or [])
-    if args.prompts_file:
-        if not Path(args.prompts_file).is_file():
-            raise FileNotFoundError(f"prompts file {args.prompts_file} does not exist")
-        prompts += [ln for ln in Path(args.prompts_file).read_text(encoding="utf-8").splitlines() if ln.strip()]
-    if not prompts:
-        raise SystemExit("error: give at least one --prompt (an empty string samples unconditionally) or --prompts-file")
-    pipe = open_sampler(args.run, "generator", device=args.device)
-    files = sample_to_dir(pipe, prompts, args.out, n=args.n, settings=pipe.settings(**_chosen(args, SAMPLING_FLAGS),
-                          seed=args.seed), batch_size=args.batch_size, run=str(args.run))
+    from tessera.arguments import prompts_from
+
+    prompts = prompts_from(args)
+    pipe = open_sampler(args.run, "generator", device=args.device, progress=not args.no_progress)
+    files = sample_to_dir(pipe, prompts, args.out, n=args.n, settings=pipe.settings(**_sampling(args),
+                          seed=args.seed), batch_size=args.batch_size, progress=not args.no_progress,
+                          run=str(args.run))
     print(f"{len(files.pngs)} images written to {args.out} (one row per prompt in {files.grid})")
     return 0
 
@@ -101,7 +108,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(DemoConfig(out=args.out, preset=args.preset, stages=split_assignments(_assignments(args),
                         ("tokenizer", "generator")), eval_images=args.eval_images,
-                        samples_per_prompt=args.samples_per_prompt, sampling=_chosen(args, SAMPLING_FLAGS),
+                        samples_per_prompt=args.samples_per_prompt, sampling=_sampling(args),
                         seed=args.seed, progress=not args.no_progress), echo=lambda s: print(s, flush=True))
     return 0
 
@@ -111,7 +118,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from pipelines import Run
 
     given = {f.name: getattr(args, f.name) for f in fields(EvalConfig) if getattr(args, f.name, None) is not None}
-    result = evaluate_run(args.run, EvalConfig(**given, sampling=_chosen(args, SAMPLING_FLAGS)), args.out)
+    result = evaluate_run(args.run, EvalConfig(**given, sampling=_sampling(args)), args.out)
     f, out = result.faithfulness, Path(args.out) if args.out else Run(args.run).eval_dir(args.model)
     print(f"faithfulness {f['accuracy']:.1%} ({f['correct']}/{f['n']}); "
           + ", ".join(f"{c} {v['accuracy']:.1%}" for c, v in f["categories"].items()))
@@ -154,10 +161,9 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tessera.arguments import add_commands
+    from tessera.arguments import Parser, add_commands
 
-    p = argparse.ArgumentParser(prog="tessera",
-                                description="Autoregressive text-to-image over VQ image tokens: train, sample, evaluate.")
+    p = Parser(prog="tessera", description="Autoregressive text-to-image over VQ image tokens: train, sample, evaluate.")
     p.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     add_commands(p.add_subparsers(dest="command", required=True, metavar="COMMAND"), sys.modules[__name__])
     return p
@@ -170,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")  # "generator written to ..." once, not once per process
     level = os.environ.get("TESSERA_LOG", "WARNING") if rank == 0 else "ERROR"
     logging.basicConfig(level=level, format=f"%(levelname)s {f'[{rank}] ' if rank else ''}%(name)s: %(message)s")
+    if getattr(args, "no_progress", False) or getattr(args, "progress", True) is False:
+        import datasets  # --no-progress silences its bars too ("Generating train split" for local files)
+
+        datasets.disable_progress_bars()
     try:
         if args.debug:
             return args.func(args)

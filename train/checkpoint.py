@@ -10,12 +10,18 @@ Layout::
         train_state.pt       optimizer (keyed by parameter name), scheduler, RNG
                              states, step (plain tensors and numbers; loaded with
                              torch.load(weights_only=True))
-        meta.json            step, format version, what wrote it
+        meta.json            step, format version, the sha256 of each file above
 
 A checkpoint directory is written under a temporary name and renamed into place
 only once complete, and `latest` is replaced atomically after that, so a run
 killed at any moment leaves either the previous checkpoint or the new one, never
 a half-written one. The last `keep` checkpoints are kept.
+
+A checkpoint damaged afterwards (a file truncated, garbled or missing: a full disk,
+a bad copy) is found by its sha256s when it is read: `DamagedCheckpointError` names
+the file and the newest intact checkpoint beside it, which the loop resumes from
+instead when told to (`LoopConfig.resume_intact`). Checkpoints written before the
+sha256s were recorded are checked only for their files being present and readable.
 
 Tensors are stored whole and by name, never as per-process shards: process 0
 writes what the loop gathered, and any process count (or a single process) can
@@ -24,8 +30,10 @@ resume from it (train/distributed.py).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -40,12 +48,35 @@ from train.errors import ResumeError
 
 FORMAT = "tessera.train_state"
 VERSION = 1
+MODEL_FILE, EMA_FILE, STATE_FILE, META_FILE = "model.safetensors", "ema.safetensors", "train_state.pt", "meta.json"
+VERIFY_ENV = "TESSERA_VERIFY_WEIGHTS"  # "0": read_checkpoint skips the sha256s by default (very large checkpoints)
 
 
 class CheckpointData(NamedTuple):
     model: dict[str, torch.Tensor]  # full tensors by parameter / buffer name
     ema: dict[str, torch.Tensor] | None
     train_state: dict  # optimizer (by parameter name), scheduler, rng, step, seconds
+
+
+class DamagedCheckpointError(ResumeError):
+    """A checkpoint with a file missing, unreadable or not the bytes recorded when it was written.
+
+    `path`: the checkpoint; `problem`: what is wrong with it; `intact`: the newest other
+    checkpoint in its state directory that verifies, or None.
+    """
+
+    def __init__(self, message: str, path: Path, problem: str, intact: Path | None):
+        super().__init__(message)
+        self.path, self.problem, self.intact = path, problem, intact
+
+
+def _sha256(path: Path) -> str:
+    """The sha256 of the file at `path`, read in 1 MiB chunks (a large file is never held in memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -75,14 +106,70 @@ def set_rng_state(state: dict) -> None:
 
 
 def latest_checkpoint(state_dir: Path) -> Path | None:
-    """The newest complete checkpoint under `state_dir`, or None when there is none."""
-    pointer = Path(state_dir) / "latest"
+    """The checkpoint `state_dir/latest` names, or None when there is none.
+
+    A name whose directory is missing or has no meta.json is a DamagedCheckpointError
+    (naming the newest intact checkpoint); the files themselves are checked by `read_checkpoint`.
+    """
+    state_dir = Path(state_dir)
+    pointer = state_dir / "latest"
     if not pointer.exists():
         return None
-    path = Path(state_dir) / pointer.read_text().strip()
-    if not (path / "meta.json").exists():
-        raise ResumeError(f"{pointer} names {path.name}, which is missing or incomplete")
+    name = pointer.read_text().strip()
+    path = state_dir / name
+    if not name or not (path / META_FILE).is_file():
+        raise _damaged(state_dir, path, f"{pointer} names {name or 'nothing'}, which is missing or incomplete")
     return path
+
+
+def _problem(path: Path, check_sha: bool = True) -> str | None:
+    """What is wrong with checkpoint `path` -- meta.json unreadable, a file missing, or (with `check_sha`) not
+    the bytes recorded when it was written -- or None when it is intact. Checkpoints written before the
+    sha256s were recorded are checked for their files being present."""
+    try:
+        meta = json.loads((path / META_FILE).read_text())
+    except FileNotFoundError:
+        return f"{META_FILE} is missing"
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or bad UTF-8
+        return f"{META_FILE} cannot be read ({e})"
+    recorded = meta.get("sha256", {}) if isinstance(meta, dict) else None
+    if not isinstance(recorded, dict) or not all(isinstance(v, str) for v in recorded.values()):
+        return f"{META_FILE} is malformed"
+    names = sorted({MODEL_FILE, STATE_FILE, *recorded})
+    missing = [n for n in names if not (path / n).is_file()]
+    if missing:
+        return f"{missing[0]} is missing"
+    for name in sorted(recorded) if check_sha else []:
+        try:
+            digest = _sha256(path / name)
+        except OSError as e:
+            return f"{name} cannot be read ({e})"
+        if digest != recorded[name]:
+            return (f"{name} does not match the sha256 recorded when it was written "
+                    "(the file is damaged or was replaced)")
+    return None
+
+
+def newest_intact_checkpoint(state_dir: Path, skip: Path | None = None) -> Path | None:
+    """The newest checkpoint under `state_dir` (other than `skip`) whose files match their recorded sha256s
+    (older checkpoints, without them: whose files are present), or None. Reads every file of each checkpoint
+    it tries, newest first."""
+    candidates = sorted((p for p in Path(state_dir).glob("step-*") if p.is_dir()), reverse=True)
+    for path in candidates:
+        if (skip is None or path.name != Path(skip).name) and _problem(path) is None:
+            return path
+    return None
+
+
+def _damaged(state_dir: Path, path: Path, problem: str) -> DamagedCheckpointError:
+    """The error for damaged checkpoint `path`: what is wrong, and the newest intact checkpoint and how to use it."""
+    intact = newest_intact_checkpoint(state_dir, skip=path)
+    if intact is None:
+        hint = f"no intact checkpoint is left in {state_dir} to resume from"
+    else:
+        hint = (f"the newest intact checkpoint is {intact}: rerun with the loop setting resume_intact=true "
+                "(e.g. --set loop.resume_intact=true) to resume from it, training the steps after it again")
+    return DamagedCheckpointError(f"cannot resume from {path}: {problem}; {hint}", path, problem, intact)
 
 
 def save_checkpoint(
@@ -106,11 +193,12 @@ def save_checkpoint(
     if tmp.exists():  # left over from a run killed while writing
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_file(_unshared(model_state), str(tmp / "model.safetensors"))
+    save_file(_unshared(model_state), str(tmp / MODEL_FILE))
     if ema_state is not None:
-        save_file(_unshared(ema_state), str(tmp / "ema.safetensors"))
-    torch.save(train_state, tmp / "train_state.pt")
-    (tmp / "meta.json").write_text(json.dumps({"format": FORMAT, "version": VERSION, "step": step}))
+        save_file(_unshared(ema_state), str(tmp / EMA_FILE))
+    torch.save(train_state, tmp / STATE_FILE)
+    sha256 = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}  # checked by read_checkpoint
+    (tmp / META_FILE).write_text(json.dumps({"format": FORMAT, "version": VERSION, "step": step, "sha256": sha256}))
     if final.exists():  # the same step written again (e.g. final save after a resume)
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -136,23 +224,40 @@ def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def read_checkpoint(path: Path, ema: bool = False) -> CheckpointData:
-    """The weights and train state of a checkpoint, checked to be ours and of this version."""
+def read_checkpoint(path: Path, ema: bool = False, verify: bool | None = None) -> CheckpointData:
+    """The weights and train state of a checkpoint, checked to be ours, of this version and intact.
+
+    Every file is checked against the sha256 recorded when it was written; a mismatch, a
+    missing or an unreadable file is a DamagedCheckpointError naming the file and the newest
+    intact checkpoint. The check reads each file once more: `verify=False` skips it (files
+    are then only checked to be present and readable), and so does the environment variable
+    TESSERA_VERIFY_WEIGHTS=0 when `verify` is not given.
+    """
     path = Path(path)
-    meta = json.loads((path / "meta.json").read_text())
+    if verify is None:
+        verify = os.environ.get(VERIFY_ENV, "1").strip() != "0"
+    problem = _problem(path, check_sha=verify)
+    if problem is not None:
+        raise _damaged(path.parent, path, problem)
+    meta = json.loads((path / META_FILE).read_text())
     if meta.get("format") != FORMAT:
         raise ResumeError(f"{path} is not a Tessera training checkpoint (format={meta.get('format')!r})")
     if meta.get("version") != VERSION:
         raise ResumeError(
             f"{path} was written by train-state version {meta.get('version')}, this code reads {VERSION}"
         )
+    tensors = {}
+    for name in [MODEL_FILE, EMA_FILE] if ema else [MODEL_FILE]:
+        try:
+            tensors[name] = load_file(str(path / name))
+        except (OSError, SafetensorError) as e:
+            raise _damaged(path.parent, path, f"{name} cannot be read ({e})") from e
     try:
-        model = load_file(str(path / "model.safetensors"))
-        ema_state = load_file(str(path / "ema.safetensors")) if ema else None
-    except (OSError, FileNotFoundError, SafetensorError) as e:
-        raise ResumeError(f"cannot resume from {path}: {e}") from e
-    train_state = torch.load(path / "train_state.pt", weights_only=True)  # no pickled code
-    return CheckpointData(model, ema_state, train_state)
+        train_state = torch.load(path / STATE_FILE, weights_only=True)  # no pickled code
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise _damaged(path.parent, path, f"{STATE_FILE} cannot be read ({first_line})") from e
+    return CheckpointData(tensors[MODEL_FILE], tensors.get(EMA_FILE), train_state)
 
 
 def check_keys(expected: set[str], got: set[str], path: Path, what: str = "weights") -> None:

@@ -14,6 +14,9 @@ stage's config in its run and refuses to resume under another.
 from __future__ import annotations
 
 import json
+import math
+import types
+import typing
 from dataclasses import asdict, fields, is_dataclass
 from typing import Any, ClassVar
 
@@ -23,18 +26,62 @@ from train.errors import TrainConfigError
 
 # how a run executes, not what it computes: a resumed run may change these (and the process count)
 EXECUTION_KEYS = ("device", "precision", "progress", "parallel", "compile", "activation_checkpointing", "log",
-                  "sample_every")
+                  "sample_every", "resume_intact")
 
 
 def config_from_dict(cls: type, data: dict, what: str | None = None) -> Any:
-    """Build dataclass `cls` from `data`, naming any key it does not know."""
+    """Build dataclass `cls` from `data`, naming any key it does not know and any value of the wrong type."""
+    what = what or cls.__name__
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise TrainConfigError(
-            f"unknown {what or cls.__name__} key {unknown[0]!r} (known: {', '.join(sorted(known))})"
-        )
-    return cls(**data)
+        raise TrainConfigError(f"unknown {what} key {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    check_types(cls, data, what)
+    try:
+        return cls(**data)
+    except TrainConfigError:
+        raise
+    except (TypeError, ValueError, OverflowError) as e:  # a validator meeting a value it did not expect
+        raise TrainConfigError(f"{what}: {e}") from None
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON-like value fits a field's type hint (int, float, str, bool, X | None, list[X], tuple[X, ...])."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or hint is object:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis and len(value) != len(args):
+            return False
+        inner = args[:1] if origin is list or (args and args[-1] is Ellipsis) else args
+        return all(_fits(v, inner[0] if len(inner) == 1 else h) for v, h in zip(value, inner * len(value)))
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return True  # a type this check does not know: the dataclass's own validation decides
+
+
+def check_types(cls: type, data: dict, what: str) -> None:
+    """A TrainConfigError naming the first value of `data` that does not fit its field's type in `cls`."""
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        if key in hints and not _fits(value, hints[key]):
+            hint = hints[key]
+            shown = str(hint).replace("typing.", "") if typing.get_origin(hint) else getattr(hint, "__name__", hint)
+            raise TrainConfigError(f"{what}.{key} must be {shown}, got {value!r}")
 
 
 def override_sections(d: dict, assignments: dict[str, object], open_sections: tuple[str, ...] = ()) -> dict:
@@ -118,7 +165,9 @@ class StageConfig:
                 raise TrainConfigError(f"{cls.STAGE}-stage section {name!r} must be a mapping, got {data!r}")
             elif isinstance(default, dict):
                 sections[name] = dict(data)
-            elif hasattr(type(default), "from_dict"):
+            elif hasattr(type(default), "from_dict"):  # a library config (vqtok.VQConfig): its own errors
+                check_types(type(default), {k: v for k, v in data.items() if k in {f.name for f in fields(default)}},
+                            name)
                 sections[name] = type(default).from_dict(data)
             else:
                 sections[name] = config_from_dict(type(default), data, name)

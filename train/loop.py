@@ -28,10 +28,11 @@ from tqdm.auto import tqdm
 
 from pipelines import Run, resolve_device, write_atomic
 from train import distributed
-from train.checkpoint import latest_checkpoint, read_checkpoint, rng_state, save_checkpoint, set_rng_state
+from train.checkpoint import (DamagedCheckpointError, latest_checkpoint, read_checkpoint, rng_state, save_checkpoint,
+                              set_rng_state)
 from train.distributed import PARALLEL
 from train.ema import EMA
-from train.errors import TrainConfigError
+from train.errors import ResumeError, TrainConfigError
 from train.parallel import ParallelModel, enable_activation_checkpointing
 from train.precision import PRECISIONS, autocast, uses_bf16
 from train.tracking import LOGGERS, Tracker
@@ -68,6 +69,9 @@ class LoopConfig:
     activation_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
     log: str = "jsonl"  # "wandb" also sends the metrics and sample grids to wandb (mode from WANDB_MODE)
     sample_every: int = 0  # steps between sample grids in samples/<stage>/ (and wandb); 0 = never
+    # when the latest checkpoint is damaged (a file truncated or not the bytes written), resume from the newest
+    # intact one with a warning; off: stop with an error naming it, so no training is redone unasked
+    resume_intact: bool = False
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
@@ -86,7 +90,7 @@ class LoopConfig:
             raise TrainConfigError(f"parallel must be one of {', '.join(PARALLEL)}, got {self.parallel!r}")
         if self.log not in LOGGERS:
             raise TrainConfigError(f"log must be one of {', '.join(LOGGERS)}, got {self.log!r}")
-        for name in ("compile", "activation_checkpointing"):
+        for name in ("compile", "activation_checkpointing", "resume_intact"):
             if not isinstance(getattr(self, name), bool):
                 raise TrainConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if int(self.sample_every) < 0:
@@ -260,12 +264,41 @@ class _Resumed(NamedTuple):
 
 
 def _resume(run: Run, stage: str | None, par: ParallelModel, optimizer: torch.optim.Optimizer, scheduler: Any,
-            ema: EMA | None, world: distributed.World, desc: str) -> _Resumed:
-    """Load the latest checkpoint of `stage` into the model, optimizer, scheduler, EMA and RNGs, if there is one."""
-    ckpt = distributed.broadcast_object(latest_checkpoint(run.state_dir(stage)) if world.main else None)
+            ema: EMA | None, world: distributed.World, desc: str, resume_intact: bool = False) -> _Resumed:
+    """Load the latest checkpoint of `stage` into the model, optimizer, scheduler, EMA and RNGs, if there is one.
+
+    Process 0 picks the checkpoint and every process reads it. A damaged latest checkpoint is a
+    DamagedCheckpointError naming the newest intact one; with `resume_intact`, that one is used instead,
+    with a warning (the steps after it are trained again).
+    """
+    def pick() -> tuple[Path | None, Any]:
+        """Process 0: the checkpoint to resume from and its contents (None, None: a fresh run)."""
+        try:
+            latest = latest_checkpoint(run.state_dir(stage))
+            return latest, read_checkpoint(latest, ema=ema is not None) if latest is not None else None
+        except DamagedCheckpointError as e:
+            if not resume_intact or e.intact is None:
+                raise
+            logger.warning("%s: %s is damaged: %s; resuming from the newest intact checkpoint, %s, as "
+                           "resume_intact is set: the steps after it are trained again", desc, e.path, e.problem,
+                           e.intact)
+            return e.intact, read_checkpoint(e.intact, ema=ema is not None)
+
+    ckpt, data, failure = None, None, None
+    if world.main:
+        try:
+            ckpt, data = pick()
+        except ResumeError as e:
+            failure = e
+    ckpt, message = distributed.broadcast_object((ckpt, None if failure is None else str(failure)))
+    if failure is not None:
+        raise failure
+    if message is not None:  # every process stops with process 0's error instead of waiting for it
+        raise ResumeError(message)
     if ckpt is None:
         return _Resumed(0, 0.0)
-    data = read_checkpoint(ckpt, ema=ema is not None)
+    if data is None:  # the other processes read the checkpoint process 0 picked
+        data = read_checkpoint(ckpt, ema=ema is not None)
     par.load_model_state(data.model, ckpt)
     if ema is not None:
         ema.load_full_state(data.ema, ckpt)
@@ -388,7 +421,7 @@ def train_loop(
     s = _setup(task, cfg, desc)
     if s.world.main:
         run.metrics_path(stage).parent.mkdir(parents=True, exist_ok=True)
-    start, elapsed = _resume(run, stage, s.par, s.optimizer, s.scheduler, s.ema, s.world, desc)
+    start, elapsed = _resume(run, stage, s.par, s.optimizer, s.scheduler, s.ema, s.world, desc, cfg.resume_intact)
     distributed.barrier()  # nobody trains before every process has loaded (and the log is truncated)
     tracker = None
     if s.world.main:

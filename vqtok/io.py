@@ -1,7 +1,12 @@
 """Save and load a tokenizer directory: config.json + model.safetensors.
 
-    config.json        {"format": "tessera.vqtok", "version": 1, "config": VQConfig.to_dict()}
+    config.json        {"format": "tessera.vqtok", "version": 1, "config": VQConfig.to_dict(),
+                        "sha256": {"model.safetensors": hex digest}}
     model.safetensors  the VQTokenizer's state dict (never a pickle)
+
+The sha256 of the weights is recorded when they are written and checked when they
+are loaded, so a damaged or replaced file is refused at load instead of producing
+garbage later; directories written before it was recorded load unchecked.
 
 Saving is atomic: both files are written into a temporary sibling directory
 that is then renamed into place, so a reader sees the old tokenizer or the new
@@ -10,6 +15,7 @@ one, never half of one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -29,11 +35,26 @@ FORMAT = "tessera.vqtok"
 VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+VERIFY_ENV = "TESSERA_VERIFY_WEIGHTS"  # "0" turns the loaders' sha256 check off by default (very large files)
 
 
 def weights_path(directory: str | Path) -> Path:
     """The weights file of the tokenizer directory `directory` (whether or not it exists yet)."""
     return Path(directory) / WEIGHTS_NAME
+
+
+def _sha256(path: Path) -> str:
+    """The sha256 of the file at `path`, read in 1 MiB chunks (a large file is never held in memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _verify_default(verify: bool | None) -> bool:
+    """`verify` when given, else on unless the environment sets TESSERA_VERIFY_WEIGHTS=0."""
+    return verify if verify is not None else os.environ.get(VERIFY_ENV, "1").strip() != "0"
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -60,13 +81,14 @@ def save_tokenizer(model: nn.Module, directory: str | Path) -> Path:
     tmp = directory.with_name(f".{directory.name}.tmp-{tag}")
     tmp.mkdir()
     try:
-        meta = {"format": FORMAT, "version": VERSION, "config": model.cfg.to_dict()}
+        save_model(model, str(weights_path(tmp)), metadata={"format": FORMAT})  # save_model handles shared tensors
+        meta = {"format": FORMAT, "version": VERSION, "config": model.cfg.to_dict(),
+                "sha256": {WEIGHTS_NAME: _sha256(weights_path(tmp))}}  # checked by load_tokenizer
         with open(tmp / CONFIG_NAME, "w") as f:
             json.dump(meta, f, indent=2)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
-        save_model(model, str(weights_path(tmp)), metadata={"format": FORMAT})  # save_model handles shared tensors
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old-{tag}")
             os.replace(directory, old)  # the old checkpoint steps aside ...
@@ -86,6 +108,12 @@ def save_tokenizer(model: nn.Module, directory: str | Path) -> Path:
 
 def read_tokenizer_config(directory: str | Path) -> VQConfig:
     """The VQConfig of a saved tokenizer directory, checked as `load_tokenizer` checks it."""
+    return _read_config_json(directory)[0]
+
+
+def _read_config_json(directory: str | Path) -> tuple[VQConfig, dict[str, str]]:
+    """The VQConfig of a tokenizer directory and the sha256s recorded with it ({file name: hex digest}; empty
+    for directories written before they were recorded)."""
     directory = Path(directory)
     if not directory.exists():
         raise CheckpointError(f"tokenizer directory '{directory}' does not exist")
@@ -108,19 +136,52 @@ def read_tokenizer_config(directory: str | Path) -> VQConfig:
         )
     if not isinstance(meta.get("config"), dict):
         raise CheckpointError(f"'{path}' has no \"config\" object")
+    recorded = meta.get("sha256", {})  # absent in directories written before it was recorded
+    if not isinstance(recorded, dict) or not all(isinstance(v, str) for v in recorded.values()):
+        raise CheckpointError(f"'{path}' has a malformed \"sha256\" entry (expected {{file name: hex digest}})")
     try:
-        return VQConfig.from_dict(meta["config"])
+        return VQConfig.from_dict(meta["config"]), recorded
     except ConfigError as e:
         raise CheckpointError(f"'{path}': {e}") from e
 
 
-def load_tokenizer(directory: str | Path, device: str | torch.device = "cpu") -> VQTokenizer:
-    """Load a tokenizer saved by `save_tokenizer`, in eval mode on `device`; strict about every weight."""
+def _check_sha256(weights: Path, expected: str) -> None:
+    """Refuse a weights file whose sha256 is not the one recorded when it was written."""
+    try:
+        actual = _sha256(weights)
+    except OSError as e:
+        raise CheckpointError(f"cannot read '{weights}': {e}") from e
+    if actual != expected:
+        raise CheckpointError(f"cannot load '{weights}': the file does not match the sha256 recorded when it was "
+                              "written; it is damaged or was replaced")
+
+
+def _check_finite(model: nn.Module, weights: Path) -> None:
+    """Refuse weights holding NaN or inf, naming the file and the first such tensor."""
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        more = f" (and {len(bad) - 1} more tensor(s))" if len(bad) > 1 else ""
+        raise CheckpointError(f"cannot load '{weights}': tensor '{bad[0]}' holds non-finite values (NaN or inf)"
+                              f"{more}; the weights are unusable")
+
+
+def load_tokenizer(directory: str | Path, device: str | torch.device = "cpu", *,
+                   verify: bool | None = None) -> VQTokenizer:
+    """Load a tokenizer saved by `save_tokenizer`, in eval mode on `device`; strict about every weight.
+
+    The weights file is checked against the sha256 recorded in config.json when it was
+    written (directories without one load unchecked); the check reads the whole file once
+    more, so for very large files `verify=False` skips it; when `verify` is not given, the
+    environment variable TESSERA_VERIFY_WEIGHTS=0 turns it off (an explicit `verify=True`
+    checks regardless). Weights holding NaN or inf are refused either way.
+    """
     directory = Path(directory)
-    cfg = read_tokenizer_config(directory)
+    cfg, recorded = _read_config_json(directory)
     weights = weights_path(directory)
     if not weights.is_file():
         raise CheckpointError(f"'{directory}' is not a complete tokenizer directory: {WEIGHTS_NAME} is missing")
+    if WEIGHTS_NAME in recorded and _verify_default(verify):
+        _check_sha256(weights, recorded[WEIGHTS_NAME])
     model = VQTokenizer(cfg)
     try:
         with safe_open(str(weights), framework="pt") as f:
@@ -142,8 +203,9 @@ def load_tokenizer(directory: str | Path, device: str | torch.device = "cpu") ->
             problems.append(f"unexpected {len(unexpected)} key(s), e.g. {', '.join(unexpected[:3])}")
         raise CheckpointError(f"weights '{weights}' do not match {CONFIG_NAME}: {' | '.join(problems)}")
     load_model(model, str(weights), strict=True)  # restores tied tensors the way save_model dropped them
+    _check_finite(model, weights)
     return model.to(device).eval()
 
 
-__all__ = ["CONFIG_NAME", "FORMAT", "VERSION", "WEIGHTS_NAME", "load_tokenizer", "read_tokenizer_config",
-           "save_tokenizer", "weights_path"]
+__all__ = ["CONFIG_NAME", "FORMAT", "VERIFY_ENV", "VERSION", "WEIGHTS_NAME", "load_tokenizer",
+           "read_tokenizer_config", "save_tokenizer", "weights_path"]

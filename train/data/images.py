@@ -1,7 +1,8 @@
 """Turning user images (files or `datasets` rows) into the uint8 RGB arrays the tokenizer takes.
 
-Every image goes through `to_rgb`: grayscale, palette and RGBA images are
-converted (RGBA composited over white), the shorter side is centre-cropped to a
+Every image goes through `to_rgb`: turned upright as its EXIF orientation says,
+converted to 8-bit RGB whatever its mode (16-bit and float grey scaled by their
+depth, alpha composited over white), the shorter side centre-cropped to a
 square and the square resized to the tokenizer's resolution. An image that
 cannot be read raises an `ImageError` that names the file (or the row, when the
 image came as bytes without a file name); `dataset_images` skips such images,
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from train.errors import ImageError
@@ -29,16 +30,89 @@ log = logging.getLogger(__name__)
 _READ_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
+# One-band modes of more than 8 bits a sample: PIL's convert("L"/"RGB") clips them at 255 instead of scaling,
+# which turns a 16-bit grey photo almost all white (Pillow issue #3011)
+_DEEP_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def upright(img: Image.Image, name: str) -> Image.Image:
+    """`img` turned as its EXIF orientation tag says (as phones and viewers show it), else `img` itself."""
+    try:
+        orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+        if orientation == 1:
+            return img  # no copy: the common case stays free
+        turned = ImageOps.exif_transpose(img)  # drops the tag, so turning twice (`datasets` also does) is safe
+    except Exception as e:  # struct.error, KeyError, ... from a broken EXIF block: the pixels are still good
+        log.warning("%s: EXIF orientation unreadable (%s); image used as stored", name, e)
+        return img
+    log.info("%s: turned upright by its EXIF orientation %s", name, orientation)
+    return turned
+
+
+def grey_bits(img: Image.Image, values: np.ndarray) -> int:
+    """How many bits the integer grey `values` of `img` (mode I;16* or I) use: what maps to 0..255 by a shift."""
+    if img.mode.startswith("I;16"):
+        return 16
+    # Mode "I" (signed 32-bit) does not say: older Pillow opens a 16-bit grey PNG as "I" (this one, 13.0, as
+    # "I;16"), and `datasets` stores an int32/int64 array of 8-bit values as an "I" TIFF; so read the data
+    if img.format == "PNG":
+        return 16  # PNG holds at most 16 bits a sample
+    top = int(values.max()) if values.size else 0
+    return 8 if top <= 0xFF else 16 if top <= 0xFFFF else 31  # 31: the non-negative range of "I"
+
+
+def deep_grey_to_8bit(img: Image.Image) -> Image.Image:
+    """A grey image of 16-bit, 32-bit int or float samples (`_DEEP_GREY`) as "L", or "LA" if a grey is transparent.
+
+    Hand-written because PIL clips these to 255 rather than scaling them: integers are shifted down by their bit
+    depth (`grey_bits`; 16-bit: value >> 8), floats taken as 0..1 when none exceeds 1, else as 0..255, and clipped.
+    """
+    values = np.asarray(img)
+    if img.mode == "F":
+        v = np.nan_to_num(values.astype(np.float64))  # NaN -> 0, +-inf -> clipped below
+        scale = 255.0 if v.size and v.max() <= 1.0 else 1.0
+        grey = np.clip(np.rint(v * scale), 0, 255).astype(np.uint8)
+    else:
+        v = values.astype(np.int64)
+        bits = grey_bits(img, v)
+        grey = (np.clip(v, 0, (1 << bits) - 1) >> (bits - 8)).astype(np.uint8)
+    key = img.info.get("transparency")  # a PNG's tRNS: the one (16-bit) grey value that is transparent
+    if isinstance(key, (int, float)) and not isinstance(key, bool):
+        alpha = np.where(values == key, 0, 255).astype(np.uint8)
+        return Image.fromarray(np.stack([grey, alpha], axis=-1), "LA")
+    return Image.fromarray(grey, "L")
+
+
+def has_alpha(img: Image.Image) -> bool:
+    """Whether `img` holds any transparency (alpha band, alpha palette, or a transparent colour in its info).
+
+    `Image.has_transparency_data` from Pillow 10.1; the project allows 10.0.
+    """
+    if img.mode in ("LA", "La", "PA", "RGBA", "RGBa") or "transparency" in img.info:
+        return True
+    return img.mode == "P" and img.palette is not None and img.palette.mode.endswith("A")
+
+
 def to_rgb(img: Image.Image, resolution: int, name: str) -> np.ndarray:
-    """A PIL image as uint8 (resolution, resolution, 3): converted to RGB, centre-cropped, resized."""
-    if img.mode != "RGB":
-        mode = img.mode
-        if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-            rgba = img.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            img = Image.alpha_composite(background, rgba).convert("RGB")
-        else:
-            img = img.convert("RGB")  # L, P, CMYK, I;16 ... -> RGB
+    """A PIL image of any mode as uint8 (resolution, resolution, 3): upright, RGB, centre-cropped, resized.
+
+    The image is first turned as its EXIF orientation says. 16-bit, 32-bit and float grey (I;16*, I, F) are
+    scaled to 8 bits by their depth (`deep_grey_to_8bit`), not clipped. Transparency (RGBA, LA, PA, a palette or
+    grey with transparent entries) is composited onto a white background rather than dropped, so that what was
+    invisible does not come back as whatever colour it happened to hold. Every other mode (L, 1, P, CMYK,
+    YCbCr ...) goes through PIL's convert("RGB"), which is exact for them; RGB is used as it is.
+    """
+    img = upright(img, name)
+    mode = img.mode
+    if mode in _DEEP_GREY:
+        img = deep_grey_to_8bit(img)
+    if has_alpha(img):
+        rgba = img.convert("RGBA")  # applies a palette's or a transparent colour's alpha
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba).convert("RGB")
+        log.info("%s: converted from %s to RGB over white", name, mode)
+    elif img.mode != "RGB":
+        img = img.convert("RGB")  # L, 1, P, CMYK (naive, no ICC profile), YCbCr ... -> RGB
         log.info("%s: converted from %s to RGB", name, mode)
     w, h = img.size
     if w != h:
