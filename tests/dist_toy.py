@@ -58,11 +58,19 @@ def main() -> None:
             os._exit(3)  # as a killed job: no cleanup, no final checkpoint
 
     task = ToyTask()
-    train_loop(task, config(a.steps, a.parallel), a.run, on_step=die if a.kill_at else None)
-    if int(os.environ.get("RANK", "0")) == 0:
-        from safetensors.torch import save_file
+    try:
+        train_loop(task, config(a.steps, a.parallel), a.run, on_step=die if a.kill_at else None)
+        if int(os.environ.get("RANK", "0")) == 0:
+            from safetensors.torch import save_file
 
-        save_file({k: v.contiguous() for k, v in task.model.state_dict().items()}, os.path.join(a.run, "final.safetensors"))
+            save_file({k: v.contiguous() for k, v in task.model.state_dict().items()},
+                      os.path.join(a.run, "final.safetensors"))
+    finally:
+        # leave the process group as `tessera` does: a gloo group still alive at interpreter exit can abort
+        # the process ("terminate called without an active exception"), seen once in CI
+        from train.distributed import destroy
+
+        destroy()
 
 
 if __name__ == "__main__":
