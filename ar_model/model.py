@@ -115,7 +115,7 @@ class GeneratorConfig:
     @classmethod
     def from_size(cls, size: str, layout: SequenceLayout, **overrides: Any) -> "GeneratorConfig":
         """The preset `size` (a key of SIZES) for `layout`, with any field overridden."""
-        if size not in SIZES:
+        if not isinstance(size, str) or size not in SIZES:
             raise ConfigError(f"unknown generator size {size!r} (known: {', '.join(SIZES)})")
         _check_keys(overrides)
         return cls(layout=layout, size=size, **{**SIZES[size], **overrides})

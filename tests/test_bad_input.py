@@ -177,3 +177,12 @@ def test_a_prompts_file_that_is_not_text_is_one_line(run, tmp_path, capsys):
     one_line_error(capsys, "not UTF-8")
     assert main(["sample", "--run", str(run), "--prompts-file", str(tmp_path / "missing.txt")]) == 2
     one_line_error(capsys, "missing.txt")
+
+
+@pytest.mark.parametrize("command, key", [("train", "model.bogus"), ("train", "model.hidden_size"),
+                                          ("train-baseline", "model.block_out_channels")])
+def test_a_bad_model_setting_fails_before_any_data_work(tmp_path, capsys, command, key):
+    value = {"model.bogus": "1", "model.hidden_size": '"wide"', "model.block_out_channels": "[30]"}[key]
+    assert main([command, "--run", str(tmp_path / "r"), "--set", f"{key}={value}"]) == 2
+    one_line_error(capsys, key.split(".")[1])
+    assert not (tmp_path / "r").exists()  # nothing was prepared or recorded

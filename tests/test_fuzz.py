@@ -93,20 +93,23 @@ STAGE_KEYS = {
                   "loop.batch_size", "loop.precision", "loop.ema_decay", "data.train_images", "data.source"],
     "generator": ["model.size", "model.hidden_size", "loop.lr", "loop.betas", "loop.device", "data.captions",
                   "data.text_len", "data.count_weights", "data.min_objects", "sample.cfg_scale", "sample.top_p"],
+    "baseline": ["model.block_out_channels", "model.resolution", "model.prediction_type", "model.text_heads",
+                 "loop.grad_clip", "data.max_objects", "sample.steps", "sample.sampler", "sample.cfg_scale"],
 }
+COMMANDS = {"tokenizer": "train-tokenizer", "generator": "train", "baseline": "train-baseline"}
 json_values = st.recursive(st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats() | st.text(max_size=8),
                            lambda inner: st.lists(inner, max_size=3), max_leaves=4)
 
 
 @FUZZ
-@given(stage=st.sampled_from(["tokenizer", "generator"]), data=st.data())
+@given(stage=st.sampled_from(sorted(STAGE_KEYS)), data=st.data())
 def test_any_stage_setting_is_a_config_or_one_line(tmp_path, capsys, monkeypatch, stage, data):
     import train.stages
 
     trained = []
     monkeypatch.setattr(train.stages, "train_stage", lambda *a, **k: trained.append(a) or Path("x"))
     keys = data.draw(st.lists(st.sampled_from(STAGE_KEYS[stage]), min_size=1, max_size=3, unique=True))
-    argv = ["train-tokenizer" if stage == "tokenizer" else "train", "--run", str(tmp_path / "r"), "--no-progress"]
+    argv = [COMMANDS[stage], "--run", str(tmp_path / "r"), "--no-progress"]
     for key in keys:
         value = data.draw(json_values)
         argv += ["--set", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]

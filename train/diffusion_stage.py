@@ -57,6 +57,9 @@ class BaselineStageConfig(StageConfig):
 
     def __post_init__(self):
         self.recommended_sampling()  # a bad sample.* setting fails here, before any work
+        # and so does a bad model.* one: checked with stand-in text sizes (the real ones need the text tokenizer)
+        self.diffusion_config(SequenceLayout(text_len=int(self.data.text_len), text_vocab=64, codebook_size=1,
+                                             grid=(1, 1)))
 
     def recommended_sampling(self) -> DiffusionSampleConfig:
         try:

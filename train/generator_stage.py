@@ -110,6 +110,9 @@ class GeneratorStageConfig(StageConfig):
         if not isinstance(self.model, dict) or "size" not in self.model:
             raise TrainConfigError(f"model must be a mapping with a 'size' key, got {self.model!r}")
         self.recommended_sampling()  # a bad sample.* setting fails here, before any work
+        # and so does a bad model.* one: checked on a stand-in layout (the real one needs the trained tokenizers)
+        self.generator_config(SequenceLayout(text_len=int(self.data.text_len), text_vocab=64, codebook_size=16,
+                                             grid=(2, 2), row_tokens=bool(self.data.row_tokens)))
 
     def recommended_sampling(self) -> SampleConfig:
         return SampleConfig.from_dict(self.sample)
