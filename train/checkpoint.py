@@ -70,8 +70,11 @@ class DamagedCheckpointError(ResumeError):
         self.path, self.problem, self.intact = path, problem, intact
 
 
-def _sha256(path: Path) -> str:
-    """The sha256 of the file at `path`, read in 1 MiB chunks (a large file is never held in memory)."""
+def sha256_file(path: Path) -> str:
+    """The sha256 of the file at `path`, read in 1 MiB chunks (a large file is never held in memory).
+
+    (vqtok, ar_model and baseline keep their own few-line copy: the libraries import nothing of the project.)
+    """
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -141,7 +144,7 @@ def _problem(path: Path, check_sha: bool = True) -> str | None:
         return f"{missing[0]} is missing"
     for name in sorted(recorded) if check_sha else []:
         try:
-            digest = _sha256(path / name)
+            digest = sha256_file(path / name)
         except OSError as e:
             return f"{name} cannot be read ({e})"
         if digest != recorded[name]:
@@ -197,7 +200,7 @@ def save_checkpoint(
     if ema_state is not None:
         save_file(_unshared(ema_state), str(tmp / EMA_FILE))
     torch.save(train_state, tmp / STATE_FILE)
-    sha256 = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}  # checked by read_checkpoint
+    sha256 = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}  # checked by read_checkpoint
     (tmp / META_FILE).write_text(json.dumps({"format": FORMAT, "version": VERSION, "step": step, "sha256": sha256}))
     if final.exists():  # the same step written again (e.g. final save after a resume)
         shutil.rmtree(final)

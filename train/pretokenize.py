@@ -26,7 +26,6 @@ drops the skipped rows when it joins the shards.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -43,6 +42,7 @@ from einops import rearrange
 
 from ar_model import SequenceLayout, encode_text
 from train.data.images import decode_image, image_name, undecoded
+from train.checkpoint import sha256_file
 from train.errors import ImageError, TrainConfigError
 from vqtok import VQTokenizer, images_to_tensor, weights_path
 
@@ -60,11 +60,7 @@ SKIP_KINDS = {"empty caption": "skipped_empty_text", "bad image": "skipped_bad_i
 
 def tokenizer_fingerprint(tokenizer_dir: str | Path) -> str:
     """sha256 of the tokenizer's weights file: the identity of the codes it makes."""
-    h = hashlib.sha256()
-    with open(weights_path(tokenizer_dir), "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(weights_path(tokenizer_dir))
 
 
 @dataclass
