@@ -52,8 +52,9 @@ def _measure_tokenizer(run: Run, cfg: DemoConfig) -> dict:
     from vqtok import images_to_tensor, tensor_to_images
 
     tok = run.load_tokenizer()
-    images = heldout_images(cfg.eval_images, tok.cfg.resolution)
-    report = evaluate_tokenizer(tok, images, progress=cfg.progress).to_dict()
+    grid = int(run.recorded_data("tokenizer").get("grid", 3))
+    images = heldout_images(cfg.eval_images, tok.cfg.resolution, grid=grid)
+    report = evaluate_tokenizer(tok, images, progress=cfg.progress, grid=grid).to_dict()
     write_atomic(run.file("tokenizer_eval.json"), json.dumps(report, indent=2) + "\n")
     with torch.no_grad():
         shown = images[:16]
@@ -67,7 +68,7 @@ def _sample_and_score(run: Run, cfg: DemoConfig, device: str | None) -> tuple[di
     from eval import faithfulness
     from pipelines import save_grid
 
-    specs = faithfulness.demo_prompts()
+    specs = faithfulness.demo_prompts(int(run.recorded_data("generator").get("grid", 3)))
     pipe = open_sampler(run, "generator", device=device, progress=cfg.progress)
     settings = pipe.settings(**{**cfg.sampling, "seed": cfg.seed})
     k = cfg.samples_per_prompt

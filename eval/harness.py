@@ -114,6 +114,7 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out_dir: st
     run = Run(run_dir)
     out = Path(out_dir) if out_dir else run.eval_dir(cfg.model)
     pipe = open_sampler(run, cfg.model, device=cfg.device, progress=cfg.progress)
+    grid = int(run.recorded_data(cfg.model).get("grid", 3))  # the shapes world's grid the model was trained on
     sc = pipe.settings(**{**cfg.sampling, "seed": cfg.seed})
     measure_tokenizer = cfg.tokenizer and pipe.tokenizer is not None  # a pixel-space sampler has no tokenizer
     seconds: dict[str, float] = {}
@@ -127,7 +128,7 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out_dir: st
 
     # ---- faithfulness, suite by suite
     t = time.perf_counter()
-    report, grids = _faithfulness(pipe, cfg, sc, out)
+    report, grids = _faithfulness(pipe, cfg, sc, out, grid)
     seconds["faithfulness"] = time.perf_counter() - t
 
     # ---- FID on generated vs rendered scenes
@@ -144,8 +145,8 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out_dir: st
 
         t = time.perf_counter()
         res = pipe.tokenizer.cfg.resolution
-        tok = evaluate_tokenizer(pipe.tokenizer, heldout_images(cfg.tokenizer_images, res), progress=cfg.progress,
-                                 features=features).to_dict()
+        tok = evaluate_tokenizer(pipe.tokenizer, heldout_images(cfg.tokenizer_images, res, grid=grid),
+                                 progress=cfg.progress, features=features, grid=grid).to_dict()
         seconds["tokenizer"] = time.perf_counter() - t
 
     # ---- speed
@@ -154,7 +155,7 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out_dir: st
         from eval.speed import measure_sampling
 
         t = time.perf_counter()
-        speed = measure_sampling(pipe, [p.text for p in suites.get_suites(["position"])["position"]],
+        speed = measure_sampling(pipe, [p.text for p in suites.get_suites(["position"], grid)["position"]],
                                  {pipe.describe(sc): sc}, cfg.speed_batch_sizes, cfg.speed_images).to_dict()
         seconds["speed"] = time.perf_counter() - t
 
@@ -170,12 +171,13 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out_dir: st
     return result
 
 
-def _faithfulness(pipe: Any, cfg: EvalConfig, sc: Any, out: Path) -> tuple[faithfulness.FaithfulnessReport, dict]:
+def _faithfulness(pipe: Any, cfg: EvalConfig, sc: Any, out: Path,
+                  grid: int) -> tuple[faithfulness.FaithfulnessReport, dict]:
     """Every suite sampled on its own (same seed), scored, aggregated; grids of good and failed samples."""
     from pipelines import save_grid
 
     specs, images, sample_index = [], [], []
-    for name, prompts in suites.get_suites(cfg.suites).items():
+    for name, prompts in suites.get_suites(cfg.suites, grid).items():
         log.info("eval: suite %s, %d prompts x %d samples", name, len(prompts), cfg.n)
         result = pipe.sample([p.text for p in prompts], n=cfg.n, settings=sc, batch_size=cfg.batch_size,
                              progress=cfg.progress)
@@ -193,14 +195,14 @@ def _generation_fid(pipe: Any, cfg: EvalConfig, sc: Any, features: Any, data: di
     The scenes are drawn like the run's training scenes (`data`: its object counts), but fresh.
     """
     from eval.fid import quality_metrics
-    from train.data import shapes
+    from train.data import grammar, shapes
 
     scenes = shapes.sample_scenes(
         cfg.fid_images, seed=cfg.fid_seed, split="train", max_objects=data.get("max_objects", shapes.MAX_OBJECTS),
-        min_objects=data.get("min_objects", 1), count_weights=data.get("count_weights"),
+        min_objects=data.get("min_objects", 1), count_weights=data.get("count_weights"), grid=data.get("grid", 3),
     )
     real = shapes.render_batch(scenes, pipe.resolution)
-    fake = pipe.sample([shapes.describe(s) for s in scenes], n=1, settings=sc, batch_size=cfg.batch_size,
+    fake = pipe.sample([grammar.describe(s) for s in scenes], n=1, settings=sc, batch_size=cfg.batch_size,
                        progress=cfg.progress).images
     return quality_metrics(real, fake, features).to_dict()
 
@@ -251,6 +253,8 @@ def render_markdown(result: EvalResult, report: faithfulness.FaithfulnessReport,
         "",
         report.constraints_markdown(),
     ]
+    for cat in report.groups:  # counting per count, many_objects per count, phrasings per held-out form
+        lines += ["", f"## {cat} by group", "", report.groups_markdown(cat)]
     if result.fid:
         f = result.fid
         lines += ["", "## Image quality (generated vs rendered scenes)", "",

@@ -54,8 +54,10 @@ def _sync(device: torch.device) -> None:
 @torch.no_grad()
 def evaluate_tokenizer(
     tokenizer: VQTokenizer, images: torch.Tensor, batch_size: int = 100, progress: bool = True, features=None,
+    grid: int = shapes.GRID,
 ) -> TokenizerReport:
-    """Measure `tokenizer` on uint8 images (N, H, W, 3); `features` (eval.fid.resolve_features' result) adds rFID."""
+    """Measure `tokenizer` on uint8 images (N, H, W, 3) of a grid x grid world; `features`
+    (eval.fid.resolve_features' result) adds rFID."""
     from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
     tokenizer.eval()
@@ -83,7 +85,7 @@ def evaluate_tokenizer(
         if features is not None:
             recons.append(recon8)
         for i in range(len(x8)):
-            if shapes.parse(recon8[i].numpy()) == shapes.parse(x8[i].numpy()):
+            if shapes.parse(recon8[i].numpy(), grid) == shapes.parse(x8[i].numpy(), grid):
                 kept += 1
             elif len(failures) < 20:
                 failures.append(start + i)
@@ -111,7 +113,9 @@ def evaluate_tokenizer(
     )
 
 
-def heldout_images(n: int, resolution: int, seed: int = 1234) -> torch.Tensor:
-    """`n` held-out shapes-world images (compositions training never sees) as uint8 (N, H, W, 3)."""
-    scenes = shapes.sample_scenes(n, seed=seed, split="heldout")
+def heldout_images(n: int, resolution: int, seed: int = 1234, grid: int = shapes.GRID) -> torch.Tensor:
+    """`n` held-out images of the grid x grid world (compositions training never sees) as uint8 (N, H, W, 3)."""
+    # up to 3 objects at 3x3 (the scenes every earlier figure used), up to 16 at 4x4
+    max_objects = shapes.MAX_OBJECTS if grid == shapes.GRID else grid * grid
+    scenes = shapes.sample_scenes(n, seed=seed, split="heldout", max_objects=max_objects, grid=grid)
     return torch.from_numpy(shapes.render_batch(scenes, resolution))

@@ -15,9 +15,11 @@ def evaluate_run_tokenizer(run_dir: str | Path, n: int = 1000, seed: int = 1234,
     """Scene preservation, PSNR, SSIM, codebook usage and speed on `n` held-out images (also written to `out`)."""
     from eval.tokenizer_metrics import evaluate_tokenizer, heldout_images
 
-    tok = Run(run_dir).load_tokenizer(device=resolve_device(device))
-    images = heldout_images(n, tok.cfg.resolution, seed=seed)
-    report = evaluate_tokenizer(tok, images, batch_size=batch_size).to_dict()
+    run = Run(run_dir)
+    tok = run.load_tokenizer(device=resolve_device(device))
+    grid = int(run.recorded_data("tokenizer").get("grid", 3))  # the world the tokenizer was trained on
+    images = heldout_images(n, tok.cfg.resolution, seed=seed, grid=grid)
+    report = evaluate_tokenizer(tok, images, batch_size=batch_size, grid=grid).to_dict()
     if out:
         write_atomic(Path(out), json.dumps(report, indent=2) + "\n")
     return report

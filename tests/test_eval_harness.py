@@ -54,7 +54,7 @@ def test_eval_cli_writes_every_part(run, tmp_path, quick_classifier, capsys):
     assert "Loading weights" not in printed.err  # transformers' bar honours --no-progress
     result = json.loads((out / "result.json").read_text())
     f = result["faithfulness"]
-    assert {c: v["n"] for c, v in f["categories"].items()} == {"position": 36, "relation": 32, "counting": 36}
+    assert {c: v["n"] for c, v in f["categories"].items()} == {"position": 36, "relation": 40, "counting": 64}
     assert f["n"] == 104 and 0 <= f["accuracy"] <= 1 and f["ci95"][0] <= f["accuracy"] <= f["ci95"][1]
     # attributes are checked only on objects found; a 4-step model may draw none
     assert {"count", "relation"} <= set(f["constraints"]) <= {"count", "colour", "shape", "position", "relation"}

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from eval import faithfulness as F
+from train.data import grammar as G
 from train.data import shapes as S
 from train.data.shapes import Obj, Scene
 
@@ -69,7 +70,7 @@ def test_two_object_prompts_are_varied():
 
 def test_prompt_text_is_the_trained_caption_form():
     for p in PROMPTS:
-        assert p.text == S.captions(p.target)[3], p.text  # the 4th form: no size, exact cells
+        assert p.text == G.complete_captions(p.target)[1], p.text  # the complete form without sizes
         assert p.text.startswith(("a ", "an ")) and "large" not in p.text
     assert F.prompt_text(Scene((Obj("circle", "orange", "small", 1, 1),))) == "an orange circle in the center"
 
@@ -134,7 +135,7 @@ def test_reasons_name_what_was_found():
     assert both.reason == "wrong colour at (0,2): want red circle, got blue; wrong shape at (0,2): want red circle, got square"
     assert both.failed == ("colour", "shape")
     blank = F.score_image(np.zeros((RES, RES, 3), np.uint8), p)
-    assert blank == F.Verdict(False, "missing red circle at (0,2)", ("count",), ("count",))
+    assert blank == F.Verdict(False, "missing red circle at (0,2)", ("count",), ("count",), objects=1, objects_right=0)
     far = F.score_image(S.render(Scene((Obj("square", "blue", "large", 2, 0),)), RES), p)  # nothing in common
     assert far.reason == "missing red circle at (0,2); extra object blue square at (2,0)" and far.failed == ("count",)
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from tessera.cli import main
 from train import pretokenize
-from train.data import own, shapes
+from train.data import grammar, own, shapes
 import tiny
 from tiny import set_args
 from train.data.images import to_rgb
@@ -53,7 +53,7 @@ def write_images(folder: Path) -> Path:
         path = folder / name
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(shapes.render(scene, max(w, h))).crop((0, 0, w, h)).convert(mode).save(path)
-        text = "" if name == EMPTY_CAPTION else shapes.caption(scene, rng, "complete")
+        text = "" if name == EMPTY_CAPTION else grammar.caption(scene, rng, "complete")
         lines.append({"file_name": name, "text": text})
     (folder / BROKEN).write_bytes(np.random.default_rng(1).bytes(300))  # random bytes under a .png name
     lines.append({"file_name": BROKEN, "text": "a picture that will not open"})

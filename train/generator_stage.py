@@ -40,7 +40,7 @@ from ar_model import (
 )
 from ar_model.layout import build_sequences
 from train import distributed
-from train.data import own, shapes
+from train.data import grammar, own, shapes
 from pipelines import Run, resolve_device, sampling_file
 from train.config import StageConfig, check_run_config, preset
 from train.errors import TrainConfigError
@@ -58,10 +58,13 @@ class GeneratorDataConfig:
     text_column: str = "text"  # own data: the column with the captions
     # the shapes world only (own data use every row): distinct scenes, one caption each
     train_images: int = 20000
+    grid: int = shapes.GRID  # the world's grid: 3 (3x3 cells) or 4; the tokenizer's codes per cell must be whole
     max_objects: int = shapes.MAX_OBJECTS
     min_objects: int = 1  # objects per scene are drawn from min_objects..max_objects,
     count_weights: list[float] | None = None  # ... uniformly, or with these weights (one per count)
-    captions: str = "all"  # phrasings drawn from: "all", or "complete" (each object's colour, shape, cell; shapes.CAPTION_SETS)
+    # phrasings drawn from: "all" (every true description in a training phrasing), or "complete" (each
+    # object's colour, shape and cell only); train.data.grammar.CAPTION_SETS
+    captions: str = "all"
     seed: int = 1  # scene / caption seed; 1, not the tokenizer stage's 0: other scenes, same world
     text_len: int = 32  # text tokens per sequence; the longest shapes-world captions take ~26 with a small BPE
     row_tokens: bool = False  # a [ROW r] token before each row of codes (ar_model.layout): tells the model where it is
@@ -74,8 +77,8 @@ class GeneratorDataConfig:
         for name in ("source", "image_column", "text_column"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise TrainConfigError(f"data.{name} must be a non-empty string, got {getattr(self, name)!r}")
-        if self.captions not in shapes.CAPTION_SETS:
-            raise TrainConfigError(f"data.captions must be one of {', '.join(shapes.CAPTION_SETS)}, got {self.captions!r}")
+        if self.captions not in grammar.CAPTION_SETS:
+            raise TrainConfigError(f"data.captions must be one of {', '.join(grammar.CAPTION_SETS)}, got {self.captions!r}")
         if not isinstance(self.row_tokens, bool):
             raise TrainConfigError(f"data.row_tokens must be true or false, got {self.row_tokens!r}")
         try:
@@ -83,9 +86,10 @@ class GeneratorDataConfig:
                 raise ValueError(f"min_objects must be >= 1, got {self.min_objects!r}")
             if self.count_weights is not None and not isinstance(self.count_weights, list):
                 raise ValueError(f"count_weights must be null or a list, got {self.count_weights!r}")
-            shapes.check_counts(int(self.min_objects), int(self.max_objects), self.count_weights)
+            shapes.check_grid(self.grid)
+            shapes.check_counts(int(self.min_objects), int(self.max_objects), self.count_weights, self.grid)
         except ValueError as e:
-            raise TrainConfigError(f"data.min_objects / max_objects / count_weights: {e}") from None
+            raise TrainConfigError(f"data.grid / min_objects / max_objects / count_weights: {e}") from None
         for name in ("train_images", "text_len", "encode_batch_size", "shard_size"):
             if int(getattr(self, name)) < 1:
                 raise TrainConfigError(f"data.{name} must be >= 1, got {getattr(self, name)!r}")
@@ -209,7 +213,7 @@ def training_rows(cfg: GeneratorStageConfig, resolution: int) -> Any:
     return shapes.shapes_dataset(
         cfg.data.train_images, resolution=resolution, split="train",
         seed=cfg.data.seed, max_objects=cfg.data.max_objects, captions=cfg.data.captions,
-        min_objects=cfg.data.min_objects, count_weights=cfg.data.count_weights,
+        min_objects=cfg.data.min_objects, count_weights=cfg.data.count_weights, grid=cfg.data.grid,
     )
 
 
@@ -222,7 +226,8 @@ def data_source(data: GeneratorDataConfig) -> dict:
             "captions": data.captions, "seed": data.seed,
             # settings added later only when set, so codes made before they existed still match
             **({"min_objects": data.min_objects} if data.min_objects != 1 else {}),
-            **({"count_weights": data.count_weights} if data.count_weights is not None else {})}
+            **({"count_weights": data.count_weights} if data.count_weights is not None else {}),
+            **({"grid": data.grid} if data.grid != shapes.GRID else {})}
 
 
 def prepare_text_tokenizer(cfg: GeneratorStageConfig, run: Run | str | Path, captions: Any) -> Any:
@@ -238,6 +243,20 @@ def prepare_text_tokenizer(cfg: GeneratorStageConfig, run: Run | str | Path, cap
         tok.save_pretrained(str(tmp))
         tmp.rename(path)
     return load_text_tokenizer(path)
+
+
+def check_world(data: GeneratorDataConfig, resolution: int, code_grid: int) -> None:
+    """A shapes-world grid the tokenizer's images can show: >= 8 px a cell (else no judge can read
+    them), and a warning unless each cell is a whole number of codes (objects then look alike in every cell)."""
+    if data.source != own.SHAPES:
+        return
+    if resolution < shapes.MIN_CELL_PX * data.grid:
+        raise TrainConfigError(f"data.grid {data.grid} needs a tokenizer of >= {shapes.MIN_CELL_PX * data.grid} px "
+                               f"({shapes.MIN_CELL_PX} px a cell); this one is {resolution} px")
+    if code_grid % data.grid:
+        log.warning("each cell of the %dx%d world spans %.2f codes of the tokenizer's %dx%d: cells are not aligned "
+                    "to codes, which makes the world harder to learn (docs/RESULTS.md)", data.grid, data.grid,
+                    code_grid / data.grid, code_grid, code_grid)
 
 
 class PreparedCodes(NamedTuple):
@@ -262,6 +281,7 @@ def prepare_codes(
     run = Run(run_dir)
     tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir else run.tokenizer
     vq_cfg = read_tokenizer_config(tokenizer_dir)  # a clear error when it is missing or foreign
+    check_world(cfg.data, vq_cfg.resolution, vq_cfg.grid_size)
     run.root.mkdir(parents=True, exist_ok=True)
     codes_dir = run.codes
     source = data_source(cfg.data)

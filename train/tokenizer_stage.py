@@ -32,6 +32,7 @@ class TokenizerDataConfig:
     image_column: str = "image"  # own data: the column with the images ("image" is the imagefolder's)
     # the shapes world only (own data use every image): distinct rendered scenes; the world is small, more adds little
     train_images: int = 20000
+    grid: int = shapes.GRID  # the world's grid (3 or 4): keep each cell a whole number of codes
     max_objects: int = shapes.MAX_OBJECTS  # objects per scene, 1..max
     seed: int = 0  # scene sampling seed (independent of the loop's seed)
 
@@ -41,6 +42,10 @@ class TokenizerDataConfig:
                 raise TrainConfigError(f"data.{name} must be a non-empty string, got {getattr(self, name)!r}")
         if self.train_images < 1:
             raise TrainConfigError(f"data.train_images must be >= 1, got {self.train_images!r}")
+        try:
+            shapes.check_counts(1, int(self.max_objects), None, shapes.check_grid(self.grid))
+        except ValueError as e:
+            raise TrainConfigError(f"data.grid / max_objects: {e}") from None
 
 
 @dataclass
@@ -70,7 +75,17 @@ PRESETS: dict[str, dict] = {
                  "log_every": 25, "precision": "bf16-native"},
         "data": {"train_images": 20000},
     },
-    # 48 px, 12x12 codes (4x4 per cell, aligned like the CPU preset), wider nets and the PatchGAN
+    # The 4x4 world (scenes of up to 16 objects) at 32 px: 8x8 codes, 2x2 per cell like the cpu
+    # preset's 3x3 at 24 px (the same 8 px a cell, so objects look as they do there). fp32: on a
+    # CPU with AVX512-BF16 bf16 autocast measured slower and worse than fp32 (docs/RESULTS.md).
+    "cpu-long": {
+        "vq": {"resolution": 32, "base_channels": 16, "channel_mult": [1, 2, 4], "latent_dim": 64,
+               "quantizer": "vq", "codebook_size": 1024, "codebook_dim": 8},
+        "loop": {"steps": 4000, "batch_size": 16, "lr": 2e-3, "warmup_steps": 50, "ckpt_every": 500,
+                 "log_every": 25, "precision": "fp32"},
+        "data": {"train_images": 20000, "grid": 4, "max_objects": 16},
+    },
+    # The 4x4 world at 48 px, 12x12 codes (3x3 per cell, aligned), wider nets and the PatchGAN
     # term: one H100/H200 (not yet run on one).
     "gpu": {
         "vq": {"resolution": 48, "base_channels": 128, "channel_mult": [1, 2, 2], "latent_dim": 256,
@@ -78,7 +93,7 @@ PRESETS: dict[str, dict] = {
                "disc_start": 5000},
         "loop": {"steps": 20000, "batch_size": 128, "lr": 4e-4, "warmup_steps": 500, "ckpt_every": 1000,
                  "log_every": 50},
-        "data": {"train_images": 200000},
+        "data": {"train_images": 200000, "grid": 4, "max_objects": 16},
     },
 }
 
@@ -135,7 +150,7 @@ def training_images(cfg: TokenizerStageConfig, progress: bool = True) -> torch.T
         return dataset_images(ds, cfg.vq.resolution, progress=progress)
     ds = shapes.shapes_dataset(
         cfg.data.train_images, resolution=cfg.vq.resolution, split="train",
-        seed=cfg.data.seed, max_objects=cfg.data.max_objects,
+        seed=cfg.data.seed, max_objects=cfg.data.max_objects, grid=cfg.data.grid,
     )
     return dataset_images(ds, cfg.vq.resolution, progress=progress)
 

@@ -1,10 +1,13 @@
 """The shapes world: Tessera's default dataset and its exact evaluator.
 
-A scene is at most one flat-coloured shape in each cell of a 3x3 grid on a plain
-background. Every object has four discrete attributes, a shape (circle, square,
-triangle), a colour (six palette colours), a size (small, large) and a cell
-(row 0..2 = top/middle/bottom, col 0..2 = left/center/right), plus a small
-continuous jitter (dx, dy) of its centre inside the cell that equality ignores.
+A scene is a set of flat-coloured shapes on a plain background, laid out on a grid of
+`grid` x `grid` cells (a setting: 3 for the CPU demo, 4 for scenes of up to 16 objects;
+GRIDS lists the sizes with cell names). Every object has four discrete attributes, a
+shape (circle, square, triangle), a colour (six palette colours), a size (small, large)
+and a cell (row 0 = top, col 0 = left), plus a small continuous jitter (dx, dy) of its
+centre inside the cell that equality ignores. Sampled scenes hold at most one object per
+cell; a parsed scene may hold more (two objects in one cell, an object straddling cells,
+or a blob no shape fits are all reported, so a judge sees everything).
 
     sample_scenes -> render -> image -> parse -> Scene    (parse(render(s)) == s)
     Scene -> describe / captions -> text                  (describe fully determines s)
@@ -13,20 +16,20 @@ Rendering is crisp and defined in continuous coordinates, so any resolution work
 the pixel (x, y) has centre ((x + 0.5) / R, (y + 0.5) / R). parse() inverts it and
 tolerates the blur and speckle of decoded or generated images (see parse()).
 
-Held-out split: for every (colour, shape) pair exactly one cell is never seen in
-training (split="train"); split="heldout" scenes contain at least one such object,
-which tests compositional generalisation.
+Held-out split (heldout_cells): for every (colour, shape) pair exactly one cell is never
+seen in training (split="train"); split="heldout" scenes contain at least one such object,
+which tests compositional generalisation. The design is balanced like a Latin square:
+every cell is held out for 18 / cells pairs (rounded), every colour in three distinct
+cells, every shape in six; a fixed seed shuffles which.
 
-Captions: describe(scene) is the canonical complete caption ("a large red circle in the
-top left and a small blue square in the center"); captions(scene) adds coarser true
-phrasings (counts, relations, rough positions) for variety.
+Captions are a grammar over scenes (train.data.grammar): every true description is a prompt.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
@@ -49,8 +52,11 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 BACKGROUND: tuple[int, int, int] = (0, 0, 0)
 SIZES: tuple[str, ...] = ("small", "large")
-GRID: int = 3  # 3x3 cells
+GRID: int = 3  # the default grid: 3x3 cells
+GRIDS: tuple[int, ...] = (3, 4)  # grid sizes the world names cells for (see cell_phrase)
 MAX_OBJECTS: int = 3  # default maximum objects per scene
+BLOB = "blob"  # the shape parse() reports for a component no template fits: it counts, but never matches
+HELDOUT_SEED = 20240601  # fixed: the split is part of the dataset's definition
 
 # Object width (= height) as a fraction of the cell width. small = 0.5 puts the small
 # disc's radius at 32 px (2.67 px) between the radii whose raster can equal a square's
@@ -71,11 +77,17 @@ EDGE_STEPS = 1.2  # pixel-grid steps per unit of edge length, averaged over orie
 # and under-rounded templates fail more gently than over-rounded ones (tuned on sigma 0.5-1.3).
 TEMPLATE_BLUR = 0.7
 MIN_BLUR = 0.3  # px; below this, crisp templates
+MIN_CELL_PX = 8  # parse needs >= 8 px per cell (24 px at 3x3, 32 px at 4x4)
+# An object is placed in a cell when its centre is within this many cell widths of the cell's centre
+# (sampled jitter is <= 0.035; parse estimates it to ~0.06 at 8 px a cell). Beyond, it straddles cells.
+PLACE_TOLERANCE = 0.2
 _SHIFTS = (0.0, -0.25, 0.25)  # sub-pixel search around the centroid, px; unshifted first wins ties
 
-_ROWS = ("top", "middle", "bottom")
-_COLS = ("left", "center", "right")
-_NUMBERS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+# Cell names per grid size: rows top to bottom, columns left to right.
+ROW_NAMES: dict[int, tuple[str, ...]] = {3: ("top", "middle", "bottom"), 4: ("top", "upper", "lower", "bottom")}
+COL_NAMES: dict[int, tuple[str, ...]] = {3: ("left", "center", "right"), 4: ("left", "center left", "center right", "right")}
+NUMBERS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+           "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen")
 _NAMES = list(COLOURS)  # colour names by palette index
 
 
@@ -90,27 +102,43 @@ class Obj:
     dy: float = field(default=0.0, compare=False)
 
 
+def check_grid(grid: int) -> int:
+    if isinstance(grid, bool) or not isinstance(grid, int) or grid not in GRIDS:
+        raise ValueError(f"grid must be one of {', '.join(map(str, GRIDS))}, got {grid!r}")
+    return grid
+
+
+def placed(o: Obj) -> bool:
+    """Is the object's centre near its cell's centre (not straddling two cells)? See PLACE_TOLERANCE."""
+    return max(abs(o.dx), abs(o.dy)) <= PLACE_TOLERANCE
+
+
 @dataclass(frozen=True)
 class Scene:
-    objects: tuple[Obj, ...]  # canonical order: sorted by (row, col), at most one per cell
+    objects: tuple[Obj, ...]  # canonical order: sorted by (row, col), then by attributes
+    grid: int = GRID  # the scene's grid is grid x grid cells
 
     def __post_init__(self):
-        objs = tuple(sorted(self.objects, key=lambda o: (o.row, o.col)))
+        check_grid(self.grid)
+        objs = tuple(sorted(self.objects, key=lambda o: (o.row, o.col, o)))
         for o in objs:
-            if o.shape not in SHAPES or o.colour not in COLOURS or o.size not in SIZES:
+            if o.shape not in (*SHAPES, BLOB) or o.colour not in COLOURS or o.size not in SIZES:
                 raise ValueError(f"unknown attribute in {o}")
-            if not (0 <= o.row < GRID and 0 <= o.col < GRID):
-                raise ValueError(f"cell out of the grid in {o}")
-        if len({(o.row, o.col) for o in objs}) != len(objs):
-            raise ValueError("two objects in one cell")
+            if not (0 <= o.row < self.grid and 0 <= o.col < self.grid):
+                raise ValueError(f"cell out of the {self.grid}x{self.grid} grid in {o}")
         object.__setattr__(self, "objects", objs)  # frozen: canonicalise in place once
 
+    def crowded(self) -> bool:
+        """Two objects in one cell (only parse() makes such scenes)."""
+        return len({(o.row, o.col) for o in self.objects}) != len(self.objects)
+
     def to_dict(self) -> dict:
-        return {"objects": [asdict(o) for o in self.objects]}
+        # the grid only when it is not the default, so scenes recorded before it was a setting read back equal
+        return {"objects": [asdict(o) for o in self.objects], **({"grid": self.grid} if self.grid != GRID else {})}
 
     @classmethod
     def from_dict(cls, d: dict) -> Scene:
-        return cls(tuple(Obj(**o) for o in d["objects"]))
+        return cls(tuple(Obj(**o) for o in d["objects"]), int(d.get("grid", GRID)))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"))
@@ -120,41 +148,60 @@ class Scene:
         return cls.from_dict(json.loads(s))
 
 
-def _heldout() -> frozenset[tuple[str, str, int, int]]:
-    """One cell per (colour, shape) pair; every cell is held out for exactly two of the 18 pairs."""
-    rng = np.random.default_rng(20240601)  # fixed: the split is part of the dataset's definition
-    pairs = [(c, s) for c in COLOURS for s in SHAPES]
-    cells = rng.permutation(np.arange(len(pairs)) % (GRID * GRID))
-    return frozenset((c, s, int(k) // GRID, int(k) % GRID) for (c, s), k in zip(pairs, cells))
+@functools.cache
+def heldout_cells(grid: int = GRID) -> dict[tuple[str, str], int]:
+    """The held-out cell (row * grid + col) of every (colour, shape) pair: a balanced design fixed by HELDOUT_SEED.
+
+    Pairs are listed shape-major (shapes and colours in seeded orders) and pair i takes cell
+    perm[i mod cells] of a seeded permutation of the cells. So every cell is held out for
+    floor or ceil of 18 / cells pairs (exactly 2 at 3x3; 1 or 2 at 4x4), a shape's six pairs
+    take six distinct cells, and a colour's three pairs (i, i + 6, i + 12) three distinct ones.
+    """
+    n = check_grid(grid) ** 2
+    rng = np.random.default_rng([HELDOUT_SEED, grid])
+    colours, kinds, cells = rng.permutation(len(_NAMES)), rng.permutation(len(SHAPES)), rng.permutation(n)
+    out = {}
+    for i, (si, ci) in enumerate((si, ci) for si in kinds for ci in colours):
+        out[(_NAMES[ci], SHAPES[si])] = int(cells[i % n])
+    return dict(sorted(out.items()))
 
 
-HELDOUT: frozenset[tuple[str, str, int, int]] = _heldout()
-_HELDOUT_SORTED = sorted(HELDOUT)  # indexable in a fixed order for sampling
+def heldout_set(grid: int = GRID) -> frozenset[tuple[str, str, int, int]]:
+    """heldout_cells as (colour, shape, row, col) tuples."""
+    return frozenset((c, s, k // grid, k % grid) for (c, s), k in heldout_cells(grid).items())
 
 
-def is_heldout(obj: Obj) -> bool:
-    return (obj.colour, obj.shape, obj.row, obj.col) in HELDOUT
+HELDOUT: frozenset[tuple[str, str, int, int]] = heldout_set(GRID)
+
+
+def is_heldout(obj: Obj, grid: int = GRID) -> bool:
+    return heldout_cells(grid).get((obj.colour, obj.shape)) == obj.row * grid + obj.col
 
 
 # ---------------------------------------------------------------- sampling
 
 
-def _random_obj(rng: np.random.Generator, cell: int, avoid_heldout: bool) -> Obj:
-    row, col = divmod(int(cell), GRID)
-    while True:  # rejection: 2 of 18 (colour, shape) pairs are held out in each cell
+def _random_obj(rng: np.random.Generator, cell: int, avoid_heldout: bool, grid: int = GRID) -> Obj:
+    row, col = divmod(int(cell), grid)
+    held = heldout_cells(grid)
+    while True:  # rejection: at most 2 of 18 (colour, shape) pairs are held out in each cell
         colour = _NAMES[rng.integers(len(_NAMES))]
         shape = SHAPES[rng.integers(len(SHAPES))]
-        if not (avoid_heldout and (colour, shape, row, col) in HELDOUT):
+        if not (avoid_heldout and held[(colour, shape)] == cell):
             break
     size = SIZES[rng.integers(len(SIZES))]
     dx, dy = rng.uniform(-JITTER, JITTER, size=2)
     return Obj(shape, colour, size, row, col, float(dx), float(dy))
 
 
-def check_counts(min_objects: int, max_objects: int, count_weights: Sequence[float] | None = None) -> None:
-    """Raise ValueError unless 0 <= min <= max <= 9 and count_weights is None or one weight >= 0 per count."""
-    if not 0 <= min_objects <= max_objects <= GRID * GRID:
-        raise ValueError(f"need 0 <= min_objects <= max_objects <= {GRID * GRID}, got {min_objects} / {max_objects}")
+def check_counts(
+    min_objects: int, max_objects: int, count_weights: Sequence[float] | None = None, grid: int = GRID
+) -> None:
+    """Raise ValueError unless 0 <= min <= max <= grid^2 and count_weights is None or one weight >= 0 per count."""
+    cells = check_grid(grid) ** 2
+    if not 0 <= min_objects <= max_objects <= cells:
+        raise ValueError(f"need 0 <= min_objects <= max_objects <= {cells} (a {grid}x{grid} grid), "
+                         f"got {min_objects} / {max_objects}")
     w = count_weights
     if w is not None and not (
         len(w) == max_objects - min_objects + 1 and sum(w) > 0
@@ -166,15 +213,16 @@ def check_counts(min_objects: int, max_objects: int, count_weights: Sequence[flo
 
 def sample_scene(
     rng: np.random.Generator, split: str = "train", max_objects: int = MAX_OBJECTS, min_objects: int = 1,
-    count_weights: tuple[float, ...] | None = None,
+    count_weights: tuple[float, ...] | None = None, grid: int = GRID,
 ) -> Scene:
-    """A random scene of min_objects..max_objects objects in distinct cells.
+    """A random scene of min_objects..max_objects objects in distinct cells of a grid x grid grid.
 
     The count is uniform, or drawn with `count_weights` (one weight per count min..max, normalised).
     """
     if split not in ("train", "heldout", "all"):
         raise ValueError(f"split must be train, heldout or all, not {split!r}")
-    check_counts(min_objects, max_objects, count_weights)
+    check_counts(min_objects, max_objects, count_weights, grid)
+    cells_n = grid * grid
     if split == "heldout":
         min_objects = max(min_objects, 1)
     if count_weights is None:
@@ -183,24 +231,25 @@ def sample_scene(
         p = np.asarray(count_weights, dtype=float)
         n = min_objects + int(rng.choice(len(p), p=p / p.sum()))
     if split != "heldout":
-        cells = rng.choice(GRID * GRID, size=n, replace=False)
-        return Scene(tuple(_random_obj(rng, k, avoid_heldout=split == "train") for k in cells))
+        cells = rng.choice(cells_n, size=n, replace=False)
+        return Scene(tuple(_random_obj(rng, k, split == "train", grid) for k in cells), grid)
     # heldout: one held-out (colour, shape, cell), the others anything in other cells
-    colour, shape, row, col = _HELDOUT_SORTED[rng.integers(len(_HELDOUT_SORTED))]
-    first = _random_obj(rng, row * GRID + col, avoid_heldout=False)
-    first = Obj(shape, colour, first.size, row, col, first.dx, first.dy)
-    others = [k for k in range(GRID * GRID) if k != row * GRID + col]
+    held = sorted(heldout_cells(grid).items())  # indexable in a fixed order
+    (colour, shape), cell = held[rng.integers(len(held))]
+    first = _random_obj(rng, cell, False, grid)
+    first = Obj(shape, colour, first.size, first.row, first.col, first.dx, first.dy)
+    others = [k for k in range(cells_n) if k != cell]
     cells = rng.choice(others, size=n - 1, replace=False)
-    return Scene((first, *(_random_obj(rng, k, avoid_heldout=False) for k in cells)))
+    return Scene((first, *(_random_obj(rng, k, False, grid) for k in cells)), grid)
 
 
 def sample_scenes(
     n: int, seed: int = 0, split: str = "train", max_objects: int = MAX_OBJECTS, min_objects: int = 1,
-    count_weights: tuple[float, ...] | None = None,
+    count_weights: tuple[float, ...] | None = None, grid: int = GRID,
 ) -> list[Scene]:
     """n scenes, deterministic in seed; sample_scenes(n, s) is a prefix of sample_scenes(n + k, s)."""
     rng = np.random.default_rng(seed)
-    return [sample_scene(rng, split, max_objects, min_objects, count_weights) for _ in range(n)]
+    return [sample_scene(rng, split, max_objects, min_objects, count_weights, grid) for _ in range(n)]
 
 
 # ---------------------------------------------------------------- rendering
@@ -217,17 +266,19 @@ def _mask(shape: str, s: float, cx, cy, u, v) -> np.ndarray:
     return (v <= cy + h) & (2 * np.abs(u - cx) <= v - (cy - h))
 
 
-def _centres(n: int) -> np.ndarray:
-    return (np.arange(n) + 0.5) * GRID / n  # pixel centres in cell units, (n,)
+def _centres(n: int, grid: int = GRID) -> np.ndarray:
+    return (np.arange(n) + 0.5) * grid / n  # pixel centres in cell units, (n,)
 
 
 def render(scene: Scene, resolution: int = 32) -> np.ndarray:
     """The scene as a crisp uint8 (R, R, 3) image."""
     img = np.empty((resolution, resolution, 3), np.uint8)
     img[:] = BACKGROUND
-    c = _centres(resolution)
+    c = _centres(resolution, scene.grid)
     u, v = c[None, :], c[:, None]  # (1, R) and (R, 1)
     for o in scene.objects:
+        if o.shape == BLOB:
+            raise ValueError(f"a {BLOB} (what parse reports for an unreadable component) cannot be rendered")
         m = _mask(o.shape, SIZE_FRACTION[o.size], o.col + 0.5 + o.dx, o.row + 0.5 + o.dy, u, v)  # (R, R)
         img[m] = COLOURS[o.colour]
     return img
@@ -322,14 +373,16 @@ def _candidates(shape: str) -> tuple[np.ndarray, ...]:
 _CANDIDATES = {shape: _candidates(shape) for shape in SHAPES}
 
 
-def _fit(mask: np.ndarray, y0: int, x0: int, grid: np.ndarray, blur: float) -> tuple[float, str, str, float, float]:
+def _fit(
+    mask: np.ndarray, y0: int, x0: int, grid: np.ndarray, blur: float, cells: int
+) -> tuple[float, str, str, float, float]:
     """Best (iou, shape, size, cx, cy) for one component.
 
-    mask: the component's (h, w) bounding-box crop, at pixel (y0, x0); grid: _centres(R);
-    blur: the image's edge blur in px (0: crisp templates).
+    mask: the component's (h, w) bounding-box crop, at pixel (y0, x0); grid: _centres(R, cells);
+    blur: the image's edge blur in px (0: crisp templates); cells: the scene's grid size.
     """
     res = len(grid)
-    cell = res / GRID  # pixels per cell
+    cell = res / cells  # pixels per cell
     ys, xs = np.nonzero(mask)
     py, px = ys.mean() + y0, xs.mean() + x0  # centroid, pixel index units
     gy, gx = (py + 0.5) / cell, (px + 0.5) / cell  # centroid, cell units
@@ -354,16 +407,18 @@ def _fit(mask: np.ndarray, y0: int, x0: int, grid: np.ndarray, blur: float) -> t
     return best
 
 
-def parse(image) -> Scene:
-    """Read an image back into a Scene (objects' jitter estimated).
+def parse(image, grid: int = GRID) -> Scene:
+    """Read an image of a grid x grid world back into a Scene (objects' jitter estimated).
 
-    image: uint8 (R, R, 3), numpy or torch (R >= 32; see SIZE_FRACTION). Steps:
+    image: uint8 (R, R, 3), numpy or torch (R / grid >= MIN_CELL_PX; see SIZE_FRACTION). Steps:
     pixels -> palette colour or background (_classify_rgb); connected components per
     colour; components smaller than MIN_AREA of a small triangle are speckle; each
     component's shape and size is the template (shape, size) of best IoU, placed at
     the component's centroid (searched +-0.25 px) and blurred as much as the image's
-    edges are (_edge_blur), and must reach MIN_IOU; the cell is the one holding the
-    fitted centre. Two components in one cell: the larger wins, the other is dropped.
+    edges are (_edge_blur); the cell is the one holding the fitted centre. Nothing is
+    dropped but speckle: a component no template fits to MIN_IOU is a BLOB object, two
+    components in one cell are two objects, and an object straddling cells keeps its large
+    jitter (placed() is False), so a judge counts each of them.
     """
     if hasattr(image, "detach"):  # torch tensor, without importing torch here
         image = image.detach().cpu().numpy()
@@ -371,6 +426,8 @@ def parse(image) -> Scene:
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3 or img.shape[0] != img.shape[1]:
         raise ValueError(f"expected a square uint8 (R, R, 3) image, got {img.dtype} {img.shape}")
     res = img.shape[0]
+    if res < MIN_CELL_PX * check_grid(grid):
+        raise ValueError(f"a {grid}x{grid} world needs images of >= {MIN_CELL_PX * grid} px to parse, got {res}")
     q = (img >> 1).astype(np.int32)  # 7-bit channels
     flat = q[..., 0] << 14 | q[..., 1] << 7 | q[..., 2]  # (R, R) index into the tables
     cls_table, alpha_table = _lut()
@@ -379,140 +436,26 @@ def parse(image) -> Scene:
     blur = blur if blur >= MIN_BLUR else 0.0  # crisp templates for crisp images: keeps parse exact
     present = np.flatnonzero(np.bincount(cls.ravel() + 1, minlength=len(COLOURS) + 1)[1:])  # colours seen
     if len(present) == 0:
-        return Scene(())
+        return Scene((), grid)
     planes = cls[None] == present[:, None, None]  # (P, R, R), one plane per colour present
     labels, _ = ndimage.label(planes, structure=_PLANES)  # (P, R, R)
     areas = np.bincount(labels.ravel())
-    min_area = MIN_AREA * (SIZE_FRACTION["small"] * res / GRID) ** 2 / 2
-    grid = _centres(res)
-    found: dict[tuple[int, int], tuple[int, Obj]] = {}  # cell -> (area, obj)
+    min_area = MIN_AREA * (SIZE_FRACTION["small"] * res / grid) ** 2 / 2
+    centres = _centres(res, grid)
+    found = []
     for lab, sl in enumerate(ndimage.find_objects(labels), start=1):
         if sl is None or areas[lab] < min_area:
             continue
         k, ys, xs = sl
         mask = labels[k.start, ys, xs] == lab  # (h, w)
-        iou, shape, size, cx, cy = _fit(mask, ys.start, xs.start, grid, blur)
-        if iou < MIN_IOU:
-            continue
-        row, col = min(max(int(cy), 0), GRID - 1), min(max(int(cx), 0), GRID - 1)
+        iou, shape, size, cx, cy = _fit(mask, ys.start, xs.start, centres, blur, grid)
+        if iou < MIN_IOU:  # not a shape: reported where its centroid is, as a blob
+            shape, size = BLOB, SIZES[-1]
+            cy, cx = (np.argwhere(mask).mean(0) + (ys.start, xs.start) + 0.5) * grid / res
+        row, col = min(max(int(cy), 0), grid - 1), min(max(int(cx), 0), grid - 1)
         dx, dy = round(cx - col - 0.5, 3), round(cy - row - 0.5, 3)  # jitter estimate, ~0.5 px accurate
-        obj = Obj(shape, _NAMES[present[k.start]], size, row, col, dx, dy)
-        if (row, col) not in found or areas[lab] > found[(row, col)][0]:
-            found[(row, col)] = (int(areas[lab]), obj)
-    return Scene(tuple(obj for _, obj in found.values()))
-
-
-# ---------------------------------------------------------------- captions
-
-
-def with_article(word: str) -> str:
-    return ("an " if word[0] in "aeiou" else "a ") + word
-
-
-def noun_phrase(o: Obj, size: bool = False) -> str:
-    """'a red circle' / 'a large red circle'."""
-    return with_article(f"{o.size} {o.colour} {o.shape}" if size else f"{o.colour} {o.shape}")
-
-
-def cell_phrase(o: Obj) -> str:
-    """The exact cell: 'in the top left', 'in the center', 'in the middle right'."""
-    return "in the center" if (o.row, o.col) == (1, 1) else f"in the {_ROWS[o.row]} {_COLS[o.col]}"
-
-
-def rough_phrase(o: Obj) -> str:
-    """A true but coarser position: 'at the top', 'on the left', else 'in the center'."""
-    if o.row != 1:
-        return f"at the {_ROWS[o.row]}"
-    return f"on the {_COLS[o.col]}" if o.col != 1 else "in the center"
-
-
-def join_phrases(parts: list[str]) -> str:
-    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-
-
-def count_phrase(n: int, colour: str, shape: str) -> str:
-    """'a green triangle' / 'two green triangles'."""
-    return with_article(f"{colour} {shape}") if n == 1 else f"{_NUMBERS[n]} {colour} {shape}s"
-
-
-# Relations between two objects' cells, as captions() phrases them; each holds(a, b) on (row, col)
-RELATIONS: dict[str, tuple[str, Callable[[Obj, Obj], bool]]] = {
-    "above": ("above", lambda a, b: a.row < b.row),
-    "below": ("below", lambda a, b: a.row > b.row),
-    "left_of": ("to the left of", lambda a, b: a.col < b.col),
-    "right_of": ("to the right of", lambda a, b: a.col > b.col),
-}
-
-
-def relation_phrase(a: Obj, relation: str, b: Obj) -> str:
-    """'a red circle above a blue square' (relation: a key of RELATIONS)."""
-    return f"{noun_phrase(a)} {RELATIONS[relation][0]} {noun_phrase(b)}"
-
-
-def describe(scene: Scene) -> str:
-    """Canonical complete caption: every object's size, colour, shape and cell, in (row, col) order."""
-    if not scene.objects:
-        return "nothing"
-    return join_phrases([f"{noun_phrase(o, size=True)} {cell_phrase(o)}" for o in scene.objects])
-
-
-def captions(scene: Scene) -> list[str]:
-    """Every phrasing of the scene, describe(scene) first.
-
-    Each mentions every object exactly once (but "three objects"), with more or less
-    detail: grouped counts ("two green triangles and a red circle") are exact, and the
-    relations (above / below / to the left of / to the right of) come with two-object scenes.
-    Two forms name only one attribute and the cell ("a red shape in the top left", "a circle
-    in the top left"): they tie the position words to the cell whatever the object, which is
-    what a model needs to place a (colour, shape) pair in a cell it never saw it in.
-    """
-    objs = scene.objects
-    if not objs:
-        return ["nothing"]
-    groups: dict[tuple[str, str], int] = {}  # (colour, shape) -> count, in order of first appearance
-    for o in objs:
-        groups[(o.colour, o.shape)] = groups.get((o.colour, o.shape), 0) + 1
-    caps = [
-        describe(scene),
-        join_phrases([count_phrase(n, c, s) for (c, s), n in groups.items()]),
-        join_phrases([noun_phrase(o, size=True) for o in objs]),
-        join_phrases([f"{noun_phrase(o)} {cell_phrase(o)}" for o in objs]),
-        join_phrases([f"{noun_phrase(o)} {rough_phrase(o)}" for o in objs]),
-        join_phrases([f"{with_article(o.colour)} shape {cell_phrase(o)}" for o in objs]),
-        join_phrases([f"{with_article(o.shape)} {cell_phrase(o)}" for o in objs]),
-    ]
-    if len(objs) >= 2:
-        caps.append(f"{_NUMBERS[len(objs)]} objects")
-    if len(objs) == 2:
-        a, b = objs  # canonical order: a.row <= b.row, and a.col < b.col on a shared row
-        if a.row < b.row:
-            caps += [relation_phrase(a, "above", b), relation_phrase(b, "below", a)]
-        if a.col != b.col:
-            left, right = (a, b) if a.col < b.col else (b, a)
-            caps += [relation_phrase(left, "left_of", right), relation_phrase(right, "right_of", left)]
-    return list(dict.fromkeys(caps))  # drop duplicates, keep order
-
-
-def complete_captions(scene: Scene) -> list[str]:
-    """The phrasings that give every object's colour, shape and cell: describe() and the same without sizes."""
-    if not scene.objects:
-        return ["nothing"]
-    return list(dict.fromkeys([describe(scene), join_phrases([f"{noun_phrase(o)} {cell_phrase(o)}" for o in scene.objects])]))
-
-
-# Which phrasings a data set draws from. "complete" leaves out the ones that omit an attribute or
-# the cell: a caption such as "a red circle" (always shown somewhere but its held-out cell) or
-# "a red shape in the center" (never a circle) teaches a model the held-out split itself -- that
-# a pair never appears in its held-out cell -- which is what a compositional test must not see.
-CAPTION_SETS: dict[str, Callable[[Scene], list[str]]] = {"all": captions, "complete": complete_captions}
-
-
-def caption(scene: Scene, rng: np.random.Generator, which: str = "all") -> str:
-    """One phrasing from CAPTION_SETS[which](scene) (captions() or complete_captions()), uniformly chosen by rng."""
-    if which not in CAPTION_SETS:
-        raise ValueError(f"unknown caption set {which!r} (known: {', '.join(CAPTION_SETS)})")
-    caps = CAPTION_SETS[which](scene)
-    return caps[int(rng.integers(len(caps)))]
+        found.append(Obj(shape, _NAMES[present[k.start]], size, row, col, float(dx), float(dy)))
+    return Scene(tuple(found), grid)
 
 
 # ---------------------------------------------------------------- datasets
@@ -520,16 +463,18 @@ def caption(scene: Scene, rng: np.random.Generator, which: str = "all") -> str:
 
 def shapes_dataset(
     n: int, resolution: int = 32, split: str = "train", seed: int = 0, max_objects: int = MAX_OBJECTS,
-    captions: str = "all", min_objects: int = 1, count_weights: tuple[float, ...] | None = None,
+    captions: str = "all", min_objects: int = 1, count_weights: tuple[float, ...] | None = None, grid: int = GRID,
 ) -> datasets.Dataset:
     """A datasets.Dataset with columns image (PIL RGB), text, scene (JSON), n_objects; deterministic in seed.
 
-    `captions` names the phrasings the text column draws from (CAPTION_SETS: "all" or "complete").
+    `captions` names the phrasings the text column draws from (grammar.CAPTION_SETS: "all" or "complete").
     """
     import datasets  # heavy import, only needed here
     from PIL import Image
 
-    scenes = sample_scenes(n, seed, split, max_objects, min_objects, count_weights)
+    from train.data.grammar import caption  # the grammar builds on this module
+
+    scenes = sample_scenes(n, seed, split, max_objects, min_objects, count_weights, grid)
     text_rng = np.random.default_rng([seed, 1])  # own stream: captions never shift the scenes
     features = datasets.Features(
         {
