@@ -54,7 +54,15 @@ PRESETS: dict[str, dict] = {
                              {"sampler": "dpm++", "steps": 20}],
         "sweep_n": 2, "sweep_fid_images": 200, "sweep_speed_images": 16,
     },
-    # one H100/H200: the stages' gpu presets (the S generator, a wider UNet at 32 px)
+    # the stages' cpu-long presets (the 4x4 world, an hour each side on 2 CPU cores) and the cpu sweep
+    "cpu-long": {
+        "stage_preset": "cpu-long",
+        "large_batch": 32,
+        "ar_points": [{"cfg_scale": 1.0}, {"cfg_scale": 3.0}],
+        "diffusion_points": [{"sampler": "ddim", "steps": 10}, {"sampler": "ddim", "steps": 50}],
+        "sweep_n": 1, "sweep_fid_images": 100, "sweep_speed_images": 16,
+    },
+    # one H100/H200: the stages' gpu presets (the S generator, a wider UNet at 48 px, the 4x4 world)
     "gpu": {
         "stage_preset": "gpu",
         "large_batch": 256,

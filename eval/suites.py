@@ -201,7 +201,7 @@ def phrasings(w: _World) -> list[PromptSpec]:
         ("copula_second_word", Form(word=1, copula=True), rel[2::5]),
         ("there_place_first", Form(frame="there", place_first=True), pos[1::5]),
         ("image_count", Form(frame="image"), [p for p in count if len(p.objects) > 1][1::7]),
-        ("background_binding", Form(frame="background"), bind[3::5]),
+        ("background_binding", Form(frame="background"), bind[3::4]),
     ]
     out = []
     for name, form, prompts in cases:

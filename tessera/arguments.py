@@ -119,7 +119,8 @@ SET_HELP = {
 
 
 def _stage_args(sp: argparse.ArgumentParser, trains: bool = True) -> None:
-    sp.add_argument("--preset", default="cpu", help="named preset: cpu (minutes on 2 cores) or gpu")
+    sp.add_argument("--preset", default="cpu", help="named preset: cpu (the 3x3 world, minutes on 2 cores), cpu-long "
+                    "(the 4x4 world of up to 16 objects, an hour on 2 cores) or gpu (the 4x4 world, one H100/H200)")
     sp.add_argument("--config", help="a JSON file with the full stage config (replaces the preset)")
     sp.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help=SET_HELP["stage"])
     if trains:  # how the run executes (a resumed run may change these): docs/SCALE.md
@@ -196,7 +197,7 @@ def _sampling_commands(sub, cli: ModuleType) -> None:
                  "held-out compositions) on the embedded shapes world; scores every sample against its prompt and "
                  "writes OUT/summary.{json,md} and grids in OUT/samples/.")
     d.add_argument("--out", default="runs/demo", type=OUT_DIR, help="run directory (a killed demo resumes where it stopped)")
-    d.add_argument("--preset", default="cpu", help="preset of both stages: cpu (minutes on 2 cores) or gpu")
+    d.add_argument("--preset", default="cpu", help="preset of both stages: cpu (minutes on 2 cores), cpu-long or gpu")
     d.add_argument("--set", action="append", metavar="STAGE.SECTION.KEY=VALUE", help=SET_HELP["demo"])
     d.add_argument("--eval-images", type=POSITIVE, default=1000, help="held-out images to measure the tokenizer on")
     d.add_argument("--samples-per-prompt", type=POSITIVE, default=4, help="samples drawn for each demo prompt")
@@ -254,8 +255,9 @@ def _eval_commands(sub, cli: ModuleType) -> None:
                   "and two PNG plots (faithfulness and FID vs images/s). The cpu preset takes about an hour on 2 "
                   "cores from nothing.")
     bn.add_argument("--run", default="runs/bench", type=OUT_DIR, help="run directory; trained parts are reused (default: runs/bench)")
-    bn.add_argument("--preset", choices=["cpu", "gpu"], default="cpu",
-                    help="cpu: ~1 h on 2 cores; gpu: one H100/H200 (the stages' gpu presets)")
+    bn.add_argument("--preset", choices=["cpu", "cpu-long", "gpu"], default="cpu",
+                    help="cpu: ~1 h on 2 cores; cpu-long: the 4x4 world, ~2.5 h on 2 cores; gpu: one H100/H200 "
+                         "(the stages' gpu presets)")
     bn.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP["bench"])
     bn.add_argument("--device", type=DEVICE, help="cpu or cuda (default: cuda when present)")
     bn.add_argument("--out", type=OUT_DIR, help="report directory (default: RUN/bench)")

@@ -46,8 +46,8 @@ def test_bench_trains_both_on_one_budget_and_writes_the_report(tmp_path, quick_c
     assert ar["nfe_per_image"] == 2 * ar["steps_per_image"]  # guidance 1.5: two rows per token
     assert df["nfe_per_image"] == 4 and df["steps_per_image"] == 2  # 2 DDIM steps x 2 rows
     assert ar["flops_per_image"] > 0 and df["flops_per_image"] > 0
-    assert set(ar["categories"]) == set(df["categories"]) and ar["images"] == df["images"] == 142
-    assert len(report["sweep"]) == 4 and all(p["images"] == 142 and p["fid"] is not None for p in report["sweep"])
+    assert set(ar["categories"]) == set(df["categories"]) and ar["images"] == df["images"] == 207
+    assert len(report["sweep"]) == 4 and all(p["images"] == 207 and p["fid"] is not None for p in report["sweep"])
     # FLOPs follow the settings: guidance doubles the generator's rows (not the tokenizer decoder's
     # work), and the baseline's cost is linear in its steps
     s = {p["label"]: p for p in report["sweep"]}

@@ -55,10 +55,10 @@ def test_eval_cli_writes_every_part(run, tmp_path, quick_classifier, capsys):
     result = json.loads((out / "result.json").read_text())
     f = result["faithfulness"]
     assert {c: v["n"] for c, v in f["categories"].items()} == {"position": 36, "relation": 40, "counting": 64}
-    assert f["n"] == 104 and 0 <= f["accuracy"] <= 1 and f["ci95"][0] <= f["accuracy"] <= f["ci95"][1]
+    assert f["n"] == 140 and 0 <= f["accuracy"] <= 1 and f["ci95"][0] <= f["accuracy"] <= f["ci95"][1]
     # attributes are checked only on objects found; a 4-step model may draw none
     assert {"count", "relation"} <= set(f["constraints"]) <= {"count", "colour", "shape", "position", "relation"}
-    assert f["constraints"]["count"]["n"] == 104
+    assert f["constraints"]["count"]["n"] == 140
     assert result["fid"]["n_real"] == result["fid"]["n_fake"] == 8 and np.isfinite(result["fid"]["fid"])
     assert result["fid"]["feature_name"].startswith("shapes-classifier-v")
     assert list(quick_classifier.iterdir()), "the classifier was cached"

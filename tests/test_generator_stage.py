@@ -204,3 +204,29 @@ def test_the_sample_section_is_checked_and_may_change_on_resume(tmp_path):
     check_run_config(tmp_path, cfg.override({"sample.temperature": 1.0}))  # not part of what trains
     with pytest.raises(TrainConfigError, match="data.text_len"):
         check_run_config(tmp_path, cfg.override({"data.text_len": 20}))
+
+
+def test_the_world_grid_is_a_checked_setting(caplog):
+    from train.generator_stage import GeneratorDataConfig, check_world
+    from train.tokenizer_stage import preset_config as tokenizer_preset
+
+    with pytest.raises(TrainConfigError, match="grid must be one of 3, 4"):
+        preset_config("cpu").override({"data.grid": 5})
+    with pytest.raises(TrainConfigError, match=r"<= 9 \(a 3x3 grid\)"):
+        preset_config("cpu").override({"data.max_objects": 12})
+    with pytest.raises(TrainConfigError, match="uniform_scenes"):
+        preset_config("cpu").override({"data.uniform_scenes": 2})
+    with pytest.raises(TrainConfigError, match="grid"):
+        tokenizer_preset("cpu").override({"data.grid": 4, "data.max_objects": 17})
+    four = GeneratorDataConfig(grid=4, max_objects=16)
+    with pytest.raises(TrainConfigError, match=">= 32 px"):
+        check_world(four, resolution=24, code_grid=6)  # 6 px a cell: no judge could read it
+    with caplog.at_level("WARNING"):
+        check_world(four, resolution=48, code_grid=6)
+    assert "1.50 codes" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        check_world(four, resolution=32, code_grid=8)  # the cpu-long presets: 2x2 codes a cell
+    assert caplog.text == ""
+    long = preset_config("cpu-long")
+    assert long.data.grid == tokenizer_preset("cpu-long").data.grid == 4 and long.data.captions == "all"

@@ -161,16 +161,62 @@ def test_object_counts_min_max_and_weights():
         S.sample_scenes(5, seed=3, max_objects=3, count_weights=(1, 1))
 
 
-def test_heldout_split():
-    pairs = Counter((c, s) for c, s, _, _ in S.HELDOUT)
-    assert set(pairs) == {(c, s) for c in S.COLOURS for s in S.SHAPES} and set(pairs.values()) == {1}
-    assert Counter((r, c) for _, _, r, c in S.HELDOUT) == Counter({(r, c): 2 for r in range(3) for c in range(3)})
-    train = S.sample_scenes(5000, seed=1, split="train")
-    assert not any(S.is_heldout(o) for s in train for o in s.objects)
+@pytest.mark.parametrize("grid", S.GRIDS)
+def test_heldout_split_is_balanced(grid):
+    held = S.heldout_cells(grid)
+    assert set(held) == {(c, s) for c in S.COLOURS for s in S.SHAPES}
+    per_cell = Counter(held.values())
+    assert set(per_cell) == set(range(grid * grid)) and max(per_cell.values()) - min(per_cell.values()) <= 1
+    for c in S.COLOURS:  # a colour's three pairs, and a shape's six, are held out in distinct cells
+        assert len({held[(c, s)] for s in S.SHAPES}) == 3
+    for s in S.SHAPES:
+        assert len({held[(c, s)] for c in S.COLOURS}) == 6
+    assert S.heldout_cells(grid) == held  # fixed by HELDOUT_SEED
+    train = S.sample_scenes(3000, seed=1, split="train", max_objects=grid * grid, grid=grid, uniform=0.3)
+    assert not any(S.is_heldout(o, grid) for s in train for o in s.objects)
     seen = {(o.colour, o.shape, o.row, o.col) for s in train for o in s.objects}
-    assert len(seen) == 6 * 3 * 8  # every pair is seen in its 8 other cells
-    assert all(any(S.is_heldout(o) for o in s.objects) for s in S.sample_scenes(1000, seed=2, split="heldout"))
-    assert any(S.is_heldout(o) for s in S.sample_scenes(200, seed=3, split="all") for o in s.objects)
+    assert len(seen) == 6 * 3 * (grid * grid - 1)  # every pair is seen in every other cell
+    assert all(any(S.is_heldout(o, grid) for o in s.objects)
+               for s in S.sample_scenes(500, seed=2, split="heldout", grid=grid))
+    assert S.HELDOUT == S.heldout_set(3)
+
+
+def test_uniform_scenes_share_a_colour_or_a_shape():
+    scenes = S.sample_scenes(600, seed=4, max_objects=16, min_objects=3, grid=4, uniform=1.0)
+    kinds = Counter()
+    for sc in scenes:
+        colours, kinds_ = {o.colour for o in sc.objects}, {o.shape for o in sc.objects}
+        assert len(colours) == 1 or len(kinds_) == 1, sc
+        kinds[(len(colours) == 1, len(kinds_) == 1)] += 1
+    assert kinds[(True, True)] > 150 and kinds[(True, False)] > 100 and kinds[(False, True)] > 100
+    assert S.sample_scenes(50, seed=4) == S.sample_scenes(50, seed=4, uniform=0.0)  # off: the same scenes as before
+
+
+def test_parse_sees_every_object():
+    big = Obj("square", "red", "small", 1, 1)
+    img = S.render(Scene((big,)), 96)  # 32 px a cell: the small square spans the middle 16 px
+    img[32:39, 32:39] = S.COLOURS["blue"]  # a second object in the same cell, in its corner
+    found = S.parse(img)
+    assert len(found.objects) == 2 and found.crowded() and {o.colour for o in found.objects} == {"red", "blue"}
+    straddling = S.parse(S.render(Scene((Obj("circle", "green", "large", 0, 0, dx=0.45),)), 48))
+    (o,) = straddling.objects
+    assert o.shape == "circle" and not S.placed(o) and abs(o.dx) > S.PLACE_TOLERANCE
+    assert all(S.placed(o) for s in S.sample_scenes(300, seed=9) for o in S.parse(S.render(s, 24)).objects)
+    blob = np.zeros((48, 48, 3), np.uint8)
+    blob[2:14, 2:4] = blob[2:4, 2:14] = S.COLOURS["yellow"]  # an L: no template fits it
+    (b,) = S.parse(blob).objects
+    assert b.shape == S.BLOB and b.colour == "yellow" and (b.row, b.col) == (0, 0)
+    with pytest.raises(ValueError, match="cannot be rendered"):
+        S.render(Scene((b,)), 48)
+
+
+@pytest.mark.parametrize("grid", S.GRIDS)
+def test_parse_inverts_render_on_every_grid(grid):
+    scenes = S.sample_scenes(1500, seed=21, split="all", max_objects=grid * grid, grid=grid)
+    for res in (8 * grid, 12 * grid):
+        assert [s for s in scenes if S.parse(S.render(s, res), grid) != s] == []
+    with pytest.raises(ValueError, match="needs images of >= 32 px"):
+        S.parse(np.zeros((24, 24, 3), np.uint8), grid=4)
 
 
 # ---------------------------------------------------------------- captions

@@ -36,6 +36,7 @@ from train import distributed
 from train.config import StageConfig, check_run_config, preset
 from train.data.images import decode_rows, image_name, undecoded
 from train.errors import TrainConfigError
+from train.generator_stage import PRESETS as GENERATOR_PRESETS
 from train.generator_stage import GeneratorDataConfig, prepare_text_tokenizer, training_rows
 from train.loop import EpochOrder, LoopConfig, LossOutput, steps_for_seconds, train_loop
 
@@ -94,10 +95,20 @@ PRESETS: dict[str, dict] = {
         "data": {"train_images": 20000, "max_objects": 2, "count_weights": [0.15, 0.85], "captions": "complete",
                  "text_len": 18},
     },
-    # the gpu generator preset's data (200,000 scenes, complete captions, up to 3 objects, 32 text
-    # tokens) at the gpu tokenizer's 48 px; a UNet of ~30M parameters with its text encoder (the S
-    # generator's ~29M). `tessera bench` sets the step count from the AR side's training time;
-    # 20,000 is the count when trained on its own. Not yet run on a GPU.
+    # the cpu-long generator preset's data (the 4x4 world, every kind of caption, 160 text tokens) at
+    # the cpu-long tokenizer's 32 px, the cpu preset's UNet and recipe; `tessera bench --preset
+    # cpu-long` sets the step count from the AR side's training time.
+    "cpu-long": {
+        "model": {"resolution": 32, "prediction_type": "v_prediction", "loss_weighting": "min_snr"},
+        "loop": {"steps": 2000, "batch_size": 32, "lr": 2e-3, "warmup_steps": 50, "weight_decay": 0.0,
+                 "betas": [0.9, 0.99], "min_lr_ratio": 0.1, "ema_decay": 0.995, "ckpt_every": 250,
+                 "log_every": 25},
+        "data": GENERATOR_PRESETS["cpu-long"]["data"],
+    },
+    # the gpu generator preset's data (the 4x4 world, 160 text tokens) at the gpu tokenizer's 48 px;
+    # a UNet of ~30M parameters with its text encoder (the S generator's ~29M). `tessera bench` sets
+    # the step count from the AR side's training time; 20,000 is the count when trained on its own.
+    # Not yet run on a GPU.
     "gpu": {
         "model": {"resolution": 48, "block_out_channels": [128, 256, 256], "layers_per_block": 1,
                   "attention_head_dim": 32, "norm_num_groups": 32, "text_dim": 256, "text_layers": 4,
@@ -105,7 +116,7 @@ PRESETS: dict[str, dict] = {
         "loop": {"steps": 20000, "batch_size": 256, "lr": 2e-4, "warmup_steps": 500, "weight_decay": 0.0,
                  "betas": [0.9, 0.99], "min_lr_ratio": 0.1, "ema_decay": 0.999, "ckpt_every": 2000,
                  "log_every": 50},
-        "data": {"train_images": 200000, "count_weights": [0.15, 0.45, 0.4], "captions": "complete"},
+        "data": GENERATOR_PRESETS["gpu"]["data"],
     },
 }
 

@@ -62,6 +62,7 @@ class GeneratorDataConfig:
     max_objects: int = shapes.MAX_OBJECTS
     min_objects: int = 1  # objects per scene are drawn from min_objects..max_objects,
     count_weights: list[float] | None = None  # ... uniformly, or with these weights (one per count)
+    uniform_scenes: float = 0.0  # share of scenes whose objects all share a colour and/or shape (counting data)
     # phrasings drawn from: "all" (every true description in a training phrasing), or "complete" (each
     # object's colour, shape and cell only); train.data.grammar.CAPTION_SETS
     captions: str = "all"
@@ -90,6 +91,9 @@ class GeneratorDataConfig:
             shapes.check_counts(int(self.min_objects), int(self.max_objects), self.count_weights, self.grid)
         except ValueError as e:
             raise TrainConfigError(f"data.grid / min_objects / max_objects / count_weights: {e}") from None
+        if isinstance(self.uniform_scenes, bool) or not isinstance(self.uniform_scenes, (int, float)) or not (
+                0 <= self.uniform_scenes <= 1):
+            raise TrainConfigError(f"data.uniform_scenes must be a number in [0, 1], got {self.uniform_scenes!r}")
         for name in ("train_images", "text_len", "encode_batch_size", "shard_size"):
             if int(getattr(self, name)) < 1:
                 raise TrainConfigError(f"data.{name} must be >= 1, got {getattr(self, name)!r}")
@@ -143,14 +147,28 @@ PRESETS: dict[str, dict] = {
         "data": {"train_images": 20000, "max_objects": 2, "count_weights": [0.15, 0.85], "captions": "complete",
                  "row_tokens": True, "text_len": 18},
     },
-    # S (~28M) on one H100/H200 (not yet run on one): up to 3 objects, so 32 text tokens; few single
-    # objects, as in the cpu preset (the tiny model's 15/45/40 split scored 80% held-out on the CPU)
+    # The 4x4 world on 2 cores in at most an hour with the tokenizer's cpu-long preset (8x8 codes,
+    # 2x2 a cell): scenes of 1-16 objects, every kind of description (train.data.grammar), a quarter
+    # of the scenes of one kind ("seven red circles" needs them). Counts weighted towards one and two
+    # objects (single-object, relation and binding prompts) and 10-16 (many objects). The longest
+    # caption (16 objects with sizes) is 155 BPE tokens, hence 160.
+    "cpu-long": {
+        "model": {"size": "tiny"},
+        "loop": {"steps": 3800, "batch_size": 64, "lr": 3e-3, "warmup_steps": 200, "weight_decay": 0.05,
+                 "betas": [0.9, 0.95], "min_lr_ratio": 0.05, "ema_decay": 0.998, "ckpt_every": 250, "log_every": 25},
+        "data": {"train_images": 60000, "grid": 4, "max_objects": 16,
+                 "count_weights": [0.1, 0.14, 0.08] + [0.05] * 6 + [0.054] * 7, "uniform_scenes": 0.25,
+                 "captions": "all", "row_tokens": True, "text_len": 160},
+    },
+    # S (~28M) on one H100/H200 (not yet run on one): the cpu-long data on the gpu tokenizer's 4x4
+    # world at 48 px (12x12 codes, 3x3 a cell), with more scenes and steps
     "gpu": {
         "model": {"size": "S"},
         "loop": {"steps": 20000, "batch_size": 256, "lr": 6e-4, "warmup_steps": 1000, "weight_decay": 0.05,
                  "betas": [0.9, 0.95], "ema_decay": 0.999, "ckpt_every": 2000, "log_every": 50},
-        "data": {"train_images": 200000, "count_weights": [0.15, 0.45, 0.4], "captions": "complete",
-                 "row_tokens": True},
+        "data": {"train_images": 400000, "grid": 4, "max_objects": 16,
+                 "count_weights": [0.1, 0.14, 0.08] + [0.05] * 6 + [0.054] * 7, "uniform_scenes": 0.25,
+                 "captions": "all", "row_tokens": True, "text_len": 160},
     },
 }
 
@@ -214,6 +232,7 @@ def training_rows(cfg: GeneratorStageConfig, resolution: int) -> Any:
         cfg.data.train_images, resolution=resolution, split="train",
         seed=cfg.data.seed, max_objects=cfg.data.max_objects, captions=cfg.data.captions,
         min_objects=cfg.data.min_objects, count_weights=cfg.data.count_weights, grid=cfg.data.grid,
+        uniform=cfg.data.uniform_scenes,
     )
 
 
@@ -227,7 +246,8 @@ def data_source(data: GeneratorDataConfig) -> dict:
             # settings added later only when set, so codes made before they existed still match
             **({"min_objects": data.min_objects} if data.min_objects != 1 else {}),
             **({"count_weights": data.count_weights} if data.count_weights is not None else {}),
-            **({"grid": data.grid} if data.grid != shapes.GRID else {})}
+            **({"grid": data.grid} if data.grid != shapes.GRID else {}),
+            **({"uniform_scenes": data.uniform_scenes} if data.uniform_scenes else {})}
 
 
 def prepare_text_tokenizer(cfg: GeneratorStageConfig, run: Run | str | Path, captions: Any) -> Any:

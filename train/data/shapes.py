@@ -181,12 +181,17 @@ def is_heldout(obj: Obj, grid: int = GRID) -> bool:
 # ---------------------------------------------------------------- sampling
 
 
-def _random_obj(rng: np.random.Generator, cell: int, avoid_heldout: bool, grid: int = GRID) -> Obj:
+def _random_obj(
+    rng: np.random.Generator, cell: int, avoid_heldout: bool, grid: int = GRID, colour: str | None = None,
+    shape: str | None = None,
+) -> Obj:
+    """A random object in `cell`; `colour` / `shape` fix that attribute (the pair must be allowed in the cell)."""
     row, col = divmod(int(cell), grid)
     held = heldout_cells(grid)
+    fixed_colour, fixed_shape = colour, shape
     while True:  # rejection: at most 2 of 18 (colour, shape) pairs are held out in each cell
-        colour = _NAMES[rng.integers(len(_NAMES))]
-        shape = SHAPES[rng.integers(len(SHAPES))]
+        colour = fixed_colour or _NAMES[rng.integers(len(_NAMES))]
+        shape = fixed_shape or SHAPES[rng.integers(len(SHAPES))]
         if not (avoid_heldout and held[(colour, shape)] == cell):
             break
     size = SIZES[rng.integers(len(SIZES))]
@@ -213,11 +218,14 @@ def check_counts(
 
 def sample_scene(
     rng: np.random.Generator, split: str = "train", max_objects: int = MAX_OBJECTS, min_objects: int = 1,
-    count_weights: tuple[float, ...] | None = None, grid: int = GRID,
+    count_weights: tuple[float, ...] | None = None, grid: int = GRID, uniform: float = 0.0,
 ) -> Scene:
     """A random scene of min_objects..max_objects objects in distinct cells of a grid x grid grid.
 
     The count is uniform, or drawn with `count_weights` (one weight per count min..max, normalised).
+    With probability `uniform` (splits train and all) every object shares one colour and shape,
+    or one colour, or one shape (a third each): the scenes "seven red circles" or "five squares"
+    describe, which independent objects almost never make.
     """
     if split not in ("train", "heldout", "all"):
         raise ValueError(f"split must be train, heldout or all, not {split!r}")
@@ -230,6 +238,8 @@ def sample_scene(
     else:
         p = np.asarray(count_weights, dtype=float)
         n = min_objects + int(rng.choice(len(p), p=p / p.sum()))
+    if split != "heldout" and uniform > 0 and rng.random() < uniform:
+        return _uniform_scene(rng, n, split == "train", grid)
     if split != "heldout":
         cells = rng.choice(cells_n, size=n, replace=False)
         return Scene(tuple(_random_obj(rng, k, split == "train", grid) for k in cells), grid)
@@ -243,13 +253,25 @@ def sample_scene(
     return Scene((first, *(_random_obj(rng, k, False, grid) for k in cells)), grid)
 
 
+def _uniform_scene(rng: np.random.Generator, n: int, avoid_heldout: bool, grid: int) -> Scene:
+    """n objects sharing a colour and shape, a colour, or a shape (a pair's held-out cell avoided in training)."""
+    colour, shape = _NAMES[rng.integers(len(_NAMES))], SHAPES[rng.integers(len(SHAPES))]
+    mode = int(rng.integers(3))  # 0: both shared, 1: the colour, 2: the shape
+    colour, shape = (colour if mode < 2 else None), (shape if mode != 1 else None)
+    cells = np.arange(grid * grid)
+    if mode == 0 and avoid_heldout:
+        cells = cells[cells != heldout_cells(grid)[(colour, shape)]]
+    chosen = rng.choice(cells, size=min(n, len(cells)), replace=False)
+    return Scene(tuple(_random_obj(rng, k, avoid_heldout, grid, colour, shape) for k in chosen), grid)
+
+
 def sample_scenes(
     n: int, seed: int = 0, split: str = "train", max_objects: int = MAX_OBJECTS, min_objects: int = 1,
-    count_weights: tuple[float, ...] | None = None, grid: int = GRID,
+    count_weights: tuple[float, ...] | None = None, grid: int = GRID, uniform: float = 0.0,
 ) -> list[Scene]:
     """n scenes, deterministic in seed; sample_scenes(n, s) is a prefix of sample_scenes(n + k, s)."""
     rng = np.random.default_rng(seed)
-    return [sample_scene(rng, split, max_objects, min_objects, count_weights, grid) for _ in range(n)]
+    return [sample_scene(rng, split, max_objects, min_objects, count_weights, grid, uniform) for _ in range(n)]
 
 
 # ---------------------------------------------------------------- rendering
@@ -464,6 +486,7 @@ def parse(image, grid: int = GRID) -> Scene:
 def shapes_dataset(
     n: int, resolution: int = 32, split: str = "train", seed: int = 0, max_objects: int = MAX_OBJECTS,
     captions: str = "all", min_objects: int = 1, count_weights: tuple[float, ...] | None = None, grid: int = GRID,
+    uniform: float = 0.0,
 ) -> datasets.Dataset:
     """A datasets.Dataset with columns image (PIL RGB), text, scene (JSON), n_objects; deterministic in seed.
 
@@ -474,7 +497,7 @@ def shapes_dataset(
 
     from train.data.grammar import caption  # the grammar builds on this module
 
-    scenes = sample_scenes(n, seed, split, max_objects, min_objects, count_weights, grid)
+    scenes = sample_scenes(n, seed, split, max_objects, min_objects, count_weights, grid, uniform)
     text_rng = np.random.default_rng([seed, 1])  # own stream: captions never shift the scenes
     features = datasets.Features(
         {
