@@ -23,6 +23,14 @@ No loss is ever taken on the text, so the padding costs nothing but compute.
 The unconditional (dropped-condition) text for classifier-free guidance is all
 [PAD] -- the same form as an empty prompt.
 
+Masked padding (`mask_padding=True`): the [PAD]s of the text are masked out of
+attention (an attention mask, positions unchanged), so they contribute nothing and
+training may drop the text columns that are padding in every row of a batch
+(`image_loss` does: a batch of short captions then costs far less than the fixed
+length; the kept tokens keep their positions, so the result is the same). The
+sampler passes the same mask. Runs trained before this setting existed attend to
+their padding and keep doing so (the default, False).
+
 Row tokens (`row_tokens=True`): each row of codes is preceded by its own
 [ROW r] token,
 
@@ -60,6 +68,7 @@ class SequenceLayout:
     codebook_size: int  # image codes K of the VQ tokenizer (its num_codes)
     grid: tuple[int, int]  # (h, w) of the code grid; h * w image tokens per sequence
     row_tokens: bool = False  # a [ROW r] token before each row of codes (see the module docstring)
+    mask_padding: bool = False  # the text's [PAD]s are masked out of attention (see the module docstring)
 
     def __post_init__(self) -> None:
         if isinstance(self.grid, list):  # JSON brings lists back; the layout keeps a tuple
@@ -176,17 +185,18 @@ class SequenceLayout:
             if key not in known:
                 raise ConfigError(f"unknown SequenceLayout key {key!r} (known: {', '.join(known)})")
         for key in known:
-            if key not in d and key != "row_tokens":  # layouts saved before row tokens existed have none
+            if key not in d and key not in ("row_tokens", "mask_padding"):  # layouts saved before these existed
                 raise ConfigError(f"SequenceLayout key {key!r} is missing (required: {', '.join(known)})")
         return cls(**dict(d))
 
     @classmethod
     def for_tokenizer(
-        cls, tokenizer: Any, codebook_size: int, grid: Sequence[int], text_len: int = 24, row_tokens: bool = False
+        cls, tokenizer: Any, codebook_size: int, grid: Sequence[int], text_len: int = 24, row_tokens: bool = False,
+        mask_padding: bool = False,
     ) -> "SequenceLayout":
         """The layout for a text tokenizer (text_vocab = len(tokenizer)) and a VQ codebook / grid."""
         return cls(text_len=text_len, text_vocab=len(tokenizer), codebook_size=codebook_size, grid=tuple(grid),
-                   row_tokens=row_tokens)
+                   row_tokens=row_tokens, mask_padding=mask_padding)
 
 
 @dataclass
@@ -309,9 +319,35 @@ def image_loss(model: Any, input_ids: torch.Tensor, layout: SequenceLayout) -> t
     if input_ids.dim() != 2 or input_ids.shape[1] != layout.seq_len:
         raise ConfigError(f"input_ids must have shape (B, {layout.seq_len}), got {tuple(input_ids.shape)}")
     targets = scored_positions(layout).to(input_ids.device)
-    logits = model(input_ids=input_ids, logits_to_keep=targets - 1).logits  # (B, N + 1, V)
+    if layout.mask_padding:  # drop the text columns that are [PAD] in every row; the rest keep their positions
+        ids, mask, positions = trim_padding(input_ids, layout)
+        cut = input_ids.shape[1] - ids.shape[1]  # the scored positions all lie after the dropped columns
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                       logits_to_keep=targets - 1 - cut).logits  # (B, N + 1, V)
+    else:
+        logits = model(input_ids=input_ids, logits_to_keep=targets - 1).logits  # (B, N + 1, V)
     # float32 for the log-softmax, as HF's own causal-LM loss does under autocast
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), input_ids[:, targets].flatten())
+
+
+def padding_mask(input_ids: torch.Tensor, layout: SequenceLayout) -> torch.Tensor | None:
+    """The attention mask of sequences (B, L) under `layout`: 0 at [PAD], 1 elsewhere; None without mask_padding."""
+    return (input_ids != layout.pad_id).long() if layout.mask_padding else None
+
+
+def trim_padding(input_ids: torch.Tensor, layout: SequenceLayout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Full sequences (B, seq_len) without the text columns that are [PAD] in every row.
+
+    Text is left-aligned, so those are the last columns of the text block. Returns the kept
+    ids (B, L'), their attention mask (B, L') and their original positions (B, L'), which
+    the model must be given so that every kept token sits where it does in the full sequence.
+    """
+    text = input_ids[:, 1 : 1 + layout.text_len]  # (B, T)
+    longest = int((text != layout.pad_id).sum(1).max()) if len(text) else 0  # no caption has a [PAD] inside
+    keep = torch.cat([torch.arange(1 + longest), torch.arange(1 + layout.text_len, input_ids.shape[1])])
+    keep = keep.to(input_ids.device)
+    ids = input_ids[:, keep]  # (B, L')
+    return ids, (ids != layout.pad_id).long(), keep.expand(len(ids), -1)
 
 
 def codes_from_tokens(tokens: torch.Tensor, layout: SequenceLayout) -> torch.Tensor:

@@ -25,7 +25,7 @@ import torch
 from einops import rearrange
 
 from ar_model.errors import ConfigError
-from ar_model.layout import SequenceLayout, build_prefix, unconditional_text
+from ar_model.layout import SequenceLayout, build_prefix, padding_mask, unconditional_text
 
 
 MAX_GUIDANCE = 1000.0
@@ -132,17 +132,20 @@ def guided_image_logits(logits: torch.Tensor, layout: SequenceLayout, cfg_scale:
 
 
 # --------------------------------------------------------------------------- model calls
-def prefill(model: Any, input_ids: torch.Tensor, cache: Any | None) -> torch.Tensor:
-    """Run the whole prompt (B', P) once, filling `cache` if given; returns the last position's logits (B', V)."""
+def prefill(model: Any, input_ids: torch.Tensor, cache: Any | None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Run the whole prompt (B', P) once, filling `cache` if given; returns the last position's logits (B', V).
+
+    `mask` (B', P): the attention mask of a layout with mask_padding (layout.padding_mask), else None.
+    """
     # transformers 5.x: the KV cache is passed as `cache=` (`past_key_values=` is deprecated, removed in 5.40)
-    out = model(input_ids=input_ids, cache=cache, use_cache=cache is not None, logits_to_keep=1)
+    out = model(input_ids=input_ids, attention_mask=mask, cache=cache, use_cache=cache is not None, logits_to_keep=1)
     return out.logits[:, -1]  # (B', V)
 
 
-def decode_one_token(model: Any, token: torch.Tensor, cache: Any) -> torch.Tensor:
+def decode_one_token(model: Any, token: torch.Tensor, cache: Any, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Feed the new token(s) of each row (B', 1) -- or (B', 2): a code and a [ROW r] -- through the KV
-    cache; returns the last one's logits (B', V)."""
-    out = model(input_ids=token, cache=cache, use_cache=True)  # positions continue from the cache length
+    cache; returns the last one's logits (B', V). `mask` (B', cached + new): as for prefill."""
+    out = model(input_ids=token, attention_mask=mask, cache=cache, use_cache=True)  # positions continue from the cache
     return out.logits[:, -1]  # (B', V)
 
 
@@ -187,7 +190,8 @@ def _generate(model: Any, layout: SequenceLayout, text_ids: torch.Tensor, sc: Sa
         generator.manual_seed(sc.seed)
 
     cache = DynamicCache(config=getattr(model, "config", None)) if sc.use_cache else None
-    logits = prefill(model, seq, cache)  # (B', V) predicts the first code
+    mask = padding_mask(seq, layout)  # (B', P) or None; grows with every token fed
+    logits = prefill(model, seq, cache, mask)  # (B', V) predicts the first code
     codes = torch.empty(b, layout.num_image_tokens, dtype=torch.long, device=device)  # (B, N)
     for i in range(layout.num_image_tokens):
         image_logits = guided_image_logits(logits, layout, sc.cfg_scale, guided)  # (B, K)
@@ -199,11 +203,13 @@ def _generate(model: Any, layout: SequenceLayout, text_ids: torch.Tensor, sc: Sa
             token = torch.cat([token, token], dim=0)  # (2B, 1): both halves continue with the same code
         if layout.row_tokens and (i + 1) % layout.grid_w == 0:  # a row is done: [ROW r] comes next, fixed
             token = torch.cat([token, _row_token(layout, (i + 1) // layout.grid_w, token.shape[0], device)], dim=1)
+        if mask is not None:
+            mask = torch.cat([mask, torch.ones_like(token)], dim=1)
         if cache is not None:
-            logits = decode_one_token(model, token, cache)
+            logits = decode_one_token(model, token, cache, mask)
         else:  # slow reference: recompute the whole sequence so far
             seq = torch.cat([seq, token], dim=1)  # (B', P + everything fed so far)
-            logits = prefill(model, seq, None)
+            logits = prefill(model, seq, None, mask)
     return rearrange(codes, "b (h w) -> b h w", h=layout.grid_h, w=layout.grid_w)  # (B, h, w)
 
 

@@ -327,6 +327,46 @@ def test_row_token_sampling_agrees_with_training_sequences(tok, row_layout):
     assert torch.equal((uncond + (cond - uncond) * 2.0).argmax(-1), ids[:, pos] - row_layout.image_offset)
 
 
+def test_masked_padding_is_exact_when_trimmed_and_sampled(tok, row_layout):
+    """With mask_padding the padding adds nothing: training's trimmed batch gives the same logits and
+    loss as the full masked sequence, and the sampler (cache or not) picks the training argmax."""
+    from ar_model.layout import padding_mask, trim_padding
+
+    layout = dataclasses.replace(row_layout, mask_padding=True)
+    model = build_model(GeneratorConfig(layout), seed=0).double().eval()
+    text = _text(tok, layout, ["a red circle", "two green stars", ""])  # short, shorter, unconditional
+    codes = torch.randint(0, layout.codebook_size, (3, *layout.grid))
+    ids = build_sequences(text, codes, layout)
+    kept, mask, positions = trim_padding(ids, layout)
+    assert kept.shape[1] < ids.shape[1] and torch.equal(positions[0, -1], torch.tensor(ids.shape[1] - 1))
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=padding_mask(ids, layout)).logits
+        trimmed = model(input_ids=kept, attention_mask=mask, position_ids=positions).logits
+        n = layout.image_len + 2
+        assert torch.allclose(full[:, -n:], trimmed[:, -n:], atol=1e-10)
+        plain = model(input_ids=ids).logits  # attending to the padding: another function
+        assert not torch.allclose(full[:, -n:], plain[:, -n:], atol=1e-3)
+        want = torch.nn.functional.cross_entropy(
+            full[:, scored_positions(layout) - 1].flatten(0, 1), ids[:, scored_positions(layout)].flatten())
+        assert torch.allclose(image_loss(model, ids, layout).double(), want.double(), atol=1e-6)
+    greedy = SampleConfig.greedy(cfg_scale=2.0)
+    sampled = generate(model, layout, text, greedy)
+    assert torch.equal(sampled, generate(model, layout, text, greedy.replace(use_cache=False)))
+    ids = build_sequences(text, sampled, layout)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=padding_mask(ids, layout)).logits
+        both = torch.cat([text, unconditional_text(3, layout)])
+        seqs = build_sequences(both, torch.cat([sampled, sampled]), layout)
+        logits = model(input_ids=seqs, attention_mask=padding_mask(seqs, layout)).logits
+    pos = layout.code_positions()
+    img = logits[:, pos - 1, layout.image_offset : layout.image_offset + layout.codebook_size]
+    cond, uncond = img.chunk(2)
+    assert torch.equal((uncond + (cond - uncond) * 2.0).argmax(-1), ids[:, pos] - layout.image_offset)
+    # a layout saved before the setting existed loads with it off
+    old = {k: v for k, v in row_layout.to_dict().items() if k != "mask_padding"}
+    assert SequenceLayout.from_dict(old) == row_layout and not row_layout.mask_padding
+
+
 def _count_rows(model):
     rows = []
     handle = model.model.embed_tokens.register_forward_hook(lambda m, inp, out: rows.append(inp[0].shape[0]))

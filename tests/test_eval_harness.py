@@ -146,3 +146,22 @@ def test_baseline_trains_and_is_evaluated_by_the_same_harness(run, tmp_path, cap
     # a run without a baseline says how to make one
     assert main(["eval", "--run", str(tmp_path / "none"), "--model", "baseline", "--no-progress"]) == 2
     assert "train-baseline" in capsys.readouterr().err
+
+
+def test_a_4x4_run_is_scored_on_its_own_world(tmp_path, capsys):
+    """The grid is read from the run: suites, parse and the report's per-count table follow it."""
+    path = tmp_path / "four"
+    world = {"data.grid": 4, "data.max_objects": 16}
+    assert main(["train-tokenizer", "--run", str(path), "--no-progress", *set_args({**TOK, **world})]) == 0
+    gen = {**GEN, **world, "data.captions": "all", "data.uniform_scenes": 0.3, "data.text_len": 160}
+    assert main(["train", "--run", str(path), "--no-progress", *set_args(gen)]) == 0
+    out = tmp_path / "ev4"
+    assert main(["eval", "--run", str(path), "--out", str(out), "--suite", "counting", "--suite", "many_objects",
+                 "--n", "1", "--no-fid", "--no-tokenizer", "--no-speed", "--no-progress"]) == 0
+    f = json.loads((out / "result.json").read_text())["faithfulness"]
+    assert {c: v["n"] for c, v in f["categories"].items()} == {"counting": 40, "many_objects": 12}
+    assert list(f["groups"]["counting"]) == [f"n={n}" for n in range(1, 11)]  # counts to 10 on the 4x4 world
+    assert set(f["groups"]["many_objects"]) == {f"n={n}" for n in range(10, 17)}
+    assert f["categories"]["many_objects"]["objects"] == sum(range(10, 17)) + sum(range(10, 15))
+    report = (out / "report.md").read_text()
+    assert "## counting by group" in report and "| n=10 |" in report and "objects right" in report

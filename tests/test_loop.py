@@ -159,3 +159,22 @@ def test_steps_for_seconds_leaves_the_run_unchanged(tmp_path):
         assert torch.equal(v, _weights(probed.model)[k]), k
     with pytest.raises(TrainConfigError, match="budget must be positive"):
         steps_for_seconds(probed, _cfg(), seconds=0)
+
+
+def test_epoch_order_buckets_by_length():
+    """With lengths, batches hold examples of similar lengths; still a permutation, still a pure function."""
+    from train.loop import EpochOrder
+
+    lengths = torch.randint(1, 200, (1000,))
+    order = EpochOrder(1000, seed=3, lengths=lengths, block=10)
+    epoch = torch.cat([order.indices(s, 0, 10) for s in range(100)])
+    assert sorted(epoch.tolist()) == list(range(1000))  # every example once an epoch
+    spread = [int(lengths[order.indices(s, 0, 10)].max() - lengths[order.indices(s, 0, 10)].min()) for s in range(100)]
+    plain = EpochOrder(1000, seed=3)
+    plain_spread = [int(lengths[plain.indices(s, 0, 10)].max() - lengths[plain.indices(s, 0, 10)].min())
+                    for s in range(100)]
+    assert sum(spread) * 4 < sum(plain_spread)
+    again = EpochOrder(1000, seed=3, lengths=lengths, block=10)
+    assert torch.equal(again.indices(57, 0, 10), order.indices(57, 0, 10))  # a resumed run sees the same batches
+    maxima = [int(lengths[order.indices(s, 0, 10)].max()) for s in range(16)]
+    assert maxima != sorted(maxima)  # the blocks are shuffled, not short-to-long

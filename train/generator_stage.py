@@ -69,6 +69,9 @@ class GeneratorDataConfig:
     seed: int = 1  # scene / caption seed; 1, not the tokenizer stage's 0: other scenes, same world
     text_len: int = 32  # text tokens per sequence; the longest shapes-world captions take ~26 with a small BPE
     row_tokens: bool = False  # a [ROW r] token before each row of codes (ar_model.layout): tells the model where it is
+    # mask the text's padding out of attention, drop the columns a batch pads everywhere, and batch captions of
+    # similar lengths together (ar_model.layout): a batch costs its longest caption, not data.text_len
+    mask_padding: bool = False
     text_vocab: int = 512  # BPE vocabulary bound when the stage trains its own text tokenizer
     text_tokenizer: str | None = None  # a local HF tokenizer directory to use instead of training one
     encode_batch_size: int = 256  # images per tokenizer forward pass when pre-tokenizing
@@ -80,8 +83,9 @@ class GeneratorDataConfig:
                 raise TrainConfigError(f"data.{name} must be a non-empty string, got {getattr(self, name)!r}")
         if self.captions not in grammar.CAPTION_SETS:
             raise TrainConfigError(f"data.captions must be one of {', '.join(grammar.CAPTION_SETS)}, got {self.captions!r}")
-        if not isinstance(self.row_tokens, bool):
-            raise TrainConfigError(f"data.row_tokens must be true or false, got {self.row_tokens!r}")
+        for name in ("row_tokens", "mask_padding"):
+            if not isinstance(getattr(self, name), bool):
+                raise TrainConfigError(f"data.{name} must be true or false, got {getattr(self, name)!r}")
         try:
             if int(self.min_objects) < 1:
                 raise ValueError(f"min_objects must be >= 1, got {self.min_objects!r}")
@@ -120,7 +124,8 @@ class GeneratorStageConfig(StageConfig):
         self.recommended_sampling()  # a bad sample.* setting fails here, before any work
         # and so does a bad model.* one: checked on a stand-in layout (the real one needs the trained tokenizers)
         self.generator_config(SequenceLayout(text_len=int(self.data.text_len), text_vocab=64, codebook_size=16,
-                                             grid=(2, 2), row_tokens=bool(self.data.row_tokens)))
+                                             grid=(2, 2), row_tokens=bool(self.data.row_tokens),
+                                             mask_padding=bool(self.data.mask_padding)))
 
     def recommended_sampling(self) -> SampleConfig:
         return SampleConfig.from_dict(self.sample)
@@ -186,7 +191,10 @@ class GeneratorTask:
         self.codes = codes.view(-1, *self.layout.grid)  # (N, h, w) int16
         self.text_ids = text_ids  # (N, T) int32
         self.cond_dropout = gcfg.cond_dropout
-        self.order = EpochOrder(len(codes), cfg.loop.seed, cfg.loop.grad_accum)
+        # with masked padding a batch costs its longest caption: batches of similar lengths (EpochOrder's buckets)
+        lengths = (text_ids != self.layout.pad_id).sum(1) if self.layout.mask_padding else None
+        self.order = EpochOrder(len(codes), cfg.loop.seed, cfg.loop.grad_accum, lengths=lengths,
+                                block=cfg.loop.batch_size)
         self.seed = cfg.loop.seed
 
     def batch(self, step: int, micro: int, batch_size: int) -> torch.Tensor:
@@ -311,7 +319,7 @@ def prepare_codes(
     text_tok = prepare_text_tokenizer(cfg, run, rows["text"] if rows is not None else [])
     layout = SequenceLayout.for_tokenizer(
         text_tok, codebook_size=vq_cfg.num_codes, grid=(vq_cfg.grid_size, vq_cfg.grid_size), text_len=cfg.data.text_len,
-        row_tokens=cfg.data.row_tokens,
+        row_tokens=cfg.data.row_tokens, mask_padding=cfg.data.mask_padding,
     )
     if not codes_dir.is_dir():
         check_devices(devices)  # before the tokenizer is loaded onto one of them

@@ -133,19 +133,38 @@ class EpochOrder:
 
     The examples are read in epochs, each a fresh permutation of range(n) seeded by
     (seed, epoch), so a resumed run sees exactly the batches an uninterrupted one would.
+
+    With `lengths` (n,) and `block` (the batch size), each run of BUCKET blocks of the
+    permutation is sorted by length, cut into blocks and the blocks shuffled: every batch
+    then holds examples of similar lengths (length bucketing, as in fairseq / HF's
+    group_by_length samplers), still a pure function of (seed, epoch).
     """
 
-    def __init__(self, n: int, seed: int, grad_accum: int = 1):
+    BUCKET = 16  # blocks sorted together
+
+    def __init__(self, n: int, seed: int, grad_accum: int = 1, lengths: torch.Tensor | None = None, block: int = 0):
         if n < 1:
             raise TrainConfigError("the training set is empty")
         self.n, self.seed, self.accum = n, seed, grad_accum
+        self.lengths, self.block = lengths, block
         self._perm: dict[int, torch.Tensor] = {}  # the current epoch's permutation only
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if epoch not in self._perm:
             g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
-            self._perm = {epoch: torch.randperm(self.n, generator=g)}
+            perm = torch.randperm(self.n, generator=g)
+            if self.lengths is not None and self.block > 0:
+                perm = self._bucketed(perm, g)
+            self._perm = {epoch: perm}
         return self._perm[epoch]
+
+    def _bucketed(self, perm: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        out = []
+        for chunk in perm.split(self.block * self.BUCKET):
+            chunk = chunk[torch.argsort(self.lengths[chunk], stable=True)]
+            blocks = chunk.split(self.block)
+            out += [blocks[i] for i in torch.randperm(len(blocks), generator=g).tolist()]
+        return torch.cat(out)
 
     def indices(self, step: int, micro: int, batch_size: int) -> torch.Tensor:
         """(batch_size,) long indices into the training set."""

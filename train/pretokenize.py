@@ -354,9 +354,11 @@ def check_manifest(manifest: CodesManifest, tokenizer_dir: str | Path, layout: S
             f"the pre-tokenized codes were made by another tokenizer (sha256 {manifest.tokenizer_sha256[:12]}, "
             f"from {manifest.tokenizer_dir}) than {tokenizer_dir} (sha256 {sha[:12]}); pre-tokenize again"
         )
-    # row tokens are added when sequences are built, not stored with the codes: they may differ
-    stored = {k: v for k, v in manifest.layout.items() if k != "row_tokens"}
-    if stored != {k: v for k, v in layout.to_dict().items() if k != "row_tokens"}:
+    # row tokens are added when sequences are built and masked padding is how they are attended, neither is
+    # stored with the codes: they may differ
+    free = ("row_tokens", "mask_padding")
+    stored = {k: v for k, v in manifest.layout.items() if k not in free}
+    if stored != {k: v for k, v in layout.to_dict().items() if k not in free}:
         raise TrainConfigError(
             f"the pre-tokenized codes use layout {manifest.layout}, the generator {layout.to_dict()}; pre-tokenize again"
         )
