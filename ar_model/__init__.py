@@ -26,7 +26,9 @@ from ar_model.layout import (
     image_loss,
     image_tokens,
     loss_targets,
+    padding_mask,
     scored_positions,
+    trim_padding,
     unconditional_text,
 )
 from ar_model.model import (
@@ -80,6 +82,7 @@ __all__ = [
     "load_generator",
     "load_text_tokenizer",
     "loss_targets",
+    "padding_mask",
     "param_count",
     "prefill",
     "read_generator_config",
@@ -87,6 +90,7 @@ __all__ = [
     "scored_positions",
     "save_generator",
     "train_text_tokenizer",
+    "trim_padding",
     "unconditional_text",
     "unwrap_model",
 ]
