@@ -152,8 +152,10 @@ def test_a_4x4_run_is_scored_on_its_own_world(tmp_path, capsys):
     """The grid is read from the run: suites, parse and the report's per-count table follow it."""
     path = tmp_path / "four"
     world = {"data.grid": 4, "data.max_objects": 16}
-    assert main(["train-tokenizer", "--run", str(path), "--no-progress", *set_args({**TOK, **world})]) == 0
-    gen = {**GEN, **world, "data.captions": "all", "data.uniform_scenes": 0.3, "data.text_len": 160}
+    assert main(["train-tokenizer", "--run", str(path), "--no-progress",
+                 *set_args({**TOK, **world, "vq.resolution": 32})]) == 0  # 8 px a cell, 2x2 codes
+    gen = {**GEN, **world, "data.count_weights": None, "data.captions": "all", "data.uniform_scenes": 0.3,
+           "data.text_len": 160, "data.mask_padding": True}
     assert main(["train", "--run", str(path), "--no-progress", *set_args(gen)]) == 0
     out = tmp_path / "ev4"
     assert main(["eval", "--run", str(path), "--out", str(out), "--suite", "counting", "--suite", "many_objects",
