@@ -222,7 +222,8 @@ def realise(desc: Description, form: Form = Form()) -> str:
         (r,) = desc.relations
         a, b = desc.mentions[r.a], desc.mentions[r.b]
         word = RELATIONS[r.kind][0][form.word]
-        body = f"{_noun(a)} {'is ' if form.copula else ''}{word} {_noun(b)}"
+        a_text, b_text = (_mention_phrase(m, desc.grid, False) for m in (a, b))  # sampled ones name no place
+        body = f"{a_text} {'is ' if form.copula else ''}{word} {b_text}"
     else:
         groups: dict[Mention, int] = {}
         for m in desc.mentions:
