@@ -105,14 +105,11 @@ class PromptSpec:
 
     def kinds(self) -> tuple[str, ...]:
         """The kinds of constraint this prompt states, in KINDS order (count always)."""
-        named = {"count"} | {k for o in self.objects for k in _NAMED if getattr(o, _NAMED[k]) is not None}
-        named |= {"position"} if any(o.positioned() for o in self.objects) else set()
-        if self.relations:
-            named.add("relation")
+        named = {"count"} | {"relation" for _ in self.relations[:1]}
+        for o in self.objects:
+            named |= {k for k in ("colour", "shape", "size") if getattr(o, k) is not None}
+            named |= {"position"} if o.positioned() else set()
         return tuple(k for k in KINDS if k in named)
-
-
-_NAMED = {"colour": "colour", "shape": "shape", "size": "size"}
 
 
 @dataclass
