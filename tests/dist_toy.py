@@ -65,6 +65,11 @@ def main() -> None:
 
             save_file({k: v.contiguous() for k, v in task.model.state_dict().items()},
                       os.path.join(a.run, "final.safetensors"))
+        from train.distributed import barrier
+
+        # as the stages end (a barrier after the export): no process tears its group down while another is
+        # still at work; without it rank 1 left during rank 0's save and gloo aborted one of them at exit
+        barrier()
     finally:
         # leave the process group as `tessera` does: a gloo group still alive at interpreter exit can abort
         # the process ("terminate called without an active exception"), seen once in CI
