@@ -5,7 +5,10 @@ A scene is a set of flat-coloured shapes on a plain background, laid out on a gr
 GRIDS lists the sizes with cell names). Every object has four discrete attributes, a
 shape (circle, square, triangle), a colour (six palette colours), a size (small, large)
 and a cell (row 0 = top, col 0 = left), plus a small continuous jitter (dx, dy) of its
-centre inside the cell that equality ignores. Sampled scenes hold at most one object per
+centre inside the cell that equality ignores. For editing, an object also carries a tone
+(bright or dim: the colour at full or 75% strength) that no caption or instruction names:
+an identity detail that an edit must keep, large enough to survive tokenization (parse
+reads it back). Text-to-image scenes are all bright. Sampled scenes hold at most one object per
 cell; a parsed scene may hold more (two objects in one cell, an object straddling cells,
 or a blob no shape fits are all reported, so a judge sees everything).
 
@@ -52,6 +55,14 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 BACKGROUND: tuple[int, int, int] = (0, 0, 0)
 SIZES: tuple[str, ...] = ("small", "large")
+# The tone of an object: how far from the background towards its colour it is painted. Never named in
+# text; sampled only for editing scenes (sample_scene's `tones`). 0.75 keeps a dim object well above
+# MIN_ALPHA (so it is found and fitted like a bright one) and 0.25 below bright (so parse tells them apart
+# in decoded images, at TONE_SPLIT).
+TONES: tuple[str, ...] = ("bright", "dim")
+TONE_ALPHA: dict[str, float] = {"bright": 1.0, "dim": 0.75}
+TONE_SPLIT = 0.875  # parse: a component whose brightest pixels reach this alpha is bright
+TONE_QUANTILE = 90  # ... measured at this percentile of its pixels' alpha (robust to a stray pixel)
 GRID: int = 3  # the default grid: 3x3 cells
 GRIDS: tuple[int, ...] = (3, 4)  # grid sizes the world names cells for (see cell_phrase)
 MAX_OBJECTS: int = 3  # default maximum objects per scene
@@ -100,6 +111,7 @@ class Obj:
     col: int
     dx: float = field(default=0.0, compare=False)  # jitter of the centre in cell units, not part of equality
     dy: float = field(default=0.0, compare=False)
+    tone: str = "bright"  # an identity detail for editing (TONES); part of equality
 
 
 def check_grid(grid: int) -> int:
@@ -122,7 +134,7 @@ class Scene:
         check_grid(self.grid)
         objs = tuple(sorted(self.objects, key=lambda o: (o.row, o.col, o)))
         for o in objs:
-            if o.shape not in (*SHAPES, BLOB) or o.colour not in COLOURS or o.size not in SIZES:
+            if o.shape not in (*SHAPES, BLOB) or o.colour not in COLOURS or o.size not in SIZES or o.tone not in TONES:
                 raise ValueError(f"unknown attribute in {o}")
             if not (0 <= o.row < self.grid and 0 <= o.col < self.grid):
                 raise ValueError(f"cell out of the {self.grid}x{self.grid} grid in {o}")
@@ -133,8 +145,9 @@ class Scene:
         return len({(o.row, o.col) for o in self.objects}) != len(self.objects)
 
     def to_dict(self) -> dict:
-        # the grid only when it is not the default, so scenes recorded before it was a setting read back equal
-        return {"objects": [asdict(o) for o in self.objects], **({"grid": self.grid} if self.grid != GRID else {})}
+        # the grid and tone only when not the default, so scenes recorded before they existed read back equal
+        objects = [{k: v for k, v in asdict(o).items() if k != "tone" or v != "bright"} for o in self.objects]
+        return {"objects": objects, **({"grid": self.grid} if self.grid != GRID else {})}
 
     @classmethod
     def from_dict(cls, d: dict) -> Scene:
@@ -183,9 +196,11 @@ def is_heldout(obj: Obj, grid: int = GRID) -> bool:
 
 def _random_obj(
     rng: np.random.Generator, cell: int, avoid_heldout: bool, grid: int = GRID, colour: str | None = None,
-    shape: str | None = None,
+    shape: str | None = None, tones: bool = False,
 ) -> Obj:
-    """A random object in `cell`; `colour` / `shape` fix that attribute (the pair must be allowed in the cell)."""
+    """A random object in `cell`; `colour` / `shape` fix that attribute (the pair must be allowed in the cell).
+
+    With `tones` the tone is drawn too (after everything else, so scenes without tones keep their stream)."""
     row, col = divmod(int(cell), grid)
     held = heldout_cells(grid)
     fixed_colour, fixed_shape = colour, shape
@@ -196,7 +211,8 @@ def _random_obj(
             break
     size = SIZES[rng.integers(len(SIZES))]
     dx, dy = rng.uniform(-JITTER, JITTER, size=2)
-    return Obj(shape, colour, size, row, col, float(dx), float(dy))
+    tone = TONES[rng.integers(len(TONES))] if tones else TONES[0]
+    return Obj(shape, colour, size, row, col, float(dx), float(dy), tone)
 
 
 def check_counts(
@@ -218,14 +234,14 @@ def check_counts(
 
 def sample_scene(
     rng: np.random.Generator, split: str = "train", max_objects: int = MAX_OBJECTS, min_objects: int = 1,
-    count_weights: tuple[float, ...] | None = None, grid: int = GRID, uniform: float = 0.0,
+    count_weights: tuple[float, ...] | None = None, grid: int = GRID, uniform: float = 0.0, tones: bool = False,
 ) -> Scene:
     """A random scene of min_objects..max_objects objects in distinct cells of a grid x grid grid.
 
     The count is uniform, or drawn with `count_weights` (one weight per count min..max, normalised).
     With probability `uniform` (splits train and all) every object shares one colour and shape,
     or one colour, or one shape (a third each): the scenes "seven red circles" or "five squares"
-    describe, which independent objects almost never make.
+    describe, which independent objects almost never make. `tones`: objects get a random tone (editing).
     """
     if split not in ("train", "heldout", "all"):
         raise ValueError(f"split must be train, heldout or all, not {split!r}")
@@ -239,21 +255,21 @@ def sample_scene(
         p = np.asarray(count_weights, dtype=float)
         n = min_objects + int(rng.choice(len(p), p=p / p.sum()))
     if split != "heldout" and uniform > 0 and rng.random() < uniform:
-        return _uniform_scene(rng, n, split == "train", grid)
+        return _uniform_scene(rng, n, split == "train", grid, tones)
     if split != "heldout":
         cells = rng.choice(cells_n, size=n, replace=False)
-        return Scene(tuple(_random_obj(rng, k, split == "train", grid) for k in cells), grid)
+        return Scene(tuple(_random_obj(rng, k, split == "train", grid, tones=tones) for k in cells), grid)
     # heldout: one held-out (colour, shape, cell), the others anything in other cells
     held = sorted(heldout_cells(grid).items())  # indexable in a fixed order
     (colour, shape), cell = held[rng.integers(len(held))]
-    first = _random_obj(rng, cell, False, grid)
-    first = Obj(shape, colour, first.size, first.row, first.col, first.dx, first.dy)
+    first = _random_obj(rng, cell, False, grid, tones=tones)
+    first = Obj(shape, colour, first.size, first.row, first.col, first.dx, first.dy, first.tone)
     others = [k for k in range(cells_n) if k != cell]
     cells = rng.choice(others, size=n - 1, replace=False)
-    return Scene((first, *(_random_obj(rng, k, False, grid) for k in cells)), grid)
+    return Scene((first, *(_random_obj(rng, k, False, grid, tones=tones) for k in cells)), grid)
 
 
-def _uniform_scene(rng: np.random.Generator, n: int, avoid_heldout: bool, grid: int) -> Scene:
+def _uniform_scene(rng: np.random.Generator, n: int, avoid_heldout: bool, grid: int, tones: bool = False) -> Scene:
     """n objects sharing a colour and shape, a colour, or a shape (a pair's held-out cell avoided in training)."""
     colour, shape = _NAMES[rng.integers(len(_NAMES))], SHAPES[rng.integers(len(SHAPES))]
     mode = int(rng.integers(3))  # 0: both shared, 1: the colour, 2: the shape
@@ -262,16 +278,16 @@ def _uniform_scene(rng: np.random.Generator, n: int, avoid_heldout: bool, grid: 
     if mode == 0 and avoid_heldout:
         cells = cells[cells != heldout_cells(grid)[(colour, shape)]]
     chosen = rng.choice(cells, size=min(n, len(cells)), replace=False)
-    return Scene(tuple(_random_obj(rng, k, avoid_heldout, grid, colour, shape) for k in chosen), grid)
+    return Scene(tuple(_random_obj(rng, k, avoid_heldout, grid, colour, shape, tones) for k in chosen), grid)
 
 
 def sample_scenes(
     n: int, seed: int = 0, split: str = "train", max_objects: int = MAX_OBJECTS, min_objects: int = 1,
-    count_weights: tuple[float, ...] | None = None, grid: int = GRID, uniform: float = 0.0,
+    count_weights: tuple[float, ...] | None = None, grid: int = GRID, uniform: float = 0.0, tones: bool = False,
 ) -> list[Scene]:
     """n scenes, deterministic in seed; sample_scenes(n, s) is a prefix of sample_scenes(n + k, s)."""
     rng = np.random.default_rng(seed)
-    return [sample_scene(rng, split, max_objects, min_objects, count_weights, grid, uniform) for _ in range(n)]
+    return [sample_scene(rng, split, max_objects, min_objects, count_weights, grid, uniform, tones) for _ in range(n)]
 
 
 # ---------------------------------------------------------------- rendering
@@ -292,6 +308,12 @@ def _centres(n: int, grid: int = GRID) -> np.ndarray:
     return (np.arange(n) + 0.5) * grid / n  # pixel centres in cell units, (n,)
 
 
+def _paint(o: Obj) -> np.ndarray:
+    """The RGB an object is painted in: TONE_ALPHA of the way from the background to its colour."""
+    bg = np.array(BACKGROUND, np.float32)
+    return np.round(bg + TONE_ALPHA[o.tone] * (np.array(COLOURS[o.colour], np.float32) - bg)).astype(np.uint8)
+
+
 def render(scene: Scene, resolution: int = 32) -> np.ndarray:
     """The scene as a crisp uint8 (R, R, 3) image."""
     img = np.empty((resolution, resolution, 3), np.uint8)
@@ -302,7 +324,7 @@ def render(scene: Scene, resolution: int = 32) -> np.ndarray:
         if o.shape == BLOB:
             raise ValueError(f"a {BLOB} (what parse reports for an unreadable component) cannot be rendered")
         m = _mask(o.shape, SIZE_FRACTION[o.size], o.col + 0.5 + o.dx, o.row + 0.5 + o.dy, u, v)  # (R, R)
-        img[m] = COLOURS[o.colour]
+        img[m] = _paint(o)
     return img
 
 
@@ -434,7 +456,7 @@ def parse(image, grid: int = GRID) -> Scene:
 
     image: uint8 (R, R, 3), numpy or torch (R / grid >= MIN_CELL_PX; see SIZE_FRACTION). Steps:
     pixels -> palette colour or background (_classify_rgb); connected components per
-    colour; components smaller than MIN_AREA of a small triangle are speckle; each
+    colour, each bright or dim by its brightest pixels (TONE_SPLIT); components smaller than MIN_AREA of a small triangle are speckle; each
     component's shape and size is the template (shape, size) of best IoU, placed at
     the component's centroid (searched +-0.25 px) and blurred as much as the image's
     edges are (_edge_blur); the cell is the one holding the fitted centre. Nothing is
@@ -454,7 +476,8 @@ def parse(image, grid: int = GRID) -> Scene:
     flat = q[..., 0] << 14 | q[..., 1] << 7 | q[..., 2]  # (R, R) index into the tables
     cls_table, alpha_table = _lut()
     cls = cls_table[flat]  # (R, R) palette index or -1
-    blur = TEMPLATE_BLUR * _edge_blur(alpha_table[flat], cls >= 0)  # px
+    alpha = alpha_table[flat]  # (R, R) percent
+    blur = TEMPLATE_BLUR * _edge_blur(alpha, cls >= 0)  # px
     blur = blur if blur >= MIN_BLUR else 0.0  # crisp templates for crisp images: keeps parse exact
     present = np.flatnonzero(np.bincount(cls.ravel() + 1, minlength=len(COLOURS) + 1)[1:])  # colours seen
     if len(present) == 0:
@@ -476,7 +499,9 @@ def parse(image, grid: int = GRID) -> Scene:
             cy, cx = (np.argwhere(mask).mean(0) + (ys.start, xs.start) + 0.5) * grid / res
         row, col = min(max(int(cy), 0), grid - 1), min(max(int(cx), 0), grid - 1)
         dx, dy = round(cx - col - 0.5, 3), round(cy - row - 0.5, 3)  # jitter estimate, ~0.5 px accurate
-        found.append(Obj(shape, _NAMES[present[k.start]], size, row, col, float(dx), float(dy)))
+        strength = np.percentile(alpha[ys, xs][mask], TONE_QUANTILE) / 100  # blur only lowers the rim
+        tone = TONES[0] if strength >= TONE_SPLIT else TONES[1]
+        found.append(Obj(shape, _NAMES[present[k.start]], size, row, col, float(dx), float(dy), tone))
     return Scene(tuple(found), grid)
 
 
