@@ -15,14 +15,18 @@ tokenizers, safetensors and the standard library):
 
 from ar_model.errors import CheckpointError, ConfigError, GeneratorError
 from ar_model.layout import (
+    ABSENT,
     IGNORE_INDEX,
     SequenceLayout,
     TextBatch,
+    absent_context,
     build_prefix,
     build_sequences,
     codes_from_tokens,
     condition_dropout,
+    context_dropout,
     encode_text,
+    image_block,
     image_loss,
     image_tokens,
     loss_targets,
@@ -55,6 +59,7 @@ from ar_model.sampler import (
 from ar_model.text import SPECIAL_TOKENS, load_text_tokenizer, train_text_tokenizer
 
 __all__ = [
+    "ABSENT",
     "IGNORE_INDEX",
     "SIZES",
     "SPECIAL_TOKENS",
@@ -66,16 +71,19 @@ __all__ = [
     "SampleConfig",
     "SequenceLayout",
     "TextBatch",
+    "absent_context",
     "build_model",
     "build_prefix",
     "build_sequences",
     "codes_from_tokens",
     "condition_dropout",
+    "context_dropout",
     "decode_one_token",
     "encode_text",
     "filter_logits",
     "generate",
     "guided_image_logits",
+    "image_block",
     "image_loss",
     "image_tokens",
     "llama_config",

@@ -31,6 +31,19 @@ length; the kept tokens keep their positions, so the result is the same). The
 sampler passes the same mask. Runs trained before this setting existed attend to
 their padding and keep doing so (the default, False).
 
+Images in context (`context_images=k`, for editing): k images precede the text, each
+framed as an image is,
+
+    [BOS] [BOI] image 1 [EOI] ... [BOI] image k [EOI] text (padded) [BOI] image codes [EOI]
+
+so the sequence reads "this image; the instruction; the new image" (CM3leon / Emu-style
+interleaving, with a fixed number of images so that every position stays fixed as above).
+A context image is given as codes (B, k, h, w); a code of -1 marks a whole image as absent
+(all its code positions [PAD], its row tokens kept): the dropped image condition of
+classifier-free guidance over images, and what a text-to-image prompt to an editing model
+gives. Context images are conditioning, never scored. k = 0 is the text-to-image layout
+exactly (the default, and what every run trained before editing existed has).
+
 Row tokens (`row_tokens=True`): each row of codes is preceded by its own
 [ROW r] token,
 
@@ -57,6 +70,8 @@ from ar_model.errors import ConfigError
 
 IGNORE_INDEX = -100  # the label transformers' causal-LM loss skips
 NUM_SPECIALS = 4  # [BOS] [BOI] [EOI] [PAD]
+MAX_CONTEXT_IMAGES = 8
+ABSENT = -1  # the code that marks a context image as absent (dropped, or a text-to-image prompt)
 
 
 @dataclass(frozen=True)
@@ -69,6 +84,7 @@ class SequenceLayout:
     grid: tuple[int, int]  # (h, w) of the code grid; h * w image tokens per sequence
     row_tokens: bool = False  # a [ROW r] token before each row of codes (see the module docstring)
     mask_padding: bool = False  # the text's [PAD]s are masked out of attention (see the module docstring)
+    context_images: int = 0  # images before the text (editing); 0 = text-to-image (see the module docstring)
 
     def __post_init__(self) -> None:
         if isinstance(self.grid, list):  # JSON brings lists back; the layout keeps a tuple
@@ -86,8 +102,12 @@ class SequenceLayout:
         ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in g)
         if not ok:
             raise ConfigError(f"SequenceLayout.grid must be two integers [h, w] >= 1, got {g!r}")
-        if not isinstance(self.row_tokens, bool):
-            raise ConfigError(f"SequenceLayout.row_tokens must be true or false, got {self.row_tokens!r}")
+        for name in ("row_tokens", "mask_padding"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"SequenceLayout.{name} must be true or false, got {getattr(self, name)!r}")
+        k = self.context_images
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= MAX_CONTEXT_IMAGES:
+            raise ConfigError(f"SequenceLayout.context_images must be an integer in [0, {MAX_CONTEXT_IMAGES}], got {k!r}")
 
     # ------------------------------------------------------------- derived ids
     @property
@@ -139,9 +159,14 @@ class SequenceLayout:
         return self.num_image_tokens + (self.grid[0] if self.row_tokens else 0)
 
     @property
+    def text_start(self) -> int:
+        """Position of the first text token: after [BOS] and the context images' `[BOI] image [EOI]` blocks."""
+        return 1 + self.context_images * (self.image_len + 2)
+
+    @property
     def prefix_len(self) -> int:
-        """Length of `[BOS] text [BOI]`, the prompt the sampler prefills; also the first image position."""
-        return 1 + self.text_len + 1
+        """Length of `[BOS] (context images) text [BOI]`, the prompt the sampler prefills; also the first image position."""
+        return self.text_start + self.text_len + 1
 
     @property
     def seq_len(self) -> int:
@@ -185,18 +210,18 @@ class SequenceLayout:
             if key not in known:
                 raise ConfigError(f"unknown SequenceLayout key {key!r} (known: {', '.join(known)})")
         for key in known:
-            if key not in d and key not in ("row_tokens", "mask_padding"):  # layouts saved before these existed
+            if key not in d and key not in ("row_tokens", "mask_padding", "context_images"):  # saved before these existed
                 raise ConfigError(f"SequenceLayout key {key!r} is missing (required: {', '.join(known)})")
         return cls(**dict(d))
 
     @classmethod
     def for_tokenizer(
         cls, tokenizer: Any, codebook_size: int, grid: Sequence[int], text_len: int = 24, row_tokens: bool = False,
-        mask_padding: bool = False,
+        mask_padding: bool = False, context_images: int = 0,
     ) -> "SequenceLayout":
         """The layout for a text tokenizer (text_vocab = len(tokenizer)) and a VQ codebook / grid."""
         return cls(text_len=text_len, text_vocab=len(tokenizer), codebook_size=codebook_size, grid=tuple(grid),
-                   row_tokens=row_tokens, mask_padding=mask_padding)
+                   row_tokens=row_tokens, mask_padding=mask_padding, context_images=context_images)
 
 
 @dataclass
@@ -255,33 +280,82 @@ def condition_dropout(
     return torch.where(drop[:, None], torch.full_like(text_ids, layout.pad_id), text_ids)
 
 
-def build_prefix(text_ids: torch.Tensor, layout: SequenceLayout) -> torch.Tensor:
-    """`[BOS] text [BOI]`: (B, text_len) -> (B, prefix_len) long, the sampler's prompt."""
+def absent_context(batch_size: int, layout: SequenceLayout, device: torch.device | str | None = None) -> torch.Tensor:
+    """Context images all absent: (B, context_images, h, w) long of ABSENT (a text-to-image prompt's context)."""
+    return torch.full((batch_size, layout.context_images, *layout.grid), ABSENT, dtype=torch.long, device=device)
+
+
+def context_dropout(
+    context: torch.Tensor, prob: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Mark each row's context images absent with probability `prob` (training-time guidance over images).
+
+    context: (B, k, h, w) codes; returns a new tensor. `generator` (on context's device) makes it reproducible.
+    """
+    # after: InstructPix2Pix (Brooks et al. 2023), which drops the image and the text condition independently
+    if prob <= 0:
+        return context.clone()
+    drop = torch.rand(context.shape[0], generator=generator, device=context.device) < prob  # (B,)
+    return torch.where(drop.view(-1, 1, 1, 1), torch.full_like(context, ABSENT), context)
+
+
+def _check_codes(codes: torch.Tensor, layout: SequenceLayout, what: str, absent_ok: bool) -> torch.Tensor:
+    codes = codes.long()  # datasets store codes as int16
+    lo = ABSENT if absent_ok else 0
+    if codes.numel() and bool(((codes < lo) | (codes >= layout.codebook_size)).any()):
+        raise ConfigError(f"{what} must lie in [{lo}, {layout.codebook_size}), got min {int(codes.min())} "
+                          f"max {int(codes.max())}")
+    return codes
+
+
+def image_block(codes: torch.Tensor, layout: SequenceLayout) -> torch.Tensor:
+    """Codes (B, h, w) -> the image block's ids (B, image_len): codes at the image offset, [ROW r] before
+    each row with row tokens, [PAD] where a code is ABSENT."""
+    image = torch.where(codes < 0, layout.pad_id, codes + layout.image_offset)  # (B, h, w)
+    if layout.row_tokens:
+        rows = torch.arange(layout.grid_h, device=codes.device) + layout.row_id(0)  # (h,)
+        image = torch.cat([rows.view(1, -1, 1).expand(codes.shape[0], -1, 1), image], dim=2)  # (B, h, 1 + w)
+    return rearrange(image, "b h w -> b (h w)")  # (B, image_len) raster order
+
+
+def build_prefix(text_ids: torch.Tensor, layout: SequenceLayout, context: torch.Tensor | None = None) -> torch.Tensor:
+    """`[BOS] (context images) text [BOI]`: (B, text_len) -> (B, prefix_len) long, the sampler's prompt.
+
+    context: (B, context_images, h, w) codes (ABSENT marks an image absent); None = all absent.
+    """
     _check_text(text_ids, layout)
-    b = text_ids.shape[0]
-    bos = torch.full((b, 1), layout.bos_id, dtype=torch.long, device=text_ids.device)
-    boi = torch.full((b, 1), layout.boi_id, dtype=torch.long, device=text_ids.device)
-    return torch.cat([bos, text_ids.long(), boi], dim=1)  # (B, 1 + T + 1)
+    b, device = text_ids.shape[0], text_ids.device
+    bos = torch.full((b, 1), layout.bos_id, dtype=torch.long, device=device)
+    boi = torch.full((b, 1), layout.boi_id, dtype=torch.long, device=device)
+    eoi = torch.full((b, 1), layout.eoi_id, dtype=torch.long, device=device)
+    parts = [bos]
+    if layout.context_images:
+        context = absent_context(b, layout, device) if context is None else context
+        shape = (b, layout.context_images, *layout.grid)
+        if tuple(context.shape) != shape:
+            raise ConfigError(f"context images must have shape {shape}, got {tuple(context.shape)}")
+        context = _check_codes(context, layout, "context image codes", absent_ok=True).to(device)
+        for i in range(layout.context_images):
+            parts += [boi, image_block(context[:, i], layout), eoi]
+    elif context is not None and context.numel():
+        raise ConfigError("this layout takes no context images (context_images = 0): a text-to-image model")
+    return torch.cat([*parts, text_ids.long(), boi], dim=1)  # (B, prefix_len)
 
 
-def build_sequences(text_ids: torch.Tensor, codes: torch.Tensor, layout: SequenceLayout) -> torch.Tensor:
-    """`[BOS] text [BOI] codes [EOI]`: text (B, T) + codes (B, h, w) -> input_ids (B, seq_len) long.
+def build_sequences(
+    text_ids: torch.Tensor, codes: torch.Tensor, layout: SequenceLayout, context: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`[BOS] (context images) text [BOI] codes [EOI]`: text (B, T) + codes (B, h, w) -> input_ids (B, seq_len).
 
-    With row tokens the image block is `[ROW 0] row 0 [ROW 1] row 1 ...`.
+    With row tokens the image block is `[ROW 0] row 0 [ROW 1] row 1 ...`; context as for `build_prefix`.
     """
     if codes.dim() != 3 or tuple(codes.shape[1:]) != layout.grid:
         raise ConfigError(f"codes must have shape (B, {layout.grid_h}, {layout.grid_w}), got {tuple(codes.shape)}")
     if codes.shape[0] != text_ids.shape[0]:
         raise ConfigError(f"text ids and codes disagree on the batch size: {text_ids.shape[0]} vs {codes.shape[0]}")
-    codes = codes.long()  # datasets store codes as int16
-    if codes.numel() and bool(((codes < 0) | (codes >= layout.codebook_size)).any()):
-        raise ConfigError(f"codes must lie in [0, {layout.codebook_size}), got min {int(codes.min())} max {int(codes.max())}")
-    prefix = build_prefix(text_ids, layout)  # (B, 1 + T + 1)
-    image = codes + layout.image_offset  # (B, h, w)
-    if layout.row_tokens:
-        rows = torch.arange(layout.grid_h, device=codes.device) + layout.row_id(0)  # (h,)
-        image = torch.cat([rows.view(1, -1, 1).expand(codes.shape[0], -1, 1), image], dim=2)  # (B, h, 1 + w)
-    image = rearrange(image, "b h w -> b (h w)")  # (B, image_len) raster order
+    codes = _check_codes(codes, layout, "codes", absent_ok=False)
+    prefix = build_prefix(text_ids, layout, context)  # (B, prefix_len)
+    image = image_block(codes, layout)  # (B, image_len)
     eoi = torch.full((codes.shape[0], 1), layout.eoi_id, dtype=torch.long, device=codes.device)
     return torch.cat([prefix, image.to(prefix.device), eoi.to(prefix.device)], dim=1)  # (B, seq_len)
 
@@ -338,13 +412,15 @@ def padding_mask(input_ids: torch.Tensor, layout: SequenceLayout) -> torch.Tenso
 def trim_padding(input_ids: torch.Tensor, layout: SequenceLayout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Full sequences (B, seq_len) without the text columns that are [PAD] in every row.
 
-    Text is left-aligned, so those are the last columns of the text block. Returns the kept
+    Text is left-aligned, so those are the last columns of the text block (an absent context
+    image's [PAD]s are kept: the mask hides them). Returns the kept
     ids (B, L'), their attention mask (B, L') and their original positions (B, L'), which
     the model must be given so that every kept token sits where it does in the full sequence.
     """
-    text = input_ids[:, 1 : 1 + layout.text_len]  # (B, T)
+    start = layout.text_start
+    text = input_ids[:, start : start + layout.text_len]  # (B, T)
     longest = int((text != layout.pad_id).sum(1).max()) if len(text) else 0  # no caption has a [PAD] inside
-    keep = torch.cat([torch.arange(1 + longest), torch.arange(1 + layout.text_len, input_ids.shape[1])])
+    keep = torch.cat([torch.arange(start + longest), torch.arange(start + layout.text_len, input_ids.shape[1])])
     keep = keep.to(input_ids.device)
     ids = input_ids[:, keep]  # (B, L')
     return ids, (ids != layout.pad_id).long(), keep.expand(len(ids), -1)
@@ -380,16 +456,20 @@ def _check_text(text_ids: torch.Tensor, layout: SequenceLayout) -> None:
 
 
 __all__ = [
+    "ABSENT",
     "IGNORE_INDEX",
     "SequenceLayout",
+    "absent_context",
     "TextBatch",
     "build_prefix",
     "build_sequences",
     "codes_from_tokens",
     "condition_dropout",
+    "context_dropout",
     "encode_text",
     "image_tokens",
     "loss_targets",
+    "image_block",
     "image_loss",
     "scored_positions",
     "unconditional_text",

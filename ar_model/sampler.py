@@ -9,6 +9,15 @@ conditional, rows [B, 2B) unconditional -- and are mixed on the logits:
 
 Both halves are fed the same sampled token at every step. With `cfg_scale == 1`
 the mix equals the conditional logits, so the unconditional half is skipped.
+
+With images in context (a layout's context_images, for editing) guidance is over both
+conditions, as InstructPix2Pix does: the "unconditional" half drops only the text (the
+image kept), and with `image_cfg_scale != 1` a third block of rows drops both:
+
+    logits = none + image_cfg_scale * (image - none) + cfg_scale * (both - image)
+
+With no image in context (text-to-image) the image-only rows are the unconditional rows
+and this is the formula above.
 Logits are restricted to the image vocabulary before any filtering, so a sample
 is always a valid code; a layout's row tokens are fed, never sampled, and sampling draws from a `torch.Generator` seeded by
 `SampleConfig.seed`: the same seed gives the same codes whatever the global RNG.
@@ -25,7 +34,7 @@ import torch
 from einops import rearrange
 
 from ar_model.errors import ConfigError
-from ar_model.layout import SequenceLayout, build_prefix, padding_mask, unconditional_text
+from ar_model.layout import SequenceLayout, absent_context, build_prefix, padding_mask, unconditional_text
 
 
 MAX_GUIDANCE = 1000.0
@@ -42,6 +51,8 @@ class SampleConfig:
     # (LlamaGen's text-to-image setting is 7.5), so sweep it per model. These are the recommended
     # settings a trained run records unless its stage config's `sample` section says otherwise.
     cfg_scale: float = 1.5
+    # Guidance over the context image(s) (editing layouts only; see the module docstring); 1 = none
+    image_cfg_scale: float = 1.0
     temperature: float = 0.5  # 1 = the model's distribution; 0 = greedy (argmax)
     top_k: int = 0  # keep the k most likely codes; 0 = off, 1 = greedy
     top_p: float = 1.0  # nucleus: keep the smallest set with mass >= top_p; 1.0 = off
@@ -55,7 +66,8 @@ class SampleConfig:
         """Raise ConfigError naming the field and the value of the first bad setting."""
         # bounds that keep float32 logits finite: guidance x logit gaps and logits / temperature stay far
         # below 3e38 (a scale of 1e38 or a temperature of 1e-300 overflowed to NaN probabilities)
-        _number(self, "cfg_scale", lambda v: abs(v) <= MAX_GUIDANCE, f"a number in [-{MAX_GUIDANCE}, {MAX_GUIDANCE}]")
+        for name in ("cfg_scale", "image_cfg_scale"):
+            _number(self, name, lambda v: abs(v) <= MAX_GUIDANCE, f"a number in [-{MAX_GUIDANCE}, {MAX_GUIDANCE}]")
         _number(self, "temperature", lambda v: v == 0 or v >= MIN_TEMPERATURE,
                 f"0 (greedy) or a number >= {MIN_TEMPERATURE}")
         _number(self, "top_p", lambda v: 0 < v <= 1, "a number in (0, 1]")
@@ -122,13 +134,22 @@ def sample_from_logits(logits: torch.Tensor, sc: SampleConfig, generator: torch.
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (B,)
 
 
-def guided_image_logits(logits: torch.Tensor, layout: SequenceLayout, cfg_scale: float, guided: bool) -> torch.Tensor:
-    """Full-vocabulary last-position logits (B' , V) -> image logits (B, K) in float32, guidance applied."""
+def guided_image_logits(
+    logits: torch.Tensor, layout: SequenceLayout, cfg_scale: float, guided: bool, image_cfg_scale: float | None = None
+) -> torch.Tensor:
+    """Full-vocabulary last-position logits (B', V) -> image logits (B, K) in float32, guidance applied.
+
+    Rows: [0, B) conditional, [B, 2B) without the text; with `image_cfg_scale` also [2B, 3B) without
+    text or context images (module docstring).
+    """
     logits = logits[:, layout.image_offset : layout.image_offset + layout.codebook_size].float()  # (B', K)
     if not guided:
         return logits
-    cond, uncond = logits.chunk(2, dim=0)  # rows [0, B) conditional, [B, 2B) unconditional
-    return uncond + (cond - uncond) * cfg_scale  # (B, K)
+    if image_cfg_scale is None:
+        cond, uncond = logits.chunk(2, dim=0)
+        return uncond + (cond - uncond) * cfg_scale  # (B, K)
+    both, image, none = logits.chunk(3, dim=0)
+    return none + (image - none) * image_cfg_scale + (both - image) * cfg_scale  # (B, K)
 
 
 # --------------------------------------------------------------------------- model calls
@@ -153,9 +174,14 @@ def _device_of(model: Any) -> torch.device:
     return next(model.parameters()).device
 
 
-def generate(model: Any, layout: SequenceLayout, text_ids: torch.Tensor, sc: SampleConfig | None = None) -> torch.Tensor:
+def generate(
+    model: Any, layout: SequenceLayout, text_ids: torch.Tensor, sc: SampleConfig | None = None,
+    context: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Sample image codes for text ids (B, text_len) -> codes (B, h, w) long in [0, codebook_size).
 
+    context: the images in context, (B, context_images, h, w) codes, for a layout with
+    context_images (editing); ABSENT marks one absent, None = all absent (text-to-image).
     The model runs in eval mode (dropout off) and is put back in its former mode
     afterwards. The codes come back on the model's device, as an ordinary tensor.
     """
@@ -164,23 +190,35 @@ def generate(model: Any, layout: SequenceLayout, text_ids: torch.Tensor, sc: Sam
     model.eval()  # disables attention dropout
     try:
         with torch.inference_mode():
-            codes = _generate(model, layout, text_ids, sc)
+            codes = _generate(model, layout, text_ids, sc, context)
     finally:
         model.train(was_training)
     # a clone outside inference mode: callers may edit the codes in place or use them under autograd
     return codes.clone()
 
 
-def _generate(model: Any, layout: SequenceLayout, text_ids: torch.Tensor, sc: SampleConfig) -> torch.Tensor:
+def _generate(
+    model: Any, layout: SequenceLayout, text_ids: torch.Tensor, sc: SampleConfig, context: torch.Tensor | None
+) -> torch.Tensor:
     from transformers import DynamicCache
 
     device = _device_of(model)
     text_ids = text_ids.to(device)
     b = text_ids.shape[0]
-    guided = sc.cfg_scale != 1.0  # scale 1 gives the conditional logits: skip the unconditional half
-    if guided:
-        text_ids = torch.cat([text_ids, unconditional_text(b, layout, device=device)], dim=0)  # (2B, T)
-    seq = build_prefix(text_ids, layout)  # (B', 1 + T + 1): [BOS] text [BOI]
+    if layout.context_images:
+        context = absent_context(b, layout, device) if context is None else context.to(device)
+    image_guided = layout.context_images > 0 and sc.image_cfg_scale != 1.0
+    # scale 1 gives the conditional logits: skip the unconditional half (unless the image is guided)
+    guided = sc.cfg_scale != 1.0 or image_guided
+    if guided:  # blocks of B rows: (text, images), (no text, images), and with image guidance (neither)
+        no_text = unconditional_text(b, layout, device=device)
+        blocks = [(text_ids, context), (no_text, context)]
+        if image_guided:
+            blocks.append((no_text, absent_context(b, layout, device)))
+        text_ids = torch.cat([t for t, _ in blocks], dim=0)  # (B', T)
+        if context is not None:
+            context = torch.cat([c for _, c in blocks], dim=0)  # (B', k, h, w)
+    seq = build_prefix(text_ids, layout, context)  # (B', prefix_len): [BOS] (context images) text [BOI]
     if layout.row_tokens:
         seq = torch.cat([seq, _row_token(layout, 0, seq.shape[0], device)], dim=1)  # ... [BOI] [ROW 0]
     generator = torch.Generator(device=device)
@@ -194,13 +232,14 @@ def _generate(model: Any, layout: SequenceLayout, text_ids: torch.Tensor, sc: Sa
     logits = prefill(model, seq, cache, mask)  # (B', V) predicts the first code
     codes = torch.empty(b, layout.num_image_tokens, dtype=torch.long, device=device)  # (B, N)
     for i in range(layout.num_image_tokens):
-        image_logits = guided_image_logits(logits, layout, sc.cfg_scale, guided)  # (B, K)
+        image_logits = guided_image_logits(logits, layout, sc.cfg_scale, guided,
+                                           sc.image_cfg_scale if image_guided else None)  # (B, K)
         codes[:, i] = sample_from_logits(image_logits, sc, generator)  # (B,)
         if i == layout.num_image_tokens - 1:
             break  # the last code needs no forward pass
         token = codes[:, i : i + 1] + layout.image_offset  # (B, 1) joint-vocabulary id
         if guided:
-            token = torch.cat([token, token], dim=0)  # (2B, 1): both halves continue with the same code
+            token = token.repeat(text_ids.shape[0] // b, 1)  # (B', 1): every block continues with the same code
         if layout.row_tokens and (i + 1) % layout.grid_w == 0:  # a row is done: [ROW r] comes next, fixed
             token = torch.cat([token, _row_token(layout, (i + 1) // layout.grid_w, token.shape[0], device)], dim=1)
         if mask is not None:
