@@ -15,9 +15,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from pipelines.autoregressive import ARPipeline
+from pipelines.autoregressive import ARPipeline, EditResult
 from pipelines.device import AUTO, resolve_device
-from pipelines.errors import MissingPartError, RunError
+from pipelines.errors import EditError, MissingPartError, RunError
 from pipelines.diffusion import DiffusionPipeline
 from pipelines.interface import ImageSampler, SampleResult, sample_in_batches
 from pipelines.png import SampleFiles, sample_to_dir, save_grid, save_pngs
@@ -35,7 +35,8 @@ def open_sampler(run: str | Path | Run, model: str = "generator", device: str | 
     return SAMPLERS[model].from_run(run, device=device, progress=progress)
 
 
-__all__ = ["AUTO", "SAMPLERS", "SAMPLING_NAME", "STAGES", "ARPipeline", "DiffusionPipeline", "ImageSampler",
+__all__ = ["AUTO", "SAMPLERS", "SAMPLING_NAME", "STAGES", "ARPipeline", "DiffusionPipeline", "EditError", "EditResult",
+           "ImageSampler",
            "MissingPartError", "Run", "RunError", "SampleResult", "open_sampler", "record_sampling",
            "resolve_device", "SampleFiles", "sampling_file", "sample_in_batches", "sample_to_dir", "save_grid", "save_pngs",
            "write_atomic"]

@@ -8,23 +8,46 @@
 Prompts are checked before sampling: an empty prompt samples unconditionally, a
 prompt longer than the model's text length is truncated; both are reported in
 `result.warnings` (and logged), never raised.
+
+A run trained for editing (`data.task` "edit": one image in context) also edits,
+turn after turn, each turn conditioned on the codes the turn before made:
+
+    result = pipe.edit(images, [["make the red circle blue", "remove the square"]], settings=pipe.settings(seed=0))
+    result.images  # (chains, turns, H, W, 3) uint8
+
+An empty instruction, or editing with a text-to-image run, raises EditError.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from ar_model import CheckpointError, SampleConfig, encode_text, generate
 from pipelines.device import resolve_device
+from pipelines.errors import EditError
 from pipelines.interface import SampleResult, sample_in_batches
 from pipelines.run import Run
-from vqtok import tensor_to_images
+from vqtok import images_to_tensor, tensor_to_images
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class EditResult:
+    """Chains of edits: chain c's turn t is images[c, t], made from codes[c, t] (fed to turn t + 1)."""
+
+    images: np.ndarray  # (C, T, H, W, 3) uint8
+    codes: torch.Tensor  # (C, T, h, w) long
+    instructions: list[list[str]]  # (C, T)
+    seed: int | None
+    sample_config: dict
+    warnings: list[str] = field(default_factory=list)
 
 
 class ARPipeline:
@@ -102,5 +125,84 @@ class ARPipeline:
         rows, images = sample_in_batches(prompts, n, settings, batch_size, draw, progress)
         return SampleResult(images, rows, settings.seed, settings.to_dict(), warnings)
 
+    # ------------------------------------------------------------------ editing
+    @property
+    def edits(self) -> bool:
+        """Whether the generator was trained to edit (an image in context)."""
+        return self.layout.context_images > 0
 
-__all__ = ["ARPipeline"]
+    def encode(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 images (B, R, R, 3) at this run's resolution -> codes (B, h, w) long, in batches of 64."""
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[1:] != (self.resolution, self.resolution, 3) or images.dtype != np.uint8:
+            raise EditError(f"source images must be uint8 ({self.resolution}, {self.resolution}, 3) each, got "
+                            f"{images.dtype} {images.shape[1:]}")
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(images), 64):
+                out.append(self.tokenizer.encode(images_to_tensor(images[start : start + 64]).to(self.device)).codes)
+        return torch.cat(out).long() if out else torch.zeros(0, *self.layout.grid, dtype=torch.long)
+
+    def check_instructions(self, chains: Sequence[Sequence[str]]) -> list[str]:
+        """Raise EditError for an empty instruction or a run that cannot edit; warnings for truncated ones."""
+        if not self.edits:
+            raise EditError("this run's generator was trained for text-to-image, with no image in context: "
+                            "train an editor with --set data.task=edit (docs/EDITING.md)")
+        if isinstance(chains, str) or any(isinstance(c, str) for c in chains):
+            raise TypeError("instructions must be a list of chains, each a list of strings")
+        flat = [t for chain in chains for t in chain]
+        if any(not isinstance(t, str) or not t.strip() for t in flat):
+            raise EditError("an instruction is empty: say what to change")
+        if len({len(c) for c in chains}) > 1:
+            raise EditError("every chain needs the same number of turns")
+        batch = encode_text(self.generator.tokenizer, flat, self.layout)
+        warnings = [f"instruction longer than the model's {self.layout.text_len} text tokens, truncated: {t[:60]!r}"
+                    for t, cut in zip(flat, batch.truncated) if cut]
+        for w in warnings:
+            log.warning(w)
+        return warnings
+
+    def edit(self, sources: np.ndarray | torch.Tensor, chains: Sequence[Sequence[str]],
+             settings: SampleConfig | None = None, batch_size: int = 32, progress: bool = False) -> EditResult:
+        """Edit source c with chains[c]'s instructions in turn, each turn on the codes the turn before made.
+
+        sources: uint8 images (C, R, R, 3) at this run's resolution, or their codes (C, h, w).
+        Turn t's batch b samples with seed settings.seed + t * batches + b.
+        """
+        from tqdm.auto import tqdm
+
+        settings = settings if settings is not None else self.settings()
+        warnings = self.check_instructions(chains)
+        codes = sources.long() if isinstance(sources, torch.Tensor) else self.encode(sources)  # (C, h, w)
+        if len(codes) != len(chains):
+            raise EditError(f"{len(codes)} source images for {len(chains)} chains of instructions")
+        turns = len(chains[0]) if len(chains) else 0
+        batches = range(0, len(codes), batch_size)
+        made = []
+        bar = tqdm(total=turns * len(batches), desc="editing", disable=not progress, leave=False)
+        for t in range(turns):
+            text = encode_text(self.generator.tokenizer, [c[t] for c in chains], self.layout).ids  # (C, T)
+            out = []
+            for b, start in enumerate(batches):
+                rows = slice(start, start + batch_size)
+                seed = None if settings.seed is None else settings.seed + t * len(batches) + b
+                out.append(generate(self.model, self.layout, text[rows], settings.replace(seed=seed),
+                                    codes[rows, None].to(self.device)).cpu())
+                bar.update()
+            codes = torch.cat(out)  # (C, h, w): the next turn's context
+            made.append(codes)
+        bar.close()
+        codes = torch.stack(made, 1) if made else torch.zeros(len(chains), 0, *self.layout.grid, dtype=torch.long)
+        images = self.decode(codes.flatten(0, 1)).reshape(*codes.shape[:2], self.resolution, self.resolution, 3)
+        return EditResult(images, codes, [list(c) for c in chains], settings.seed, settings.to_dict(), warnings)
+
+    def decode(self, codes: torch.Tensor) -> np.ndarray:
+        """Codes (B, h, w) -> uint8 images (B, R, R, 3), in batches of 64."""
+        out = [np.zeros((0, self.resolution, self.resolution, 3), np.uint8)]
+        with torch.inference_mode():
+            for start in range(0, len(codes), 64):
+                out.append(tensor_to_images(self.tokenizer.decode(codes[start : start + 64].to(self.device))).cpu().numpy())
+        return np.concatenate(out)
+
+
+__all__ = ["ARPipeline", "EditResult"]

@@ -11,4 +11,8 @@ class MissingPartError(RunError, FileNotFoundError):
     """A run lacks a trained part (tokenizer/, generator/, baseline/ ...)."""
 
 
-__all__ = ["MissingPartError", "RunError"]
+class EditError(RunError, ValueError):
+    """An edit that cannot be made as asked: a run trained without editing, an empty instruction."""
+
+
+__all__ = ["EditError", "MissingPartError", "RunError"]

@@ -89,4 +89,26 @@ def sample_to_dir(sampler: Any, prompts: Sequence[str], out_dir: str | Path, n: 
     return SampleFiles(paths, save_grid(rows, Path(out_dir) / "grid.png"))
 
 
-__all__ = ["SampleFiles", "sample_to_dir", "save_grid", "save_pngs"]
+def save_edits(result: Any, source: np.ndarray, out_dir: str | Path, run: str = "") -> SampleFiles:
+    """An EditResult as OUT/chain_<c>_turn_<t>.png (instruction, earlier turns and settings in text chunks)
+    and OUT/grid.png: a row per chain, the source (R, R, 3) first."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for c, (chain, turns) in enumerate(zip(result.images, result.instructions)):
+        for t, img in enumerate(chain):
+            meta = PngInfo()
+            meta.add_itxt("instruction", turns[t])  # iTXt: UTF-8, any script
+            meta.add_text("tessera", json.dumps({"run": run, "chain": c, "turn": t + 1, "instructions": turns[: t + 1],
+                                                 **result.sample_config}))
+            path = out_dir / f"chain_{c:03d}_turn_{t + 1}.png"
+            Image.fromarray(img).save(path, pnginfo=meta)
+            paths.append(path)
+    rows = [np.concatenate([np.asarray(source)[None], chain]) for chain in result.images]
+    return SampleFiles(paths, save_grid(rows, out_dir / "grid.png"))
+
+
+__all__ = ["SampleFiles", "sample_to_dir", "save_edits", "save_grid", "save_pngs"]

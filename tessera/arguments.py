@@ -34,6 +34,24 @@ def prompts_from(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
+def instructions_from(args: argparse.Namespace) -> list[str]:
+    """`edit`'s turns: each --instruction, then the non-blank lines of --instructions-file (UTF-8)."""
+    turns = list(args.instruction or [])
+    if any(not t.strip() for t in turns):
+        raise UsageError("an --instruction is empty: say what to change")
+    if args.instructions_file:
+        path = Path(args.instructions_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"instructions file {path} does not exist")
+        try:
+            turns += [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except UnicodeDecodeError as e:
+            raise UsageError(f"instructions file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not turns:
+        raise UsageError("give at least one --instruction or an --instructions-file (one turn per line)")
+    return turns
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with its errors on one line (exit status 2), like every other error of the command line."""
 
@@ -138,9 +156,12 @@ def _stage_args(sp: argparse.ArgumentParser, trains: bool = True) -> None:
     sp.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
 
 
-def _sampling_args(sp: argparse.ArgumentParser, seed_help: str, diffusion: bool = False) -> None:
+def _sampling_args(sp: argparse.ArgumentParser, seed_help: str, diffusion: bool = False, image: bool = False) -> None:
     """Sampling flags; unset ones keep the settings recorded with the trained model (RUN/*/tessera_sampling.json)."""
     sp.add_argument("--cfg", type=GUIDANCE, help="classifier-free guidance scale (1 = none; default: the run's recorded)")
+    if image:
+        sp.add_argument("--image-cfg", type=GUIDANCE, help="guidance over the image in context (1 = none; default: "
+                        "the run's recorded)")
     sp.add_argument("--temperature", type=TEMPERATURE, help="sampling temperature (0 = greedy; default: the run's recorded)")
     sp.add_argument("--top-k", type=NONNEGATIVE, help="keep the k most likely codes (0 = all; default: the run's recorded)")
     sp.add_argument("--top-p", type=TOP_P, help="nucleus sampling mass (1 = off; default: the run's recorded)")
@@ -216,6 +237,21 @@ def _sampling_commands(sub, cli: ModuleType) -> None:
     s.add_argument("--device", type=DEVICE, help="cpu or cuda (default: cuda when present)")
     s.add_argument("--out", default="samples", type=OUT_DIR, help="output directory")
     s.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    ed = _command(sub, "edit", cli.cmd_edit, "edit an image with a run trained for editing, turn after turn",
+                  "Apply each instruction in turn to the image, every turn conditioned on the codes the turn before "
+                  "made (the run must be trained with --set data.task=edit, docs/EDITING.md). The image may be any "
+                  "size or mode: it is converted to RGB, centre-cropped and resized to the run's resolution. Writes "
+                  "OUT/chain_<c>_turn_<t>.png (instruction and settings in its text chunks) and OUT/grid.png, one row "
+                  "per chain: the source, then each turn.")
+    ed.add_argument("--run", required=True, type=OUT_DIR, help="run directory holding tokenizer/ and an editing generator/")
+    ed.add_argument("--image", required=True, help="the image to edit")
+    ed.add_argument("--instruction", action="append", help="an edit instruction (repeat for several turns)")
+    ed.add_argument("--instructions-file", help="a text file with one instruction per line, applied in turn")
+    ed.add_argument("--n", type=POSITIVE, default=1, help="independent chains of edits to draw")
+    _sampling_args(ed, "seed; the same seed and settings give the same edits", image=True)
+    ed.add_argument("--device", type=DEVICE, help="cpu or cuda (default: cuda when present)")
+    ed.add_argument("--out", default="edits", type=OUT_DIR, help="output directory")
+    ed.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
 
 
 def _eval_commands(sub, cli: ModuleType) -> None:
@@ -286,4 +322,4 @@ def add_commands(sub, cli: ModuleType) -> None:
     _eval_commands(sub, cli)
 
 
-__all__ = ["Parser", "UsageError", "add_commands", "prompts_from"]
+__all__ = ["Parser", "UsageError", "add_commands", "instructions_from", "prompts_from"]

@@ -19,7 +19,8 @@ from pathlib import Path
 LOOP_FLAGS = {"steps": "steps", "device": "device", "log": "log", "parallel": "parallel", "compile": "compile",
               "activation_checkpointing": "activation_checkpointing", "resume_intact": "resume_intact"}
 # sampling flags -> fields of the model's sampling settings (ar_model.SampleConfig / baseline.DiffusionSampleConfig)
-SAMPLING_FLAGS = {"cfg": "cfg_scale", "temperature": "temperature", "top_k": "top_k", "top_p": "top_p",
+SAMPLING_FLAGS = {"cfg": "cfg_scale", "image_cfg": "image_cfg_scale", "temperature": "temperature", "top_k": "top_k",
+                  "top_p": "top_p",
                   "sampler": "sampler", "diffusion_steps": "steps"}
 
 
@@ -99,6 +100,25 @@ def cmd_sample(args: argparse.Namespace) -> int:
                           seed=args.seed), batch_size=args.batch_size, progress=not args.no_progress,
                           run=str(args.run))
     print(f"{len(files.pngs)} images written to {args.out} (one row per prompt in {files.grid})")
+    return 0
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from pipelines import open_sampler
+    from pipelines.png import save_edits
+
+    from tessera.arguments import instructions_from
+    from train.data.images import load_image_file
+
+    turns = instructions_from(args)
+    pipe = open_sampler(args.run, "generator", device=args.device, progress=not args.no_progress)
+    if not pipe.edits:  # before reading the image: the likelier mistake
+        pipe.check_instructions([turns])
+    source = load_image_file(args.image, pipe.resolution)  # any size or mode, converted; unreadable: one line
+    result = pipe.edit(source[None].repeat(args.n, 0), [turns] * args.n,
+                       settings=pipe.settings(**_sampling(args), seed=args.seed), progress=not args.no_progress)
+    files = save_edits(result, source, args.out, run=str(args.run))
+    print(f"{len(files.pngs)} edited images written to {args.out} (one row per chain in {files.grid})")
     return 0
 
 

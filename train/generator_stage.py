@@ -15,6 +15,11 @@ HF tokenizer directory named by `data.text_tokenizer`); it is saved into
 exactly as the first one did. The data are the shapes world (`data.source`
 "shapes") or the user's own images and captions at a local path (train.data.own,
 docs/DATA.md). Like the tokenizer stage, the presets are data.
+
+`data.task` "edit" trains an editor instead: rows of (source image, instruction,
+edited image) -- the shapes world's edits (train.data.edits) or the user's own --
+in the layout with one image in context (ar_model.layout), the source image's
+condition dropped as often as the text's (independently) for guidance over both.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import torch
 
 from ar_model import (
     GeneratorConfig,
+    context_dropout,
     SampleConfig,
     SequenceLayout,
     build_model,
@@ -40,22 +46,36 @@ from ar_model import (
 )
 from ar_model.layout import build_sequences
 from train import distributed
-from train.data import grammar, own, shapes
+from train.data import edits, grammar, own, shapes
 from pipelines import Run, resolve_device, sampling_file
 from train.config import StageConfig, check_run_config, preset
 from train.errors import TrainConfigError
 from train.loop import EpochOrder, LoopConfig, LossOutput, train_loop
-from train.pretokenize import SHARD_SIZE, check_devices, check_manifest, load_codes, pretokenize, read_manifest
+from train.pretokenize import (
+    SHARD_SIZE,
+    check_devices,
+    check_manifest,
+    load_codes,
+    load_context,
+    pretokenize,
+    read_manifest,
+)
 from vqtok import load_tokenizer, read_tokenizer_config
 
 log = logging.getLogger(__name__)
+
+TASKS = ("text-to-image", "edit")  # data.task: what the generator learns (the edit task has an image in context)
 
 
 @dataclass
 class GeneratorDataConfig:
     source: str = own.SHAPES  # "shapes" (the embedded world), or a local path to own data (docs/DATA.md)
-    image_column: str = "image"  # own data: the column with the images ("image" is the imagefolder's)
-    text_column: str = "text"  # own data: the column with the captions
+    # "text-to-image", or "edit": (source image, instruction) -> edited image, one image in context
+    task: str = "text-to-image"
+    image_column: str = "image"  # own data: the column with the images ("image" is the imagefolder's); edits: the result
+    text_column: str = "text"  # own data: the column with the captions (edits: the instructions)
+    source_column: str = "source"  # own editing data: the column with the image before the edit
+    max_turns: int = edits.MAX_TURNS  # shapes-world edits: chains of 1..max_turns edits make the rows
     # the shapes world only (own data use every row): distinct scenes, one caption each
     train_images: int = 20000
     grid: int = shapes.GRID  # the world's grid: 3 (3x3 cells) or 4; the tokenizer's codes per cell must be whole
@@ -77,8 +97,15 @@ class GeneratorDataConfig:
     encode_batch_size: int = 256  # images per tokenizer forward pass when pre-tokenizing
     shard_size: int = SHARD_SIZE  # rows per pre-tokenizing shard: what a killed `tessera tokenize` may redo
 
+    @property
+    def context_images(self) -> int:
+        """Images in context of the task's sequence layout: the source image of an edit."""
+        return 1 if self.task == "edit" else 0
+
     def __post_init__(self):
-        for name in ("source", "image_column", "text_column"):
+        if self.task not in TASKS:
+            raise TrainConfigError(f"data.task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        for name in ("source", "image_column", "text_column", "source_column"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise TrainConfigError(f"data.{name} must be a non-empty string, got {getattr(self, name)!r}")
         if self.captions not in grammar.CAPTION_SETS:
@@ -98,7 +125,7 @@ class GeneratorDataConfig:
         if isinstance(self.uniform_scenes, bool) or not isinstance(self.uniform_scenes, (int, float)) or not (
                 0 <= self.uniform_scenes <= 1):
             raise TrainConfigError(f"data.uniform_scenes must be a number in [0, 1], got {self.uniform_scenes!r}")
-        for name in ("train_images", "text_len", "encode_batch_size", "shard_size"):
+        for name in ("train_images", "text_len", "encode_batch_size", "shard_size", "max_turns"):
             if int(getattr(self, name)) < 1:
                 raise TrainConfigError(f"data.{name} must be >= 1, got {getattr(self, name)!r}")
 
@@ -125,7 +152,8 @@ class GeneratorStageConfig(StageConfig):
         # and so does a bad model.* one: checked on a stand-in layout (the real one needs the trained tokenizers)
         self.generator_config(SequenceLayout(text_len=int(self.data.text_len), text_vocab=64, codebook_size=16,
                                              grid=(2, 2), row_tokens=bool(self.data.row_tokens),
-                                             mask_padding=bool(self.data.mask_padding)))
+                                             mask_padding=bool(self.data.mask_padding),
+                                             context_images=self.data.context_images))
 
     def recommended_sampling(self) -> SampleConfig:
         return SampleConfig.from_dict(self.sample)
@@ -187,11 +215,17 @@ def preset_config(name: str) -> GeneratorStageConfig:
 class GeneratorTask:
     """The generator stage as a `train.loop.Task` over in-memory codes and text ids."""
 
-    def __init__(self, cfg: GeneratorStageConfig, gcfg: GeneratorConfig, codes: torch.Tensor, text_ids: torch.Tensor):
+    def __init__(self, cfg: GeneratorStageConfig, gcfg: GeneratorConfig, codes: torch.Tensor, text_ids: torch.Tensor,
+                 context: torch.Tensor | None = None):
         self.layout = gcfg.layout
         self.model = build_model(gcfg, seed=cfg.loop.seed)
         self.codes = codes.view(-1, *self.layout.grid)  # (N, h, w) int16
         self.text_ids = text_ids  # (N, T) int32
+        # editing: the source images' codes (N, 1, h, w) int16, ABSENT where a row has none
+        if (context is not None) != (self.layout.context_images > 0):
+            raise TrainConfigError("the codes and the layout disagree on whether rows have a source image "
+                                   "(editing codes need data.task 'edit', and the other way round)")
+        self.context = context.view(-1, self.layout.context_images, *self.layout.grid) if context is not None else None
         self.cond_dropout = gcfg.cond_dropout
         # with masked padding a batch costs its longest caption: batches of similar lengths (EpochOrder's buckets)
         lengths = (text_ids != self.layout.pad_id).sum(1) if self.layout.mask_padding else None
@@ -204,7 +238,10 @@ class GeneratorTask:
         # the dropped captions are a function of (seed, step, micro) too, like the example order
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + step) * 64 + micro)
         text = condition_dropout(self.text_ids[idx].long(), self.cond_dropout, self.layout, generator=g)  # (B, T)
-        ids = build_sequences(text, self.codes[idx], self.layout)  # (B, seq_len)
+        context = None
+        if self.context is not None:  # the image condition dropped as often as the text, independently
+            context = context_dropout(self.context[idx].long(), self.cond_dropout, generator=g)  # (B, 1, h, w)
+        ids = build_sequences(text, self.codes[idx], self.layout, context)  # (B, seq_len)
         return ids.to(next(self.model.parameters()).device)
 
     def loss(self, batch: torch.Tensor, step: int) -> LossOutput:
@@ -226,8 +263,10 @@ class GeneratorTask:
 
         idx = torch.arange(prompts) * max(1, len(self.text_ids) // prompts)  # the same captions every time
         text = self.text_ids[idx].long().repeat_interleave(per_prompt, dim=0)  # (P * n, T)
+        context = None if self.context is None else self.context[idx].long().repeat_interleave(per_prompt, dim=0)
         device = next(self.model.parameters()).device
-        codes = generate(self.model, self.layout, text.to(device), self.preview_sampling.replace(seed=step))  # (P*n, h, w)
+        codes = generate(self.model, self.layout, text.to(device), self.preview_sampling.replace(seed=step),
+                         context)  # (P*n, h, w)
         with torch.inference_mode():
             images = tensor_to_images(self.preview_decoder.decode(codes.to(next(self.preview_decoder.parameters()).device)))
         captions = [self.preview_text.decode(t.tolist(), skip_special_tokens=True) for t in text]
@@ -235,9 +274,15 @@ class GeneratorTask:
 
 
 def training_rows(cfg: GeneratorStageConfig, resolution: int) -> Any:
-    """The stage's rows as a `datasets.Dataset` with columns image and text (own data: image undecoded)."""
-    if cfg.data.source != own.SHAPES:
-        return own.load_rows(cfg.data.source, {"image": cfg.data.image_column, "text": cfg.data.text_column})
+    """The stage's rows as a `datasets.Dataset` with columns image and text (own data: image undecoded),
+    and for editing source (the image before the edit)."""
+    d = cfg.data
+    if d.source != own.SHAPES:
+        columns = {"image": d.image_column, "text": d.text_column}
+        return own.load_rows(d.source, {**columns, "source": d.source_column} if d.task == "edit" else columns)
+    if d.task == "edit":
+        return edits.edits_dataset(d.train_images, resolution, d.seed, d.grid, d.max_objects, d.min_objects,
+                                   d.max_turns)
     return shapes.shapes_dataset(
         cfg.data.train_images, resolution=resolution, split="train",
         seed=cfg.data.seed, max_objects=cfg.data.max_objects, captions=cfg.data.captions,
@@ -248,9 +293,13 @@ def training_rows(cfg: GeneratorStageConfig, resolution: int) -> Any:
 
 def data_source(data: GeneratorDataConfig) -> dict:
     """What the rows are read from, as recorded with the codes: codes of other data are refused."""
+    edit = {"task": data.task} if data.task != "text-to-image" else {}  # codes made before tasks existed match
     if data.source != own.SHAPES:
         return {"source": str(Path(data.source).expanduser().resolve()), "image_column": data.image_column,
-                "text_column": data.text_column}
+                "text_column": data.text_column, **edit, **({"source_column": data.source_column} if edit else {})}
+    if edit:
+        return {"source": own.SHAPES, **edit, "train_images": data.train_images, "max_objects": data.max_objects,
+                "min_objects": data.min_objects, "max_turns": data.max_turns, "seed": data.seed, "grid": data.grid}
     return {"source": own.SHAPES, "train_images": data.train_images, "max_objects": data.max_objects,
             "captions": data.captions, "seed": data.seed,
             # settings added later only when set, so codes made before they existed still match
@@ -321,7 +370,7 @@ def prepare_codes(
     text_tok = prepare_text_tokenizer(cfg, run, rows["text"] if rows is not None else [])
     layout = SequenceLayout.for_tokenizer(
         text_tok, codebook_size=vq_cfg.num_codes, grid=(vq_cfg.grid_size, vq_cfg.grid_size), text_len=cfg.data.text_len,
-        row_tokens=cfg.data.row_tokens, mask_padding=cfg.data.mask_padding,
+        row_tokens=cfg.data.row_tokens, mask_padding=cfg.data.mask_padding, context_images=cfg.data.context_images,
     )
     if not codes_dir.is_dir():
         check_devices(devices)  # before the tokenizer is loaded onto one of them
@@ -370,7 +419,7 @@ def train_generator(cfg: GeneratorStageConfig, run_dir: str | Path, tokenizer_di
     gcfg = cfg.generator_config(prepared.layout)
     codes, text_ids = load_codes(prepared.codes_dir)
 
-    task = GeneratorTask(cfg, gcfg, codes, text_ids)
+    task = GeneratorTask(cfg, gcfg, codes, text_ids, load_context(prepared.codes_dir))
     if cfg.loop.sample_every:
         task.preview_decoder = load_tokenizer(tokenizer_dir, device=str(resolve_device(cfg.loop.device)))
         task.preview_text = prepared.text_tokenizer
@@ -393,6 +442,7 @@ __all__ = [
     "GeneratorTask",
     "PRESETS",
     "PreparedCodes",
+    "TASKS",
     "data_source",
     "prepare_codes",
     "preset_config",

@@ -4,13 +4,18 @@ The generator never sees pixels: every image is encoded by the VQ tokenizer
 once, here, and the codes are stored with the caption's text ids in a
 `datasets` Arrow directory (`map` + `save_to_disk`):
 
-    <out>/                 datasets.save_to_disk: columns codes (h*w int16), text_ids (text_len int32)
+    <out>/                 datasets.save_to_disk: columns codes (h*w int16), text_ids (text_len int32),
+                           and for editing data context (h*w int16: the source image's codes, -1 if none)
     <out>/tessera_codes.json   the manifest: which tokenizer made the codes, the layout, the source, counts
 
 The manifest names the tokenizer by the sha256 of its weights file, so training
 can refuse codes made by another tokenizer (`check_manifest`). Rows whose
 caption is empty, or whose image cannot be read, are skipped, counted and
 logged by row index (and file, when known); nothing is silently dropped.
+
+Editing data (a layout with one context image) carry a third column, source: the
+image before the edit, encoded into the context column (an empty source is an
+absent image: a text-to-image row among the edits).
 
 Large data sets are encoded in shards, each saved when finished, so a killed
 run resumes where it stopped:
@@ -40,7 +45,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from ar_model import SequenceLayout, encode_text
+from ar_model import ABSENT, SequenceLayout, encode_text
 from train.data.images import decode_image, image_name, undecoded
 from train.checkpoint import sha256_file
 from train.errors import ImageError, TrainConfigError
@@ -112,18 +117,27 @@ def _encode_batch(
     """Every row of the batch, skipped ones with their reason and zero codes (dropped by the main process)."""
     tokenizer = _worker_tokenizer(tokenizer, rank, devices, threads)
     n = len(indices)
-    skip, kept, images = [""] * n, [], []
+    skip, kept, images, sources, with_source = [""] * n, [], [], [], []
+    has_source = layout.context_images > 0
     for j, (i, value, text) in enumerate(zip(indices, batch["image"], batch["text"])):
         if not isinstance(text, str) or not text.strip():
             skip[j] = "empty caption"
             continue
         try:
-            images.append(decode_image(value, resolution, image_name(value, offset + i)))
+            image = decode_image(value, resolution, image_name(value, offset + i))
+            source = batch["source"][j] if has_source else None
+            if source is not None:
+                source = decode_image(source, resolution, "source " + image_name(source, offset + i))
         except ImageError as e:
             skip[j] = f"bad image: {e}"
             continue
         kept.append(j)
+        images.append(image)
+        if source is not None:
+            sources.append(source)
+            with_source.append(j)
     codes = np.zeros((n, layout.num_image_tokens), dtype=np.int16)
+    context = np.full((n, layout.num_image_tokens), ABSENT, dtype=np.int16)
     text_ids = np.zeros((n, layout.text_len), dtype=np.int32)
     truncated = [False] * n
     if kept:
@@ -132,11 +146,16 @@ def _encode_batch(
             grid = tokenizer.encode(images_to_tensor(np.stack(images)).to(device)).codes  # (B, h, w)
         # int16: K <= 32768 checked by pretokenize
         codes[kept] = rearrange(grid, "b h w -> b (h w)").to(torch.int16).cpu().numpy()
+        if sources:
+            with torch.inference_mode():
+                grid = tokenizer.encode(images_to_tensor(np.stack(sources)).to(device)).codes  # (B', h, w)
+            context[with_source] = rearrange(grid, "b h w -> b (h w)").to(torch.int16).cpu().numpy()
         text = encode_text(text_tokenizer, [batch["text"][j] for j in kept], layout)
         text_ids[kept] = text.ids.to(torch.int32).numpy()  # (B, text_len)
         for j, cut in zip(kept, text.truncated):
             truncated[j] = cut
-    return {"codes": codes, "text_ids": text_ids, "skip": skip, "truncated": truncated}
+    out = {"codes": codes, "text_ids": text_ids, "skip": skip, "truncated": truncated}
+    return {**out, "context": context} if has_source else out
 
 
 def _open_partial(partial: Path, plan: dict) -> None:
@@ -162,12 +181,15 @@ def code_features(layout: SequenceLayout) -> Any:
     """The columns `encode_shard` writes, as datasets.Features."""
     import datasets
 
-    return datasets.Features({
+    columns = {
         "codes": datasets.Sequence(datasets.Value("int16"), length=layout.num_image_tokens),
         "text_ids": datasets.Sequence(datasets.Value("int32"), length=layout.text_len),
         "skip": datasets.Value("string"),
         "truncated": datasets.Value("bool"),
-    })
+    }
+    if layout.context_images:
+        columns["context"] = datasets.Sequence(datasets.Value("int16"), length=layout.num_image_tokens)
+    return datasets.Features(columns)
 
 
 def encode_shard(ds: Any, num_proc: int, fn_kwargs: dict, features: Any, batch_size: int, fingerprint: str,
@@ -217,7 +239,9 @@ def _check_request(ds: Any, tokenizer: VQTokenizer, layout: SequenceLayout, shar
     """Refuse, before any work, what `pretokenize` cannot do with these arguments."""
     if layout.codebook_size > np.iinfo(np.int16).max + 1:
         raise TrainConfigError(f"codebook of {layout.codebook_size} codes does not fit the int16 code column")
-    for col in ("image", "text"):
+    if layout.context_images > 1:
+        raise TrainConfigError(f"editing data hold one source image a row; the layout has {layout.context_images}")
+    for col in ("image", "text") + (("source",) if layout.context_images else ()):
         if col not in ds.column_names:
             raise TrainConfigError(f"the dataset has no {col!r} column (columns: {', '.join(ds.column_names)})")
     if shard_size < 1 or num_proc < 1:
@@ -290,6 +314,8 @@ def pretokenize(
     """
     _check_request(ds, tokenizer, layout, shard_size, num_proc, devices)
     ds = undecoded(ds, "image")
+    if layout.context_images:
+        ds = undecoded(ds, "source")
     out_dir = Path(out_dir)
     partial = out_dir.with_name(out_dir.name + ".partial")
     sha = tokenizer_fingerprint(tokenizer_dir)
@@ -357,7 +383,7 @@ def check_manifest(manifest: CodesManifest, tokenizer_dir: str | Path, layout: S
     # row tokens are added when sequences are built and masked padding is how they are attended, neither is
     # stored with the codes: they may differ
     free = ("row_tokens", "mask_padding")
-    stored = {k: v for k, v in manifest.layout.items() if k not in free}
+    stored = {"context_images": 0, **{k: v for k, v in manifest.layout.items() if k not in free}}  # 0: saved before it
     if stored != {k: v for k, v in layout.to_dict().items() if k not in free}:
         raise TrainConfigError(
             f"the pre-tokenized codes use layout {manifest.layout}, the generator {layout.to_dict()}; pre-tokenize again"
@@ -370,18 +396,27 @@ def check_manifest(manifest: CodesManifest, tokenizer_dir: str | Path, layout: S
         )
 
 
+def _column(ds: Any, name: str) -> torch.Tensor:
+    """An Arrow fixed-size list column as one 2-D tensor, keeping the stored dtype."""
+    col = ds.data.column(name).combine_chunks()  # FixedSizeListArray
+    flat = col.flatten().to_numpy(zero_copy_only=False)
+    return torch.from_numpy(flat.reshape(len(col), col.type.list_size).copy())
+
+
 def load_codes(codes_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     """The whole Arrow dataset as tensors: codes (N, h*w) int16 and text ids (N, text_len) int32."""
     import datasets
 
     ds = datasets.load_from_disk(str(codes_dir))
+    return _column(ds, "codes"), _column(ds, "text_ids")
 
-    def column(name: str) -> torch.Tensor:  # Arrow fixed-size lists -> one 2-D array, keeping the stored dtype
-        col = ds.data.column(name).combine_chunks()  # FixedSizeListArray
-        flat = col.flatten().to_numpy(zero_copy_only=False)
-        return torch.from_numpy(flat.reshape(len(col), col.type.list_size).copy())
 
-    return column("codes"), column("text_ids")
+def load_context(codes_dir: str | Path) -> torch.Tensor | None:
+    """The context column of editing codes (N, h*w) int16 (-1: no source image), or None for text-to-image codes."""
+    import datasets
+
+    ds = datasets.load_from_disk(str(codes_dir))
+    return _column(ds, "context") if "context" in ds.column_names else None
 
 
 __all__ = [
@@ -391,6 +426,7 @@ __all__ = [
     "code_features",
     "encode_shard",
     "load_codes",
+    "load_context",
     "pretokenize",
     "read_manifest",
     "tokenizer_fingerprint",

@@ -34,6 +34,7 @@ class TokenizerDataConfig:
     train_images: int = 20000
     grid: int = shapes.GRID  # the world's grid (3 or 4): keep each cell a whole number of codes
     max_objects: int = shapes.MAX_OBJECTS  # objects per scene, 1..max
+    tones: bool = False  # objects bright or dim (shapes.TONES): the editing world's identity detail
     seed: int = 0  # scene sampling seed (independent of the loop's seed)
 
     def __post_init__(self):
@@ -150,7 +151,7 @@ def training_images(cfg: TokenizerStageConfig, progress: bool = True) -> torch.T
         return dataset_images(ds, cfg.vq.resolution, progress=progress)
     ds = shapes.shapes_dataset(
         cfg.data.train_images, resolution=cfg.vq.resolution, split="train",
-        seed=cfg.data.seed, max_objects=cfg.data.max_objects, grid=cfg.data.grid,
+        seed=cfg.data.seed, max_objects=cfg.data.max_objects, grid=cfg.data.grid, tones=cfg.data.tones,
     )
     return dataset_images(ds, cfg.vq.resolution, progress=progress)
 

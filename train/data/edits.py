@@ -25,11 +25,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from train.data.grammar import cell_words, with_article
-from train.data.shapes import COLOURS, SHAPES, SIZES, Obj, Scene, _random_obj, sample_scene
+from train.data.shapes import COLOURS, SHAPES, SIZES, Obj, Scene, _random_obj, render, sample_scene
+
+if TYPE_CHECKING:
+    import datasets
+
+MAX_TURNS = 5  # the longest chain editing data and the edit suite use
 
 EDIT_KINDS: tuple[str, ...] = ("move", "recolour", "reshape", "resize", "add", "remove", "swap")
 DIRECTIONS: dict[str, tuple[int, int]] = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
@@ -212,5 +218,43 @@ def preserved(before: Scene, after: Scene, edit: Edit) -> tuple[int, int]:
     return sum(o in present for o in untouched), len(untouched)
 
 
-__all__ = ["DIRECTIONS", "EDIT_KINDS", "Edit", "Step", "possible_kinds", "preserved", "refer",
-           "sample_chain", "sample_edit", "sample_edit_scene"]
+def sample_edit_rows(
+    n: int, seed: int = 0, grid: int = 3, max_objects: int = 5, min_objects: int = 1, max_turns: int = MAX_TURNS,
+) -> list[Step]:
+    """n single edits, deterministic in seed: the turns of chains of 1..max_turns edits from random
+    scenes, in order, so a model sees scenes that earlier edits made as well as fresh ones."""
+    rng = np.random.default_rng([seed, 18])
+    steps: list[Step] = []
+    while len(steps) < n:
+        start = sample_edit_scene(rng, grid, max_objects, min_objects)
+        steps += sample_chain(start, rng, int(rng.integers(1, max_turns + 1)), max_objects)
+    return steps[:n]
+
+
+def edits_dataset(
+    n: int, resolution: int = 24, seed: int = 0, grid: int = 3, max_objects: int = 5, min_objects: int = 1,
+    max_turns: int = MAX_TURNS,
+) -> datasets.Dataset:
+    """A datasets.Dataset of n edits with columns source (image before), text (the instruction), image
+    (after), source_scene and scene (JSON) and kind: the layout of public instruction-editing sets."""
+    import datasets  # heavy import, only needed here
+    from PIL import Image
+
+    steps = sample_edit_rows(n, seed, grid, max_objects, min_objects, max_turns)
+    features = datasets.Features({
+        "source": datasets.Image(), "text": datasets.Value("string"), "image": datasets.Image(),
+        "source_scene": datasets.Value("string"), "scene": datasets.Value("string"), "kind": datasets.Value("string"),
+    })
+    picture = lambda s: Image.fromarray(render(s, resolution), "RGB")  # noqa: E731
+    return datasets.Dataset.from_dict({
+        "source": [picture(st.before) for st in steps],
+        "text": [st.instruction for st in steps],
+        "image": [picture(st.after) for st in steps],
+        "source_scene": [st.before.to_json() for st in steps],
+        "scene": [st.after.to_json() for st in steps],
+        "kind": [st.edit.kind for st in steps],
+    }, features=features)
+
+
+__all__ = ["DIRECTIONS", "EDIT_KINDS", "MAX_TURNS", "Edit", "Step", "edits_dataset", "possible_kinds", "preserved",
+           "refer", "sample_chain", "sample_edit", "sample_edit_rows", "sample_edit_scene"]

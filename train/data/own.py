@@ -62,7 +62,8 @@ def load_rows(source: str, columns: dict[str, str]) -> Any:
     """The data set at `source` with only `columns` ({new name: its column there}), image undecoded.
 
     For example `load_rows("my_images", {"image": "image", "text": "caption"})`
-    returns columns image and text. A missing path, a directory without images
+    returns columns image and text; a "source" role (editing data: the image before the edit)
+    is an image column too. A missing path, a directory without images
     or a missing column raises one TrainConfigError naming the columns found.
     """
     import datasets
@@ -84,14 +85,18 @@ def load_rows(source: str, columns: dict[str, str]) -> Any:
     # through temporary names: {"image": "text", "text": "caption"} must not rename onto a column in use
     ds = ds.rename_columns({name: f"__{role}" for role, name in columns.items()})
     ds = ds.rename_columns({f"__{role}": role for role in columns})
-    if "image" in columns and not isinstance(ds.features["image"], datasets.Image):
+    images = [role for role in ("image", "source") if role in columns]  # source: the image before an edit
+    for role in images:
+        if isinstance(ds.features[role], datasets.Image):
+            ds = undecoded(ds, role)
+            continue
         try:  # file paths, bytes or {"bytes", "path"} structs (a parquet written without datasets' metadata)
-            ds = ds.cast_column("image", datasets.Image(decode=False))
+            ds = ds.cast_column(role, datasets.Image(decode=False))
         except (TypeError, ValueError) as e:
             raise TrainConfigError(
-                f"data.source {source}: column {columns['image']!r} holds {ds.features['image']}, not images"
+                f"data.source {source}: column {columns[role]!r} holds {ds.features[role]}, not images"
             ) from e
-    return undecoded(ds, "image") if "image" in columns else ds
+    return ds
 
 
 __all__ = ["SHAPES", "load_rows"]

@@ -511,7 +511,7 @@ def parse(image, grid: int = GRID) -> Scene:
 def shapes_dataset(
     n: int, resolution: int = 32, split: str = "train", seed: int = 0, max_objects: int = MAX_OBJECTS,
     captions: str = "all", min_objects: int = 1, count_weights: tuple[float, ...] | None = None, grid: int = GRID,
-    uniform: float = 0.0,
+    uniform: float = 0.0, tones: bool = False,
 ) -> datasets.Dataset:
     """A datasets.Dataset with columns image (PIL RGB), text, scene (JSON), n_objects; deterministic in seed.
 
@@ -522,7 +522,7 @@ def shapes_dataset(
 
     from train.data.grammar import caption  # the grammar builds on this module
 
-    scenes = sample_scenes(n, seed, split, max_objects, min_objects, count_weights, grid, uniform)
+    scenes = sample_scenes(n, seed, split, max_objects, min_objects, count_weights, grid, uniform, tones)
     text_rng = np.random.default_rng([seed, 1])  # own stream: captions never shift the scenes
     features = datasets.Features(
         {
