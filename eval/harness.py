@@ -14,6 +14,10 @@ Four parts, each optional:
     speed         images/s, s/image, steps/s, network evaluations and peak memory at fixed
                   batch sizes (eval.speed)
 
+A run trained for editing (`data.task` "edit") is measured by the `edit` suite
+(eval.editing: edit success, preservation of everything else, chains of turns), its
+default; the text-to-image suites and FID do not apply to it unless asked for.
+
 `model` picks what is measured: the run's generator (default) or its diffusion baseline
 (`tessera train-baseline`), with the same suites, seeds and features. Both are opened
 through the sampling interface (`pipelines.open_sampler`), sampled with the settings
@@ -26,6 +30,7 @@ with the same config give the same faithfulness numbers.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -35,7 +40,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from eval import faithfulness, suites
+from eval import editing, faithfulness, suites
 from eval.errors import EvalConfigError
 from pipelines import SAMPLERS, Run, open_sampler, write_atomic
 
@@ -49,7 +54,8 @@ MODELS = tuple(SAMPLERS)  # "generator", "baseline"
 @dataclass
 class EvalConfig:
     model: str = "generator"  # the run's autoregressive generator, or its diffusion baseline (pipelines.SAMPLERS)
-    suites: list[str] = field(default_factory=lambda: list(suites.DEFAULT_SUITES))
+    # suite names (eval.suites, and "edit"); None: the run's default (DEFAULT_SUITES, or "edit" for an editor)
+    suites: list[str] | None = None
     n: int = 4  # samples per prompt: GenEval's 4
     seed: int = 0
     # overrides of the model's recorded sampling settings: the generator's ar_model.SampleConfig fields
@@ -69,7 +75,8 @@ class EvalConfig:
     progress: bool = True
 
     def __post_init__(self):
-        self.suites = list(dict.fromkeys(self.suites or suites.DEFAULT_SUITES))
+        if self.suites is not None:
+            self.suites = list(dict.fromkeys(self.suites))
         if self.model not in MODELS:
             raise EvalConfigError(f"eval model must be one of {', '.join(MODELS)}, got {self.model!r}")
         for name in ("n", "batch_size", "fid_images", "tokenizer_images", "speed_images"):
@@ -81,7 +88,12 @@ class EvalConfig:
             self.features == "classifier" or (self.features.startswith("inception:") and len(self.features) > 10)
         ):
             raise EvalConfigError(f"eval features must be 'classifier' or 'inception:PATH', got {self.features!r}")
-        suites.get_suites(self.suites)  # unknown suite names fail here, before any work
+        suites.get_suites(self.image_suites(self.suites or []))  # unknown suite names fail here, before any work
+
+    @staticmethod
+    def image_suites(names: list[str]) -> list[str]:
+        """The text-to-image suites among `names` (all but "edit")."""
+        return [n for n in names if n != editing.EDIT]
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -103,6 +115,7 @@ class EvalResult:
     tokenizer: dict | None
     speed: dict | None
     seconds: dict
+    editing: dict | None = None  # eval.editing.EditReport.to_dict() when the edit suite ran
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,6 +127,12 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out_dir: st
     run = Run(run_dir)
     out = Path(out_dir) if out_dir else run.eval_dir(cfg.model)
     pipe = open_sampler(run, cfg.model, device=cfg.device, progress=cfg.progress)
+    editor = bool(getattr(pipe, "edits", False))
+    names = cfg.suites if cfg.suites is not None else ([editing.EDIT] if editor else list(suites.DEFAULT_SUITES))
+    if editing.EDIT in names and not editor:
+        raise EvalConfigError(f"the {editing.EDIT} suite needs a run trained for editing (data.task edit); "
+                              f"{run.root}'s {cfg.model} is text-to-image")
+    cfg = dataclasses.replace(cfg, suites=names, fid=cfg.fid and not (editor and cfg.suites is None))
     grid = int(run.recorded_data(cfg.model).get("grid", 3))  # the shapes world's grid the model was trained on
     sc = pipe.settings(**{**cfg.sampling, "seed": cfg.seed})
     measure_tokenizer = cfg.tokenizer and pipe.tokenizer is not None  # a pixel-space sampler has no tokenizer
@@ -130,6 +149,16 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out_dir: st
     t = time.perf_counter()
     report, grids = _faithfulness(pipe, cfg, sc, out, grid)
     seconds["faithfulness"] = time.perf_counter() - t
+
+    # ---- editing
+    edit_report = None
+    if editing.EDIT in names:
+        t = time.perf_counter()
+        data = run.recorded_data(cfg.model)
+        cases = editing.edit_cases(grid, int(data.get("max_objects", 5)))
+        log.info("eval: suite %s, %d cases x %d samples", editing.EDIT, len(cases), cfg.n)
+        edit_report = editing.evaluate_editor(pipe, cases, cfg.n, sc, grid, cfg.batch_size, cfg.progress)
+        seconds["editing"] = time.perf_counter() - t
 
     # ---- FID on generated vs rendered scenes
     fid = None
@@ -165,6 +194,7 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out_dir: st
         version=RESULT_VERSION, run=str(run.root), config=cfg.to_dict(), machine=machine_info(pipe.device),
         sampling=asdict(sc), suite_version=suites.SUITE_VERSION, faithfulness=report.to_dict(), fid=fid,
         tokenizer=tok, speed=speed, seconds={k: round(v, 1) for k, v in seconds.items()},
+        editing=edit_report.to_dict() if edit_report else None,
     )
     write_atomic(out / "result.json", json.dumps(result.to_dict(), indent=2) + "\n")
     write_atomic(out / "report.md", render_markdown(result, report, grids))
@@ -177,7 +207,8 @@ def _faithfulness(pipe: Any, cfg: EvalConfig, sc: Any, out: Path,
     from pipelines import save_grid
 
     specs, images, sample_index = [], [], []
-    for name, prompts in suites.get_suites(cfg.suites, grid).items():
+    names = EvalConfig.image_suites(cfg.suites)
+    for name, prompts in (suites.get_suites(names, grid) if names else {}).items():
         log.info("eval: suite %s, %d prompts x %d samples", name, len(prompts), cfg.n)
         result = pipe.sample([p.text for p in prompts], n=cfg.n, settings=sc, batch_size=cfg.batch_size,
                              progress=cfg.progress)
@@ -241,18 +272,31 @@ def render_markdown(result: EvalResult, report: faithfulness.FaithfulnessReport,
         f"- suites (version {result.suite_version}): {', '.join(c['suites'])}",
         f"- seconds: " + ", ".join(f"{k} {v:g}" for k, v in result.seconds.items()),
         "",
-        "## Faithfulness per category",
-        "",
-        report.to_markdown(),
-        "",
-        "Failures by constraint (images), per category: " + "; ".join(
-            f"{cat}: " + (", ".join(f"{k} {n}" for k, n in v["failed"].items()) or "none")
-            for cat, v in report.categories.items()),
-        "",
-        "## Per constraint",
-        "",
-        report.constraints_markdown(),
     ]
+    if report.n:
+        lines += [
+            "## Faithfulness per category",
+            "",
+            report.to_markdown(),
+            "",
+            "Failures by constraint (images), per category: " + "; ".join(
+                f"{cat}: " + (", ".join(f"{k} {n}" for k, n in v["failed"].items()) or "none")
+                for cat, v in report.categories.items()),
+            "",
+            "## Per constraint",
+            "",
+            report.constraints_markdown(),
+        ]
+    if result.editing:
+        e = result.editing
+        lines += ["## Editing (the edit suite)", "",
+                  "Success: the asked change made exactly; objects preserved: each untouched object there with its "
+                  "colour, shape, size, cell and tone; images preserved: all of them and nothing else; right: the "
+                  "whole expected scene. Each chain turn is conditioned on the model's own previous output and "
+                  "scored against the ground truth after that many edits. 95% Wilson intervals.", "",
+                  editing.EditReport(e["single"], e["chains"], e["failures"]).to_markdown()]
+        if e["failures"]:
+            lines += ["", "Failures (first %d):" % len(e["failures"]), ""] + [f"- {f}" for f in e["failures"]]
     for cat in report.groups:  # counting per count, many_objects per count, phrasings per held-out form
         lines += ["", f"## {cat} by group", "", report.groups_markdown(cat)]
     if result.fid:

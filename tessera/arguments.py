@@ -266,8 +266,9 @@ def _eval_commands(sub, cli: ModuleType) -> None:
     v.add_argument("--run", required=True, type=OUT_DIR, help="run directory holding tokenizer/ and generator/ (or baseline/)")
     v.add_argument("--model", choices=["generator", "baseline"], default="generator",
                    help="what to measure: the autoregressive generator, or the diffusion baseline")
-    v.add_argument("--suite", action="append", dest="suites", choices=list(SUITES),
-                   help=f"a suite to run (repeat for several; default: {' '.join(DEFAULT_SUITES)})")
+    v.add_argument("--suite", action="append", dest="suites", choices=[*SUITES, "edit"],
+                   help=f"a suite to run (repeat for several; default: {' '.join(DEFAULT_SUITES)}; for a run trained "
+                        "for editing: edit)")
     v.add_argument("--n", type=POSITIVE, default=4, help="samples per prompt")
     _sampling_args(v, "sampling seed; the same seed gives the same numbers", diffusion=True)
     v.add_argument("--batch-size", type=POSITIVE, default=64, help="images sampled together")

@@ -140,8 +140,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     given = {f.name: getattr(args, f.name) for f in fields(EvalConfig) if getattr(args, f.name, None) is not None}
     result = evaluate_run(args.run, EvalConfig(**given, sampling=_sampling(args)), args.out)
     f, out = result.faithfulness, Path(args.out) if args.out else Run(args.run).eval_dir(args.model)
-    print(f"faithfulness {f['accuracy']:.1%} ({f['correct']}/{f['n']}); "
-          + ", ".join(f"{c} {v['accuracy']:.1%}" for c, v in f["categories"].items()))
+    if f["n"]:
+        print(f"faithfulness {f['accuracy']:.1%} ({f['correct']}/{f['n']}); "
+              + ", ".join(f"{c} {v['accuracy']:.1%}" for c, v in f["categories"].items()))
+    if result.editing:
+        e = result.editing
+        chains = e["chains"][-1]["chain_right"]["rate"] if e["chains"] else 0.0
+        print(f"edits: success {e['single']['success']['rate']:.1%}, untouched objects preserved "
+              f"{e['single']['objects_preserved']['rate']:.1%}; chains of {len(e['chains'])} turns entirely right "
+              f"{chains:.1%}")
     if result.fid:
         print(f"FID {result.fid['fid']:.3f} on {result.fid['feature_name']} features")
     print(f"wrote {out / 'result.json'} and {out / 'report.md'}")
