@@ -195,6 +195,16 @@ PRESETS: dict[str, dict] = {
                  "count_weights": [0.1, 0.14, 0.08] + [0.05] * 6 + [0.054] * 7, "uniform_scenes": 0.25,
                  "captions": "all", "row_tokens": True, "mask_padding": True, "text_len": 160},
     },
+    # Editing on 2 cores in at most an hour with the tokenizer's cpu-edit preset (3x3 world, 24 px, tones):
+    # single edits from chains of 1-5 turns on scenes of 1-5 objects (train.data.edits), the source image
+    # in context (~120 positions a sequence), instructions of at most ~25 BPE tokens.
+    "cpu-edit": {
+        "model": {"size": "tiny"},
+        "loop": {"steps": 9000, "batch_size": 64, "lr": 3e-3, "warmup_steps": 200, "weight_decay": 0.05,
+                 "betas": [0.9, 0.95], "min_lr_ratio": 0.05, "ema_decay": 0.999, "ckpt_every": 500, "log_every": 50},
+        "data": {"task": "edit", "train_images": 60000, "max_objects": 5, "row_tokens": True, "mask_padding": True,
+                 "text_len": 32},
+    },
     # S (~28M) on one H100/H200 (not yet run on one): the cpu-long data on the gpu tokenizer's 4x4
     # world at 48 px (12x12 codes, 3x3 a cell), with more scenes and steps
     "gpu": {

@@ -76,6 +76,15 @@ PRESETS: dict[str, dict] = {
                  "log_every": 25, "precision": "bf16-native"},
         "data": {"train_images": 20000},
     },
+    # The editing world: the cpu preset's 3x3 world at 24 px, scenes of 1-5 objects, each bright or dim
+    # (the tone, an identity detail edits must keep: the tokenizer must keep it too).
+    "cpu-edit": {
+        "vq": {"resolution": 24, "base_channels": 16, "channel_mult": [1, 2, 4], "latent_dim": 64,
+               "quantizer": "vq", "codebook_size": 1024, "codebook_dim": 8},
+        "loop": {"steps": 3000, "batch_size": 16, "lr": 2e-3, "warmup_steps": 50, "ckpt_every": 500,
+                 "log_every": 25, "precision": "bf16-native"},
+        "data": {"train_images": 20000, "max_objects": 5, "tones": True},
+    },
     # The 4x4 world (scenes of up to 16 objects) at 32 px: 8x8 codes, 2x2 per cell like the cpu
     # preset's 3x3 at 24 px (the same 8 px a cell, so objects look as they do there). fp32: on a
     # CPU with AVX512-BF16 bf16 autocast measured slower and worse than fp32 (docs/RESULTS.md).
