@@ -1,0 +1,149 @@
+"""Editing end to end on tiny settings: training on edits, `tessera edit`, the edit suite, own editing data, bad input."""
+
+import json
+import os
+import re
+import shlex
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tessera.cli import main
+from tiny import GEN, TOK, set_args
+from train.data import edits, shapes
+from train.pretokenize import load_codes, load_context, read_manifest
+
+torch.set_num_threads(1)
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "EDITING.md"
+EDIT = {**GEN, "data.task": "edit"}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    path = tmp_path_factory.mktemp("edit") / "run"
+    assert main(["train-tokenizer", "--run", str(path), "--no-progress", *set_args({**TOK, "data.tones": True})]) == 0
+    assert main(["train", "--run", str(path), "--no-progress", *set_args(EDIT)]) == 0
+    return path
+
+
+@pytest.fixture(scope="module")
+def t2i_run(tmp_path_factory):
+    path = tmp_path_factory.mktemp("t2i") / "run"
+    assert main(["train-tokenizer", "--run", str(path), "--no-progress", *set_args(TOK)]) == 0
+    assert main(["train", "--run", str(path), "--no-progress", *set_args(GEN)]) == 0
+    return path
+
+
+def test_an_editing_run_keeps_the_source_codes_and_records_its_layout(run):
+    m = read_manifest(run / "codes")
+    assert m.layout["context_images"] == 1 and m.rows == 48 and m.source["task"] == "edit"
+    codes, _ = load_codes(run / "codes")
+    context = load_context(run / "codes")
+    assert context.shape == codes.shape and int(context.min()) >= 0  # every shapes-world edit has its source
+    assert not torch.equal(context, codes)
+    layout = json.loads((run / "generator" / "tessera_layout.json").read_text())
+    assert layout["generator"]["layout"]["context_images"] == 1
+
+
+def test_edit_cli_converts_the_image_and_writes_each_turn(run, tmp_path, capsys):
+    src = tmp_path / "in.png"
+    Image.fromarray(shapes.render(edits.sample_edit_scene(np.random.default_rng(0)), 70)).convert("L").crop(
+        (0, 0, 70, 50)).save(src)  # another size and mode: converted
+    turns = tmp_path / "turns.txt"
+    turns.write_text("remove the red circle\n\nmake the blue square small\n")
+    out = tmp_path / "out"
+    argv = ["edit", "--run", str(run), "--image", str(src), "--instruction", "add a small red circle in the center",
+            "--instructions-file", str(turns), "--n", "2", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    pngs = sorted(p.name for p in out.glob("chain_*.png"))
+    assert pngs == [f"chain_{c:03d}_turn_{t}.png" for c in range(2) for t in (1, 2, 3)]
+    meta = json.loads(Image.open(out / "chain_001_turn_3.png").text["tessera"])
+    assert meta["instructions"] == ["add a small red circle in the center", "remove the red circle",
+                                    "make the blue square small"] and meta["chain"] == 1 and meta["seed"] == 0
+    grid = Image.open(out / "grid.png")
+    assert grid.size[1] > grid.size[0] / 4 * 2 - 1  # two rows of four tiles (source + 3 turns)
+    first = [np.asarray(Image.open(out / n)) for n in pngs]
+    assert main(argv) == 0  # the same seed gives the same edits
+    assert all(np.array_equal(a, np.asarray(Image.open(out / n))) for a, n in zip(first, pngs))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("unreadable", "cannot read image"),
+    ("missing", "no such file"),
+    ("empty", "an --instruction is empty"),
+    ("t2i", "trained for text-to-image"),
+])
+def test_edit_cli_bad_input_is_one_line_exit_2(run, t2i_run, tmp_path, capsys, case, message):
+    good = tmp_path / "good.png"
+    Image.fromarray(shapes.render(edits.sample_edit_scene(np.random.default_rng(1)), 24)).save(good)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image at all")
+    image = {"unreadable": bad, "missing": tmp_path / "nope.png"}.get(case, good)
+    capsys.readouterr()
+    argv = ["edit", "--run", str(t2i_run if case == "t2i" else run), "--image", str(image),
+            "--instruction", "" if case == "empty" else "remove the red circle", "--out", str(tmp_path / "o"),
+            "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not (tmp_path / "o").exists()
+
+
+def test_eval_runs_the_edit_suite_on_an_editor_and_refuses_it_elsewhere(run, t2i_run, tmp_path, capsys):
+    assert main(["eval", "--run", str(run), "--n", "1", "--no-tokenizer", "--no-speed", "--no-progress",
+                 "--out", str(tmp_path / "e")]) == 0
+    result = json.loads((tmp_path / "e" / "result.json").read_text())
+    assert result["config"]["suites"] == ["edit"] and result["faithfulness"]["n"] == 0 and result["fid"] is None
+    e = result["editing"]
+    assert e["single"]["success"]["n"] == 8 * len(edits.EDIT_KINDS) and len(e["chains"]) == 3
+    assert "## Editing (the edit suite)" in (tmp_path / "e" / "report.md").read_text()
+    assert "edits: success" in capsys.readouterr().out
+    assert main(["eval", "--run", str(t2i_run), "--suite", "edit", "--n", "1", "--no-fid", "--no-tokenizer",
+                 "--no-speed", "--no-progress", "--out", str(tmp_path / "f")]) == 2
+    assert "needs a run trained for editing" in capsys.readouterr().err
+
+
+def write_edits_parquet(path: Path, n: int = 12) -> Path:
+    """Own editing data with InstructPix2Pix's column names, one row with an unreadable source image."""
+    import datasets
+
+    ds = edits.edits_dataset(n, resolution=40, seed=3, max_objects=3)
+    ds = ds.select_columns(["source", "text", "image"]).rename_columns(
+        {"source": "input_image", "text": "edit_prompt", "image": "edited_image"})
+    broken = datasets.Dataset.from_dict(
+        {"input_image": [{"bytes": b"broken", "path": None}], "edit_prompt": ["remove the red circle"],
+         "edited_image": [ds[0]["edited_image"]]}, features=ds.features)
+    datasets.concatenate_datasets([ds, broken]).to_parquet(str(path))
+    return path
+
+
+def docs_example() -> list[list[str]]:
+    text = DOCS.read_text()
+    begin, end = "<!-- own-edit-example:begin -->", "<!-- own-edit-example:end -->"
+    block = re.search(rf"{begin}\s*```bash\n(.*?)```\s*{end}", text, re.S)
+    assert block, "docs/EDITING.md lacks the own-edit-example block"
+    commands = [shlex.split(line) for line in block.group(1).splitlines() if line.startswith("tessera ")]
+    assert [c[1] for c in commands] == ["train-tokenizer", "train", "edit"]
+    return [c[1:] for c in commands]
+
+
+def test_docs_example_runs_on_own_editing_data(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    write_edits_parquet(tmp_path / "my_edits.parquet")
+    Image.fromarray(shapes.render(edits.sample_edit_scene(np.random.default_rng(2)), 64)).save(tmp_path / "photo.png")
+    own = lambda d: {k: v for k, v in d.items() if k != "data.train_images"}  # noqa: E731 (own data: every row)
+    tiny = {"train-tokenizer": [*set_args(own(TOK)), "--no-progress"], "train": [*set_args(own(GEN)), "--no-progress"],
+            "edit": ["--no-progress"]}
+    for argv in docs_example():
+        assert main([*argv, *tiny[argv[0]]]) == 0, argv
+    m = read_manifest("runs/my-edits/codes")
+    assert (m.rows, m.skipped_bad_image, m.skipped_empty_text) == (12, 1, 0)
+    assert re.search(r"row 12 skipped: bad image: source", caplog.text)
+    assert m.source["source_column"] == "input_image" and m.layout["context_images"] == 1
+    assert (tmp_path / "edits/mine/chain_000_turn_1.png").is_file()
