@@ -138,7 +138,8 @@ SET_HELP = {
 
 def _stage_args(sp: argparse.ArgumentParser, trains: bool = True) -> None:
     sp.add_argument("--preset", default="cpu", help="named preset: cpu (the 3x3 world, minutes on 2 cores), cpu-long "
-                    "(the 4x4 world of up to 16 objects, an hour on 2 cores) or gpu (the 4x4 world, one H100/H200)")
+                    "(the 4x4 world of up to 16 objects, an hour on 2 cores), cpu-edit (editing on the 3x3 world with tones, "
+                    "docs/EDITING.md) or gpu (the 4x4 world, one H100/H200)")
     sp.add_argument("--config", help="a JSON file with the full stage config (replaces the preset)")
     sp.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help=SET_HELP["stage"])
     if trains:  # how the run executes (a resumed run may change these): docs/SCALE.md
