@@ -58,7 +58,7 @@ def test_committed_notebook_has_no_outputs():
     assert not stored, f"cells {stored} of {NOTEBOOK} have stored outputs: clear them before committing"
 
 
-def test_notebook_executes_on_a_tiny_run(run, monkeypatch):
+def _execute(run, monkeypatch):
     # the kernel inherits this process's environment; monkeypatch puts it back afterwards
     monkeypatch.setenv("TESSERA_RUN", str(run))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -67,6 +67,11 @@ def test_notebook_executes_on_a_tiny_run(run, monkeypatch):
     client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=300,
                                      resources={"metadata": {"path": str(ROOT)}})
     client.execute()  # a failing cell raises CellExecutionError with the cell's source and traceback
+    return nb
+
+
+def test_notebook_executes_on_a_tiny_run(run, monkeypatch):
+    nb = _execute(run, monkeypatch)
 
     assert not [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     # every figure that matters was drawn: the sample grid, the guidance sweep, the reconstructions, two code grids
@@ -84,3 +89,14 @@ def test_notebook_executes_on_a_tiny_run(run, monkeypatch):
     assert len(changed) == 2 and all(0 <= c <= g * g for c in changed), changed
     grids = re.findall(r"code grid (\d+) x (\d+) = (\d+) codes per image", _stdout(_tagged(nb, "code-grid")))
     assert grids == [(str(g), str(g), str(g * g))] * 2, grids
+    assert "trained for text-to-image" in _stdout(_tagged(nb, "edit-chain"))  # and says there is nothing to edit
+
+
+def test_notebook_edits_with_an_editing_run(tmp_path, monkeypatch):
+    run = tmp_path / "edit"
+    assert main(["train-tokenizer", "--run", str(run), "--no-progress", *set_args({**TOK, "data.tones": True})]) == 0
+    assert main(["train", "--run", str(run), "--no-progress", *set_args({**GEN, "data.task": "edit"})]) == 0
+    nb = _execute(run, monkeypatch)
+    cell = _tagged(nb, "edit-chain")
+    assert _pngs(cell) == 1
+    assert re.findall(r"^turn (\d): ", _stdout(cell), re.M) == ["1", "2", "3"], _stdout(cell)
