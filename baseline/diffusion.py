@@ -220,8 +220,14 @@ class DiffusionSampleConfig:
 
 
 @torch.no_grad()
-def sample(model: DiffusionBaseline, text_ids: torch.Tensor, sc: DiffusionSampleConfig) -> torch.Tensor:
-    """Images in [-1, 1], (B, 3, R, R), for text ids (B, T); conditional and unconditional rows in one batch."""
+def sample(model: DiffusionBaseline, text_ids: torch.Tensor, sc: DiffusionSampleConfig,
+           init: torch.Tensor | None = None, strength: float = 1.0) -> torch.Tensor:
+    """Images in [-1, 1], (B, 3, R, R), for text ids (B, T); conditional and unconditional rows in one batch.
+
+    With `init` (B, 3, R, R) in [-1, 1]: SDEdit (Meng et al. 2022), the way diffusers' img2img pipelines
+    do it: noise `init` to the timestep `strength` of the way into the schedule and run only the
+    remaining steps (`round(steps * strength)` of them); strength 1 starts from pure noise.
+    """
     model.eval()
     device = next(model.parameters()).device
     cfg = model.cfg
@@ -230,12 +236,21 @@ def sample(model: DiffusionBaseline, text_ids: torch.Tensor, sc: DiffusionSample
     x = torch.randn((b, 3, cfg.resolution, cfg.resolution), generator=gen).to(device)  # (B, 3, R, R)
     scheduler = make_sampler(cfg, sc.sampler)
     scheduler.set_timesteps(sc.steps)
+    timesteps = scheduler.timesteps
+    if init is not None:
+        if not 0 < strength <= 1:
+            raise BaselineError(f"strength must be in (0, 1], got {strength!r}")
+        keep = max(1, round(sc.steps * strength))
+        timesteps = timesteps[sc.steps - keep :]
+        if hasattr(scheduler, "set_begin_index"):  # multistep solvers count their steps from here
+            scheduler.set_begin_index(sc.steps - keep)
+        x = scheduler.add_noise(init.to(device).float(), x, timesteps[:1].to(device))
     text_ids = text_ids.to(device)
     guided = sc.cfg_scale != 1
     if guided:
         uncond = torch.full_like(text_ids, cfg.pad_id)
         text_ids = torch.cat([text_ids, uncond])  # (2B, T): rows [0, B) conditional, [B, 2B) unconditional
-    for t in scheduler.timesteps:
+    for t in timesteps:
         inp = torch.cat([x, x]) if guided else x
         out = model(scheduler.scale_model_input(inp, t), t.expand(len(inp)).to(device), text_ids)  # per prediction_type
         if guided:

@@ -21,6 +21,7 @@ through `score_turn` the same way.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -194,5 +195,43 @@ def evaluate_editor(pipe: Any, cases: list[EditCase], n: int, settings: Any, gri
     return score_outputs(cases, outputs, n, grid)
 
 
-__all__ = ["EDIT", "EDIT_SEED", "EDIT_SUITE_VERSION", "EditCase", "EditReport", "TurnScore", "edit_cases", "evaluate_editor",
-           "score_outputs", "score_turn", "summarise"]
+def evaluate_regenerate(pipe: Any, cases: list[EditCase], n: int, settings: Any, grid: int, batch_size: int = 64,
+                        progress: bool = False) -> EditReport:
+    """Baseline (a): no image in context; every turn drawn anew from the complete description of the scene
+    it should show (grammar.describe: sizes, colours, shapes and cells, never tones), by any ImageSampler."""
+    from train.data.grammar import describe
+
+    prompts = [describe(step.after) for case in cases for step in case.steps]  # case-major, turn-minor
+    images = pipe.sample(prompts, n=n, settings=settings, batch_size=batch_size, progress=progress).images
+    outputs, k = [], 0  # images: each prompt's n samples together
+    for case in cases:
+        turns = len(case.steps)
+        block = images[k * n : (k + turns) * n].reshape(turns, n, *images.shape[1:])  # (turns, n, R, R, 3)
+        outputs += [block[:, j] for j in range(n)]
+        k += turns
+    return score_outputs(cases, outputs, n, grid)
+
+
+def evaluate_sdedit(pipe: Any, cases: list[EditCase], n: int, settings: Any, grid: int, strength: float,
+                    batch_size: int = 64) -> EditReport:
+    """Baseline (b): the diffusion baseline made image-conditioned the standard way (SDEdit): each turn
+    noises the previous image (the rendered source, then its own output) to `strength` and denoises it
+    towards the complete description of the scene it should show."""
+    from train.data.grammar import describe
+
+    rows = [c for c in range(len(cases)) for _ in range(n)]
+    current = shapes.render_batch([cases[c].steps[0].before for c in rows], pipe.resolution)
+    made = [[] for _ in rows]
+    for t in range(max(len(c.steps) for c in cases)):
+        live = [i for i, c in enumerate(rows) if t < len(cases[c].steps)]
+        prompts = [describe(cases[rows[i]].steps[t].after) for i in live]
+        seed = None if settings.seed is None else settings.seed + 1000 * t
+        out = pipe.sdedit(current[live], prompts, strength, dataclasses.replace(settings, seed=seed), batch_size)
+        for i, image in zip(live, out):
+            made[i].append(image)
+            current[i] = image
+    return score_outputs(cases, [np.stack(m) for m in made], n, grid)
+
+
+__all__ = ["EDIT", "EDIT_SEED", "EDIT_SUITE_VERSION", "EditCase", "EditReport", "TurnScore", "edit_cases",
+           "evaluate_editor", "evaluate_regenerate", "evaluate_sdedit", "score_outputs", "score_turn", "summarise"]

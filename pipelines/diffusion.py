@@ -82,5 +82,25 @@ class DiffusionPipeline:
         rows, images = sample_in_batches(prompts, n, settings, batch_size, draw, progress)
         return SampleResult(images, rows, settings.seed, dataclasses.asdict(settings), warnings)
 
+    def sdedit(self, images: Any, prompts: Sequence[str], strength: float, settings: DiffusionSampleConfig | None = None,
+               batch_size: int = 32) -> Any:
+        """Each image (uint8 (B, R, R, 3)) noised to `strength` and denoised towards its prompt (SDEdit,
+        baseline.sample); batch b uses seed settings.seed + b. Returns uint8 images (B, R, R, 3)."""
+        import numpy as np
+
+        settings = settings if settings is not None else self.settings()
+        images = np.asarray(images)
+        if len(images) != len(prompts):
+            raise BaselineError(f"{len(images)} images for {len(prompts)} prompts")
+        text = encode_text(self.text_tokenizer, list(prompts), self.text_layout).ids  # (B, T)
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1  # (B, 3, R, R) in [-1, 1]
+        out = [np.zeros((0, *images.shape[1:]), np.uint8)]
+        for b, start in enumerate(range(0, len(images), batch_size)):
+            seed = None if settings.seed is None else settings.seed + b
+            rows = slice(start, start + batch_size)
+            out.append(to_uint8(sample(self.model, text[rows], dataclasses.replace(settings, seed=seed),
+                                       init=x[rows], strength=strength)).numpy())
+        return np.concatenate(out)
+
 
 __all__ = ["DiffusionPipeline"]

@@ -82,6 +82,20 @@ def test_samplers_are_seeded_and_bounded(sampler):
     assert u8.dtype == torch.uint8 and u8.shape == (3, 8, 8, 3)
 
 
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_sdedit_starts_from_the_noised_image(sampler):
+    model = tiny()
+    init = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    sc = DiffusionSampleConfig(sampler=sampler, steps=10, cfg_scale=1.0, seed=3)
+    low = sample(model, ids(), sc, init=init, strength=0.1)
+    assert torch.equal(low, sample(model, ids(), sc, init=init, strength=0.1))  # seeded
+    far = sample(model, ids(), sc, init=init, strength=1.0)
+    # one step from barely noised pixels stays near them; the whole schedule (an untrained model) does not
+    assert (low - init).abs().mean() < 0.5 * (far - init).abs().mean()
+    with pytest.raises(BaselineError, match="strength"):
+        sample(model, ids(), sc, init=init, strength=0.0)
+
+
 def test_guidance_mixes_the_unconditional_row():
     model = tiny()
     uncond = torch.zeros(2, TINY["text_len"], dtype=torch.long)  # all [PAD]: cond == uncond

@@ -102,3 +102,46 @@ def test_a_chain_is_right_only_while_every_turn_is():
     report = editing.score_outputs([case], [np.stack(good), np.stack(bad_first)], 2, grid=3)
     assert [t["chain_right"]["hits"] for t in report.chains] == [1, 1, 1]
     assert [t["right"]["hits"] for t in report.chains] == [1, 2, 2]
+
+
+class Oracle:
+    """An ImageSampler stand-in that draws exactly the scene a prompt describes (tones forgotten unless
+    `scenes` maps the prompt to the full scene), and an SDEdit that does the same or returns its input."""
+
+    resolution = RES
+
+    def __init__(self, scenes: dict, keep_input: bool = False):
+        self.scenes, self.keep_input = scenes, keep_input
+
+    def sample(self, prompts, n=1, settings=None, batch_size=64, progress=False):
+        images = np.stack([S.render(self.scenes[p], RES) for p in prompts for _ in range(n)])
+        return type("R", (), {"images": images})
+
+    def sdedit(self, images, prompts, strength, settings=None, batch_size=64):
+        return np.asarray(images).copy() if self.keep_input else np.stack([S.render(self.scenes[p], RES) for p in prompts])
+
+
+def _descriptions(cases, forget_tones: bool) -> dict:
+    from train.data.grammar import describe
+
+    bright = lambda s: Scene(tuple(dataclasses.replace(o, tone="bright") for o in s.objects), s.grid)  # noqa: E731
+    return {describe(st.after): bright(st.after) if forget_tones else st.after for c in cases for st in c.steps}
+
+
+def test_baselines_are_scored_the_same_way():
+    cases = editing.edit_cases(per_kind=3, chains=4, turns=3)
+    settings = type("S", (), {"seed": 0})()
+    exact = editing.evaluate_regenerate(Oracle(_descriptions(cases, False)), cases, 2, settings, 3)
+    assert exact.single["right"]["rate"] == 1.0 and exact.chains[-1]["chain_right"]["rate"] == 1.0
+    # regenerating from words cannot keep what no word names: dim objects come back bright
+    words = editing.evaluate_regenerate(Oracle(_descriptions(cases, True)), cases, 2, settings, 3)
+    assert words.single["objects_preserved"]["rate"] < 0.8 and words.chains[-1]["chain_right"]["rate"] < 0.5
+    import dataclasses as dc
+
+    sd = editing.evaluate_sdedit(Oracle(_descriptions(cases, False)), cases, 2, dc.make_dataclass("C", [("seed", int)])(0),
+                                 3, strength=0.5)
+    assert sd.single["right"]["rate"] == 1.0 and sd.chains[-1]["chain_right"]["rate"] == 1.0
+    # an SDEdit that changes nothing keeps everything and makes no edit
+    still = editing.evaluate_sdedit(Oracle({}, keep_input=True), cases, 1, dc.make_dataclass("C", [("seed", int)])(0),
+                                    3, strength=0.5)
+    assert still.single["objects_preserved"]["rate"] == 1.0 and still.single["success"]["rate"] < 0.2

@@ -147,3 +147,40 @@ def test_docs_example_runs_on_own_editing_data(tmp_path, monkeypatch, caplog):
     assert re.search(r"row 12 skipped: bad image: source", caplog.text)
     assert m.source["source_column"] == "input_image" and m.layout["context_images"] == 1
     assert (tmp_path / "edits/mine/chain_000_turn_1.png").is_file()
+
+
+BASE = {
+    "model.block_out_channels": [8, 16], "model.norm_num_groups": 4, "model.attention_head_dim": 4,
+    "model.text_dim": 16, "model.text_layers": 1, "model.text_heads": 2, "loop.steps": 3, "loop.batch_size": 4,
+    "loop.log_every": 1, "loop.warmup_steps": 1, "loop.ema_decay": 0.0, "loop.device": "cpu", "data.train_images": 32,
+}
+
+
+def test_the_baselines_train_on_the_edit_results_and_edit_by_regenerating_or_sdedit(run, tmp_path, capsys):
+    import shutil
+
+    from eval import editing
+    from pipelines import open_sampler
+    from train.data.grammar import describe
+
+    regen = tmp_path / "regen"
+    shutil.copytree(run / "tokenizer", regen / "tokenizer")
+    scenes = {**GEN, "data.task": "edit-scenes"}
+    assert main(["train", "--run", str(regen), "--no-progress", *set_args(scenes)]) == 0
+    assert main(["train-baseline", "--run", str(regen), "--no-progress",
+                 *set_args({**BASE, "data.task": "edit-scenes"})]) == 0
+    m = read_manifest(regen / "codes")
+    assert m.source["task"] == "edit-scenes" and m.layout["context_images"] == 0
+    rows = edits.edit_scenes_dataset(4, seed=GEN.get("data.seed", 1))
+    assert all(t == describe(shapes.Scene.from_json(s)) for t, s in zip(rows["text"], rows["scene"]))
+    cases = editing.edit_cases(per_kind=1, chains=1, turns=2)
+    ar = open_sampler(regen, "generator", progress=False)
+    a = editing.evaluate_regenerate(ar, cases, 1, ar.settings(seed=0), 3)
+    diffusion = open_sampler(regen, "baseline", progress=False)
+    b = editing.evaluate_sdedit(diffusion, cases, 1, diffusion.settings(seed=0, steps=4), 3, strength=0.5)
+    for report in (a, b):
+        assert report.single["success"]["n"] == len(edits.EDIT_KINDS) and len(report.chains) == 2
+    capsys.readouterr()
+    assert main(["train-baseline", "--run", str(tmp_path / "x"), "--no-progress",
+                 *set_args({**BASE, "data.task": "edit"})]) == 2
+    assert "SDEdit" in capsys.readouterr().err

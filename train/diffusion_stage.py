@@ -57,6 +57,9 @@ class BaselineStageConfig(StageConfig):
     sample: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if self.data.task == "edit":
+            raise TrainConfigError("the diffusion baseline is text-to-image: for editing it trains on the edits' "
+                                   "results with data.task=edit-scenes, and edits by SDEdit (docs/EDITING.md)")
         self.recommended_sampling()  # a bad sample.* setting fails here, before any work
         # and so does a bad model.* one: checked with stand-in text sizes (the real ones need the text tokenizer)
         self.diffusion_config(SequenceLayout(text_len=int(self.data.text_len), text_vocab=64, codebook_size=1,

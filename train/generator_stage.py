@@ -64,7 +64,9 @@ from vqtok import load_tokenizer, read_tokenizer_config
 
 log = logging.getLogger(__name__)
 
-TASKS = ("text-to-image", "edit")  # data.task: what the generator learns (the edit task has an image in context)
+# data.task: what the generator learns. "edit" has an image in context; "edit-scenes" is text-to-image on the
+# shapes world's edit results, each described completely: what the editing baselines (regenerate, SDEdit) train on
+TASKS = ("text-to-image", "edit", "edit-scenes")
 
 
 @dataclass
@@ -105,6 +107,9 @@ class GeneratorDataConfig:
     def __post_init__(self):
         if self.task not in TASKS:
             raise TrainConfigError(f"data.task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.task == "edit-scenes" and self.source != own.SHAPES:
+            raise TrainConfigError("data.task edit-scenes is the shapes world's edit results; own data: text-to-image "
+                                   "or edit")
         for name in ("source", "image_column", "text_column", "source_column"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise TrainConfigError(f"data.{name} must be a non-empty string, got {getattr(self, name)!r}")
@@ -293,6 +298,9 @@ def training_rows(cfg: GeneratorStageConfig, resolution: int) -> Any:
     if d.task == "edit":
         return edits.edits_dataset(d.train_images, resolution, d.seed, d.grid, d.max_objects, d.min_objects,
                                    d.max_turns)
+    if d.task == "edit-scenes":
+        return edits.edit_scenes_dataset(d.train_images, resolution, d.seed, d.grid, d.max_objects, d.min_objects,
+                                         d.max_turns)
     return shapes.shapes_dataset(
         cfg.data.train_images, resolution=resolution, split="train",
         seed=cfg.data.seed, max_objects=cfg.data.max_objects, captions=cfg.data.captions,

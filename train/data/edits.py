@@ -256,5 +256,27 @@ def edits_dataset(
     }, features=features)
 
 
-__all__ = ["DIRECTIONS", "EDIT_KINDS", "MAX_TURNS", "Edit", "Step", "edits_dataset", "possible_kinds", "preserved",
+def edit_scenes_dataset(
+    n: int, resolution: int = 24, seed: int = 0, grid: int = 3, max_objects: int = 5, min_objects: int = 1,
+    max_turns: int = MAX_TURNS,
+) -> datasets.Dataset:
+    """The results of `edits_dataset`'s n edits (same seed, same rows) as text-to-image rows: columns
+    image, text (grammar.describe: every object's size, colour, shape and cell; never its tone) and
+    scene. What the baselines that regenerate a scene from its description train on."""
+    import datasets  # heavy import, only needed here
+    from PIL import Image
+
+    from train.data.grammar import describe
+
+    steps = sample_edit_rows(n, seed, grid, max_objects, min_objects, max_turns)
+    features = datasets.Features({"image": datasets.Image(), "text": datasets.Value("string"),
+                                  "scene": datasets.Value("string")})
+    return datasets.Dataset.from_dict({
+        "image": [Image.fromarray(render(st.after, resolution), "RGB") for st in steps],
+        "text": [describe(st.after) for st in steps],
+        "scene": [st.after.to_json() for st in steps],
+    }, features=features)
+
+
+__all__ = ["DIRECTIONS", "EDIT_KINDS", "MAX_TURNS", "Edit", "Step", "edit_scenes_dataset", "edits_dataset", "possible_kinds", "preserved",
            "refer", "sample_chain", "sample_edit", "sample_edit_rows", "sample_edit_scene"]
