@@ -132,7 +132,8 @@ SET_HELP = {
              "data.source=PATH, docs/DATA.md)",
     "demo": "override a stage setting, e.g. --set tokenizer.loop.steps=100 --set generator.model.size=S",
     "bench": "bench.FIELD=JSON (e.g. bench.n=2, bench.ar_points='[{\"cfg_scale\": 3}]') or STAGE.SECTION.KEY=VALUE "
-             "for tokenizer, generator, baseline (e.g. generator.loop.steps=600)",
+             "for tokenizer, generator, baseline (e.g. generator.loop.steps=600); cpu-edit also regenerate, and "
+             "bench.strengths='[0.5]'",
 }
 
 
@@ -293,9 +294,10 @@ def _eval_commands(sub, cli: ModuleType) -> None:
                   "and two PNG plots (faithfulness and FID vs images/s). The cpu preset takes about an hour on 2 "
                   "cores from nothing.")
     bn.add_argument("--run", default="runs/bench", type=OUT_DIR, help="run directory; trained parts are reused (default: runs/bench)")
-    bn.add_argument("--preset", choices=["cpu", "cpu-long", "gpu"], default="cpu",
+    bn.add_argument("--preset", choices=["cpu", "cpu-long", "gpu", "cpu-edit"], default="cpu",
                     help="cpu: ~1 h on 2 cores; cpu-long: the 4x4 world, ~2.5 h on 2 cores; gpu: one H100/H200 "
-                         "(the stages' gpu presets)")
+                         "(the stages' gpu presets); cpu-edit: the editor against regenerating and SDEdit on the "
+                         "edit suite (~2.5 h on 2 cores, docs/EDITING.md)")
     bn.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP["bench"])
     bn.add_argument("--device", type=DEVICE, help="cpu or cuda (default: cuda when present)")
     bn.add_argument("--out", type=OUT_DIR, help="report directory (default: RUN/bench)")

@@ -156,8 +156,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from eval import edit_bench
     from eval.bench import BenchConfig, run_bench
 
+    if args.preset in edit_bench.PRESETS:  # the editor against its baselines (eval.edit_bench)
+        ecfg = edit_bench.EditBenchConfig.from_assignments(args.preset, _assignments(args), device=args.device,
+                                                           progress=not args.no_progress)
+        result = edit_bench.run_edit_bench(args.run, ecfg, out_dir=args.out)
+        for name, m in result["methods"].items():
+            s = m["single"]
+            print(f"{name}: edit success {s['success']['rate']:.1%}, untouched objects preserved "
+                  f"{s['objects_preserved']['rate']:.1%}")
+        print(f"report written to {Path(args.out or Path(args.run) / 'bench') / 'report.md'}")
+        return 0
     cfg = BenchConfig.from_assignments(args.preset, _assignments(args), device=args.device,
                                        progress=not args.no_progress)
     report = run_bench(args.run, cfg, out_dir=args.out)

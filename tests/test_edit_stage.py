@@ -184,3 +184,28 @@ def test_the_baselines_train_on_the_edit_results_and_edit_by_regenerating_or_sde
     assert main(["train-baseline", "--run", str(tmp_path / "x"), "--no-progress",
                  *set_args({**BASE, "data.task": "edit"})]) == 2
     assert "SDEdit" in capsys.readouterr().err
+
+
+def test_edit_bench_trains_both_baselines_on_the_editors_budget_and_reports(tmp_path, capsys):
+    tok = {f"tokenizer.{k}": v for k, v in {**TOK, "data.tones": True, "data.train_images": 32}.items()}
+    gen = {f"generator.{k}": v for k, v in {**GEN, "data.max_objects": 3}.items()}
+    regen = {f"regenerate.{k}": v for k, v in GEN.items() if k.startswith("model.") or k.startswith("loop.")
+             and k != "loop.steps"}
+    base = {f"baseline.{k}": v for k, v in BASE.items() if k != "loop.steps"}
+    run = tmp_path / "bench"
+    argv = ["bench", "--preset", "cpu-edit", "--run", str(run), "--no-progress",
+            *set_args({**tok, **gen, **regen, **base, "regenerate.data.train_images": 48,
+                       "baseline.data.train_images": 48, "regenerate.data.max_objects": 3,
+                       "baseline.data.max_objects": 3, "bench.n": 1, "bench.strengths": [0.5],
+                       "baseline.sample.steps": 4})]
+    assert main(argv) == 0
+    result = json.loads((run / "bench" / "bench.json").read_text())
+    assert list(result["methods"]) == ["editor", "regenerate", "sdedit 0.5"]
+    t = result["training_seconds"]
+    assert t["steps"]["editor"] == GEN["loop.steps"] and t["steps"]["regenerate"] >= 1 and t["steps"]["diffusion"] >= 1
+    assert (run / "regenerate" / "generator").is_dir() and (run / "regenerate" / "baseline").is_dir()
+    assert read_manifest(run / "regenerate" / "codes").source["task"] == "edit-scenes"
+    report = (run / "bench" / "report.md").read_text()
+    assert "| editor |" in report and "| sdedit 0.5 |" in report and "**Verdict**" in report
+    out = capsys.readouterr().out
+    assert "editor: edit success" in out and "regenerate: edit success" in out

@@ -108,6 +108,16 @@ PRESETS: dict[str, dict] = {
                  "log_every": 25},
         "data": GENERATOR_PRESETS["cpu-long"]["data"],
     },
+    # the editing baselines' data (`tessera bench --preset cpu-edit`): the cpu-edit generator preset's edits'
+    # results, each described completely (data.task edit-scenes), at the cpu-edit tokenizer's 24 px; the cpu
+    # preset's UNet and recipe; the bench sets the step count from the editor's training time
+    "cpu-edit": {
+        "model": {"resolution": 24, "prediction_type": "v_prediction", "loss_weighting": "min_snr"},
+        "loop": {"steps": 2000, "batch_size": 32, "lr": 2e-3, "warmup_steps": 50, "weight_decay": 0.0,
+                 "betas": [0.9, 0.99], "min_lr_ratio": 0.1, "ema_decay": 0.995, "ckpt_every": 250,
+                 "log_every": 25},
+        "data": {**GENERATOR_PRESETS["cpu-edit"]["data"], "task": "edit-scenes", "text_len": 48},  # descriptions: <= 44 tokens
+    },
     # the gpu generator preset's data (the 4x4 world, 160 text tokens) at the gpu tokenizer's 48 px;
     # a UNet of ~30M parameters with its text encoder (the S generator's ~29M). `tessera bench` sets
     # the step count from the AR side's training time; 20,000 is the count when trained on its own.

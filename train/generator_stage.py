@@ -50,7 +50,7 @@ from train.data import edits, grammar, own, shapes
 from pipelines import Run, resolve_device, sampling_file
 from train.config import StageConfig, check_run_config, preset
 from train.errors import TrainConfigError
-from train.loop import EpochOrder, LoopConfig, LossOutput, train_loop
+from train.loop import EpochOrder, LoopConfig, LossOutput, steps_for_seconds, train_loop
 from train.pretokenize import (
     SHARD_SIZE,
     check_devices,
@@ -417,18 +417,28 @@ def _recorded(sc: SampleConfig) -> dict:
     return {k: v for k, v in sc.to_dict().items() if k != "seed"}
 
 
-def train_generator(cfg: GeneratorStageConfig, run_dir: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
+def train_generator(cfg: GeneratorStageConfig, run_dir: str | Path, tokenizer_dir: str | Path | None = None,
+                    seconds: float | None = None) -> Path:
     """Train (or resume) the generator of `run_dir`; returns the exported generator directory.
 
     The VQ tokenizer is `run_dir/tokenizer` unless `tokenizer_dir` names another.
-    Codes made beforehand by `prepare_codes` (`tessera tokenize`) are reused.
+    Codes made beforehand by `prepare_codes` (`tessera tokenize`) are reused. With `seconds`,
+    the step count is the one that fills that much training wall-clock on this machine
+    (train.loop.steps_for_seconds, as the diffusion baseline's); a resumed run keeps its recorded count.
     """
     run = Run(run_dir)
     tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir else run.tokenizer
     # before check_run_config writes into the run: a missing tokenizer is the likelier mistake
     read_tokenizer_config(tokenizer_dir)
     world = distributed.init(resolve_device(cfg.loop.device).type)  # under torchrun: join the group first
-    check_run_config(run, cfg)
+    if seconds is not None and world.distributed:
+        raise TrainConfigError("a wall-clock budget (seconds=) is measured in one process; give loop.steps instead")
+    recorded = run.recorded_config("generator")
+    if seconds is not None and recorded is not None:  # resuming a budgeted run: its recorded steps
+        cfg = cfg.override({f"loop.{k}": recorded["loop"][k] for k in ("steps", "warmup_steps")})
+        seconds = None
+    if seconds is None:
+        check_run_config(run, cfg)
     if world.main:  # process 0 makes the text tokenizer and the codes; the others then read them
         prepared = prepare_codes(cfg, run.root, tokenizer_dir)
     distributed.barrier()
@@ -438,6 +448,11 @@ def train_generator(cfg: GeneratorStageConfig, run_dir: str | Path, tokenizer_di
     codes, text_ids = load_codes(prepared.codes_dir)
 
     task = GeneratorTask(cfg, gcfg, codes, text_ids, load_context(prepared.codes_dir))
+    if seconds is not None:
+        steps = steps_for_seconds(task, cfg.loop, seconds)
+        cfg = cfg.override({"loop.steps": steps, "loop.warmup_steps": min(cfg.loop.warmup_steps, steps // 10)})
+        check_run_config(run, cfg)
+        log.info("generator: %d steps for a budget of %.0f s", steps, seconds)
     if cfg.loop.sample_every:
         task.preview_decoder = load_tokenizer(tokenizer_dir, device=str(resolve_device(cfg.loop.device)))
         task.preview_text = prepared.text_tokenizer
