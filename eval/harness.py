@@ -174,7 +174,8 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out_dir: st
 
         t = time.perf_counter()
         res = pipe.tokenizer.cfg.resolution
-        tok = evaluate_tokenizer(pipe.tokenizer, heldout_images(cfg.tokenizer_images, res, grid=grid),
+        tones = bool(run.recorded_data("tokenizer").get("tones", False))  # an editing world's tokenizer
+        tok = evaluate_tokenizer(pipe.tokenizer, heldout_images(cfg.tokenizer_images, res, grid=grid, tones=tones),
                                  progress=cfg.progress, features=features, grid=grid).to_dict()
         seconds["tokenizer"] = time.perf_counter() - t
 

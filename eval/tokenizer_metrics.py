@@ -113,9 +113,11 @@ def evaluate_tokenizer(
     )
 
 
-def heldout_images(n: int, resolution: int, seed: int = 1234, grid: int = shapes.GRID) -> torch.Tensor:
-    """`n` held-out images of the grid x grid world (compositions training never sees) as uint8 (N, H, W, 3)."""
+def heldout_images(n: int, resolution: int, seed: int = 1234, grid: int = shapes.GRID,
+                   tones: bool = False) -> torch.Tensor:
+    """`n` held-out images of the grid x grid world (compositions training never sees) as uint8 (N, H, W, 3);
+    with `tones` (a tokenizer for editing) objects bright or dim."""
     # up to 3 objects at 3x3 (the scenes every earlier figure used), up to 16 at 4x4
     max_objects = shapes.MAX_OBJECTS if grid == shapes.GRID else grid * grid
-    scenes = shapes.sample_scenes(n, seed=seed, split="heldout", max_objects=max_objects, grid=grid)
+    scenes = shapes.sample_scenes(n, seed=seed, split="heldout", max_objects=max_objects, grid=grid, tones=tones)
     return torch.from_numpy(shapes.render_batch(scenes, resolution))

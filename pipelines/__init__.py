@@ -19,7 +19,7 @@ from pipelines.autoregressive import ARPipeline, EditResult
 from pipelines.device import AUTO, resolve_device
 from pipelines.errors import EditError, MissingPartError, RunError
 from pipelines.diffusion import DiffusionPipeline
-from pipelines.interface import ImageSampler, SampleResult, sample_in_batches
+from pipelines.interface import ImageEditor, ImageSampler, SampleResult, sample_in_batches
 from pipelines.png import SampleFiles, sample_to_dir, save_grid, save_pngs
 from pipelines.run import SAMPLING_NAME, STAGES, Run, record_sampling, sampling_file, write_atomic
 
@@ -36,7 +36,7 @@ def open_sampler(run: str | Path | Run, model: str = "generator", device: str | 
 
 
 __all__ = ["AUTO", "SAMPLERS", "SAMPLING_NAME", "STAGES", "ARPipeline", "DiffusionPipeline", "EditError", "EditResult",
-           "ImageSampler",
+           "ImageEditor", "ImageSampler",
            "MissingPartError", "Run", "RunError", "SampleResult", "open_sampler", "record_sampling",
            "resolve_device", "SampleFiles", "sampling_file", "sample_in_batches", "sample_to_dir", "save_grid", "save_pngs",
            "write_atomic"]

@@ -10,6 +10,10 @@ benchmarks, the CLI and the notebook only use this interface:
     result = pipe.sample(["a red circle in the top left"], n=4, settings=settings)
     result.images                                     # (P * n, H, W, 3) uint8, prompt-major
 
+A sampler that was trained to edit also implements `ImageEditor`: `edits` says whether
+it can, and `edit(sources, chains, settings)` applies each chain of instructions to its
+source turn after turn (pipelines.autoregressive.ARPipeline; docs/EDITING.md).
+
 `sample_in_batches` is the one batching and seeding rule every implementation
 uses: the prompts are repeated `n` times (prompt-major), cut into batches, and
 batch b is drawn with seed `settings.seed + b`, so the same settings give the
@@ -61,6 +65,20 @@ class ImageSampler(Protocol):
         """`n` images per prompt, prompt-major, reproducible for fixed settings (`sample_in_batches`)."""
 
 
+@runtime_checkable
+class ImageEditor(Protocol):
+    """An ImageSampler that edits: images and instructions -> edited images, turn after turn."""
+
+    @property
+    def edits(self) -> bool:
+        """Whether this model was trained to edit (an image in context)."""
+
+    def edit(self, sources: Any, chains: Sequence[Sequence[str]], settings: Any = None, batch_size: int = 32,
+             progress: bool = False) -> Any:
+        """Source c (uint8 (R, R, 3), or its codes) edited by chains[c]'s instructions in turn, each turn on
+        the previous turn's output; an EditResult with images (C, T, R, R, 3)."""
+
+
 def sample_in_batches(
     prompts: Sequence[str], n: int, settings: Any, batch_size: int,
     draw: Callable[[slice, Any], np.ndarray], progress: bool = False,
@@ -85,4 +103,4 @@ def sample_in_batches(
     return rows, images
 
 
-__all__ = ["ImageSampler", "SampleResult", "sample_in_batches"]
+__all__ = ["ImageEditor", "ImageSampler", "SampleResult", "sample_in_batches"]

@@ -180,6 +180,11 @@ def test_the_baselines_train_on_the_edit_results_and_edit_by_regenerating_or_sde
     b = editing.evaluate_sdedit(diffusion, cases, 1, diffusion.settings(seed=0, steps=4), 3, strength=0.5)
     for report in (a, b):
         assert report.single["success"]["n"] == len(edits.EDIT_KINDS) and len(report.chains) == 2
+    from pipelines import ImageEditor
+
+    # the sampling interface: the AR pipeline is an ImageEditor (this one trained without editing), diffusion is not
+    assert isinstance(ar, ImageEditor) and not ar.edits and not isinstance(diffusion, ImageEditor)
+    assert open_sampler(run, "generator", progress=False).edits
     capsys.readouterr()
     assert main(["train-baseline", "--run", str(tmp_path / "x"), "--no-progress",
                  *set_args({**BASE, "data.task": "edit"})]) == 2
