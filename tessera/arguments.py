@@ -272,7 +272,7 @@ def _eval_commands(sub, cli: ModuleType) -> None:
                    help=f"a suite to run (repeat for several; default: {' '.join(DEFAULT_SUITES)}; for a run trained "
                         "for editing: edit)")
     v.add_argument("--n", type=POSITIVE, default=4, help="samples per prompt")
-    _sampling_args(v, "sampling seed; the same seed gives the same numbers", diffusion=True)
+    _sampling_args(v, "sampling seed; the same seed gives the same numbers", diffusion=True, image=True)
     v.add_argument("--batch-size", type=POSITIVE, default=64, help="images sampled together")
     v.add_argument("--features", default="classifier", help="FID features: classifier (default, offline) or "
                    "inception:PATH (a local Inception-v3 state dict, .pth or .safetensors; needs torch-fidelity and "

@@ -97,8 +97,9 @@ def test_edit_cli_bad_input_is_one_line_exit_2(run, t2i_run, tmp_path, capsys, c
 
 def test_eval_runs_the_edit_suite_on_an_editor_and_refuses_it_elsewhere(run, t2i_run, tmp_path, capsys):
     assert main(["eval", "--run", str(run), "--n", "1", "--no-tokenizer", "--no-speed", "--no-progress",
-                 "--out", str(tmp_path / "e")]) == 0
+                 "--image-cfg", "1.5", "--out", str(tmp_path / "e")]) == 0
     result = json.loads((tmp_path / "e" / "result.json").read_text())
+    assert result["sampling"]["image_cfg_scale"] == 1.5
     assert result["config"]["suites"] == ["edit"] and result["faithfulness"]["n"] == 0 and result["fid"] is None
     e = result["editing"]
     assert e["single"]["success"]["n"] == 8 * len(edits.EDIT_KINDS) and len(e["chains"]) == 3
