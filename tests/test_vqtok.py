@@ -365,3 +365,31 @@ def test_tokenizer_loss_with_perceptual_term(tmp_path):
     out = loss_fn(VQTokenizer(cfg), squares(n=2, res=32), step=0)
     assert out.metrics["perc"] > 0 and set(out.metrics) >= {"recon", "quant", "usage", "perc"}
     assert all(isinstance(v, float) for v in out.metrics.values())
+
+
+def test_patch_codes_are_local_and_decode_to_their_own_patch():
+    """architecture="patch": a patch's code depends on its pixels alone, and a code decodes to its patch alone,
+    so an edit elsewhere leaves every untouched patch's code (and pixels) as they were; the conv net's do not."""
+    torch.manual_seed(0)
+    x = squares(2)  # (2, 3, 16, 16)
+    y = x.clone()
+    y[:, :, :4, :4] = -x[:, :, :4, :4]  # change the top-left 4x4 patch only
+    for arch, local in (("patch", True), ("conv", False)):
+        model = VQTokenizer(tiny_config("vq", architecture=arch)).eval()
+        with torch.no_grad():
+            a, b = model.encode(x).codes, model.encode(y).codes  # (2, 4, 4) codes of 4x4 patches
+            za = model.quantizer.codes_to_latent(a)
+        untouched = torch.ones_like(a, dtype=torch.bool)
+        untouched[:, 0, 0] = False
+        assert torch.equal(a[untouched], b[untouched]) == local, arch
+        if local:
+            swapped = a.clone()
+            swapped[:, 0, 0] = (a[:, 0, 0] + 1) % model.cfg.num_codes
+            with torch.no_grad():
+                da, db = model.decode(a), model.decode(swapped)
+            same = torch.ones(16, 16, dtype=torch.bool)
+            same[:4, :4] = False
+            assert torch.equal(da[..., same], db[..., same]) and not torch.equal(da, db)
+            assert za.shape[-2:] == a.shape[-2:]
+    with pytest.raises(ConfigError, match="architecture"):
+        tiny_config("vq", architecture="vit")

@@ -77,12 +77,17 @@ PRESETS: dict[str, dict] = {
         "data": {"train_images": 20000},
     },
     # The editing world: the cpu preset's 3x3 world at 24 px, scenes of 1-5 objects, each bright or dim
-    # (the tone, an identity detail edits must keep: the tokenizer must keep it too).
+    # (the tone, an identity detail edits must keep: the tokenizer must keep it too). The patch
+    # architecture: a code is made from its own 4x4 patch alone, so an edit leaves the codes of every
+    # untouched patch as they were (the conv nets' codes changed for 73% of untouched patches, and
+    # all-background patches took 657 different codes: nothing for an editor to copy). Patches need more
+    # codes than the conv net's context-aware ones: 4096 codes and 6000 steps keep 91.7% of scenes
+    # (1024 codes, 3000 steps: 37%; docs/RESULTS.md "Issue 18").
     "cpu-edit": {
-        "vq": {"resolution": 24, "base_channels": 16, "channel_mult": [1, 2, 4], "latent_dim": 64,
-               "quantizer": "vq", "codebook_size": 1024, "codebook_dim": 8},
-        "loop": {"steps": 3000, "batch_size": 16, "lr": 2e-3, "warmup_steps": 50, "ckpt_every": 500,
-                 "log_every": 25, "precision": "bf16-native"},
+        "vq": {"architecture": "patch", "resolution": 24, "base_channels": 32, "channel_mult": [1, 2, 4],
+               "latent_dim": 64, "norm_groups": 4, "quantizer": "vq", "codebook_size": 4096, "codebook_dim": 8},
+        "loop": {"steps": 6000, "batch_size": 16, "lr": 2e-3, "warmup_steps": 50, "ckpt_every": 1000,
+                 "log_every": 50, "precision": "bf16-native"},
         "data": {"train_images": 20000, "max_objects": 5, "tones": True},
     },
     # The 4x4 world (scenes of up to 16 objects) at 32 px: 8x8 codes, 2x2 per cell like the cpu

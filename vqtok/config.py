@@ -19,6 +19,7 @@ from typing import Any, Mapping
 from vqtok.errors import ConfigError
 
 QUANTIZERS = ("vq", "fsq", "lfq")
+ARCHITECTURES = ("conv", "patch")
 RECON_LOSSES = ("l1", "l2")
 _TUPLE_FIELDS = ("channel_mult", "fsq_levels")
 
@@ -30,6 +31,12 @@ class VQConfig:
     in_channels: int = 3  # RGB
 
     # --- encoder / decoder ---
+    # "conv": taming's residual conv nets with GroupNorm, whose codes depend on the whole image (GroupNorm's
+    # statistics and a receptive field of most of it). "patch": each code is made from its own
+    # downsample x downsample patch of pixels alone and decoded back to that patch alone (a strided conv and
+    # per-position 1x1 layers), so an unchanged patch keeps its code whatever changes elsewhere: what an
+    # editor needs to copy the untouched parts of an image exactly (docs/EDITING.md).
+    architecture: str = "conv"
     base_channels: int = 32  # width of the first level; 32 gives a few hundred k params (CPU-trainable)
     # Width multiplier per level. Every level but the last ends in a 2x downsample,
     # so downsample = 2 ** (len(channel_mult) - 1): (1, 2, 2) -> 4x, 32 px -> 8x8 codes.
@@ -94,6 +101,9 @@ class VQConfig:
                 f"{self.downsample} (2 ** (len(channel_mult) - 1) with channel_mult={list(self.channel_mult)})"
             )
 
+        if self.architecture not in ARCHITECTURES:
+            raise ConfigError(f"VQConfig.architecture must be one of {', '.join(ARCHITECTURES)}, got "
+                              f"{self.architecture!r}")
         if self.quantizer not in QUANTIZERS:
             raise ConfigError(f"VQConfig.quantizer must be one of {', '.join(QUANTIZERS)}, got {self.quantizer!r}")
         _int(self, "codebook_size", 2)

@@ -126,6 +126,58 @@ class Encoder(nn.Module):
         return self.conv_out(h)  # (B, D, h, w)
 
 
+class PatchEncoder(nn.Module):
+    """(B, in_channels, H, W) -> (B, latent_dim, H / d, W / d), each output from its own d x d patch alone.
+
+    A d x d stride-d conv embeds every patch (ViT's patch embedding), then per-position residual MLPs
+    (1x1 convs, no normalisation across positions) map it to the latent: no information crosses patches.
+    Width base_channels * channel_mult[-1]; num_res_blocks residual MLPs per level of channel_mult.
+    """
+
+    def __init__(self, cfg: VQConfig):
+        super().__init__()
+        width = cfg.base_channels * cfg.channel_mult[-1]
+        d = cfg.downsample
+        self.embed = nn.Conv2d(cfg.in_channels, width, d, stride=d)
+        self.blocks = nn.ModuleList([_PointMLP(width) for _ in range(cfg.num_res_blocks * len(cfg.channel_mult))])
+        self.out = nn.Conv2d(width, cfg.latent_dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C_in, H, W)
+        h = self.embed(x)  # (B, W, H / d, W / d)
+        for block in self.blocks:
+            h = block(h)
+        return self.out(F.silu(h))  # (B, D, h, w)
+
+
+class PatchDecoder(nn.Module):
+    """(B, latent_dim, h, w) -> (B, in_channels, h * d, w * d): each code decoded to its own patch alone."""
+
+    def __init__(self, cfg: VQConfig):
+        super().__init__()
+        width = cfg.base_channels * cfg.channel_mult[-1]
+        d = cfg.downsample
+        self.inp = nn.Conv2d(cfg.latent_dim, width, 1)
+        self.blocks = nn.ModuleList([_PointMLP(width) for _ in range(cfg.num_res_blocks * len(cfg.channel_mult))])
+        self.unembed = nn.ConvTranspose2d(width, cfg.in_channels, d, stride=d)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:  # z: (B, D, h, w)
+        h = self.inp(z)
+        for block in self.blocks:
+            h = block(h)
+        return self.unembed(F.silu(h))  # (B, C_in, H, W)
+
+
+class _PointMLP(nn.Module):
+    """A residual two-layer MLP applied at every position on its own (1x1 convs)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Conv2d(width, 2 * width, 1), nn.Conv2d(2 * width, width, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(F.silu(self.fc1(F.silu(x))))
+
+
 class Decoder(nn.Module):
     """(B, latent_dim, h, w) -> (B, in_channels, h * downsample, w * downsample); the encoder mirrored."""
 
@@ -256,9 +308,9 @@ class VQTokenizer(nn.Module):
     def __init__(self, cfg: VQConfig):
         super().__init__()
         self.cfg = cfg
-        self.encoder = Encoder(cfg)
+        self.encoder = PatchEncoder(cfg) if cfg.architecture == "patch" else Encoder(cfg)
         self.quantizer = Quantizer(cfg)
-        self.decoder = Decoder(cfg)
+        self.decoder = PatchDecoder(cfg) if cfg.architecture == "patch" else Decoder(cfg)
 
     def _check_images(self, images: torch.Tensor) -> None:
         ok = images.ndim == 4 and images.shape[1] == self.cfg.in_channels and images.is_floating_point()
