@@ -215,3 +215,22 @@ def test_edit_bench_trains_both_baselines_on_the_editors_budget_and_reports(tmp_
     assert "| editor |" in report and "| sdedit 0.5 |" in report and "**Verdict**" in report
     out = capsys.readouterr().out
     assert "editor: edit success" in out and "regenerate: edit success" in out
+
+
+def test_tokenizer_locality_benchmark_tells_local_codes_from_global_ones(run, tmp_path, capsys):
+    import importlib.util
+
+    from vqtok import VQConfig, VQTokenizer, save_tokenizer
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "tokenizer_locality.py"
+    spec = importlib.util.spec_from_file_location("tokenizer_locality", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    torch.manual_seed(0)
+    save_tokenizer(VQTokenizer(VQConfig(architecture="patch", resolution=24, base_channels=8, channel_mult=(1, 2, 2),
+                                        latent_dim=8, norm_groups=4, codebook_size=64)), tmp_path / "patch")
+    assert bench.main([str(tmp_path / "patch"), "--n", "40"]) == 0
+    local = capsys.readouterr().out
+    assert "untouched patches keeping their code 100.0%" in local and "all-background patches 1;" in local
+    assert bench.main([str(run / "tokenizer"), "--n", "40"]) == 0  # the tiny conv tokenizer: global codes
+    assert "untouched patches keeping their code 100.0%" not in capsys.readouterr().out
