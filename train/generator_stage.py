@@ -209,6 +209,9 @@ PRESETS: dict[str, dict] = {
                  "betas": [0.9, 0.95], "min_lr_ratio": 0.05, "ema_decay": 0.999, "ckpt_every": 500, "log_every": 50},
         "data": {"task": "edit", "train_images": 60000, "max_objects": 5, "row_tokens": True, "mask_padding": True,
                  "text_len": 32},
+        # greedy and unguided: the best of 7 settings on runs/edit2's edit suite (chains right 75.0% vs 68.8% at
+        # guidance 1.5 / temperature 0.5, docs/RESULTS.md), and one row per image instead of two
+        "sample": {"cfg_scale": 1.0, "temperature": 0.0},
     },
     # S (~28M) on one H100/H200 (not yet run on one): the cpu-long data on the gpu tokenizer's 4x4
     # world at 48 px (12x12 codes, 3x3 a cell), with more scenes and steps
