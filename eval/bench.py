@@ -77,6 +77,32 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def from_preset(cls: type, presets: dict[str, dict], name: str, overrides: dict[str, Any]) -> Any:
+    """`cls` (a bench config dataclass) from the preset `name` of `presets`, with `overrides` (field names checked)."""
+    if name not in presets:
+        raise BenchError(f"unknown bench preset {name!r} (known: {', '.join(presets)})")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise BenchError(f"unknown bench setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    return cls(**{**presets[name], **overrides})
+
+
+def split_assignments(assignments: dict[str, Any], stages: tuple[str, ...]) -> tuple[dict[str, dict], dict[str, Any]]:
+    """`--set` assignments -> ({stage: {SECTION.KEY: value}}, {FIELD: value}) from STAGE.SECTION.KEY and bench.FIELD."""
+    per_stage: dict[str, dict] = {}
+    bench: dict[str, Any] = {}
+    for key, value in assignments.items():
+        head, _, rest = key.partition(".")
+        if head == "bench" and rest:
+            bench[rest] = value
+        elif head in stages and rest:
+            per_stage.setdefault(head, {})[rest] = value
+        else:
+            raise BenchError(f"bench --set keys start with bench., {'., '.join(stages)}., got {key!r}")
+    return per_stage, bench
+
+
 @dataclass
 class BenchConfig:
     stage_preset: str = "cpu"  # the tokenizer, generator and baseline stages' preset
@@ -99,27 +125,12 @@ class BenchConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> BenchConfig:
-        if name not in PRESETS:
-            raise BenchError(f"unknown bench preset {name!r} (known: {', '.join(PRESETS)})")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise BenchError(f"unknown bench setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
-        return cls(**{**PRESETS[name], **overrides})
+        return from_preset(cls, PRESETS, name, overrides)
 
     @classmethod
     def from_assignments(cls, name: str, assignments: dict[str, Any], **overrides: Any) -> BenchConfig:
         """The preset with `--set` assignments applied: bench.FIELD=value, or STAGE.SECTION.KEY=value."""
-        stages: dict[str, dict] = {}
-        bench: dict[str, Any] = {}
-        for key, value in assignments.items():
-            head, _, rest = key.partition(".")
-            if head == "bench" and rest:
-                bench[rest] = value
-            elif head in STAGES and rest:
-                stages.setdefault(head, {})[rest] = value
-            else:
-                raise BenchError(f"bench --set keys start with bench., {'., '.join(STAGES)}., got {key!r}")
+        stages, bench = split_assignments(assignments, STAGES)
         return cls.preset(name, stages=stages, **overrides, **bench)
 
     def __post_init__(self):
@@ -437,4 +448,5 @@ def plot_tradeoffs(report: dict, out: Path) -> list[str]:
 
 
 __all__ = ["BENCH_VERSION", "BenchConfig", "BenchError", "PRESETS", "ensure_trained", "flops_per_image",
+           "from_preset", "split_assignments",
            "render_markdown", "run_bench", "training_seconds", "write_report"]

@@ -25,12 +25,12 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from eval import editing
-from eval.bench import training_seconds
+from eval.bench import from_preset, split_assignments, training_seconds
 from eval.errors import BenchError
 from pipelines import Run, open_sampler, write_atomic
 
@@ -60,27 +60,12 @@ class EditBenchConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> EditBenchConfig:
-        if name not in PRESETS:
-            raise BenchError(f"unknown editing bench preset {name!r} (known: {', '.join(PRESETS)})")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise BenchError(f"unknown bench setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
-        return cls(**{**PRESETS[name], **overrides})
+        return from_preset(cls, PRESETS, name, overrides)
 
     @classmethod
     def from_assignments(cls, name: str, assignments: dict[str, Any], **overrides: Any) -> EditBenchConfig:
         """The preset with `--set` assignments: bench.FIELD=value, or STAGE.SECTION.KEY=value (STAGES)."""
-        stages: dict[str, dict] = {}
-        bench: dict[str, Any] = {}
-        for key, value in assignments.items():
-            head, _, rest = key.partition(".")
-            if head == "bench" and rest:
-                bench[rest] = value
-            elif head in STAGES and rest:
-                stages.setdefault(head, {})[rest] = value
-            else:
-                raise BenchError(f"bench --set keys start with bench., {'., '.join(STAGES)}., got {key!r}")
+        stages, bench = split_assignments(assignments, STAGES)
         return cls.preset(name, stages=stages, **overrides, **bench)
 
     def __post_init__(self):

@@ -18,17 +18,22 @@ class UsageError(Exception):
     """A command given what it cannot work with (e.g. nothing to sample); the message says what to give."""
 
 
+def _file_lines(name: str | None, what: str) -> list[str]:
+    """The non-blank lines of the UTF-8 text file `name` ([] for None); `what` names it in errors."""
+    if not name:
+        return []
+    path = Path(name)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file {path} does not exist")
+    try:
+        return [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{what} file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
 def prompts_from(args: argparse.Namespace) -> list[str]:
     """`sample`'s prompts: each --prompt, then the non-blank lines of --prompts-file (UTF-8)."""
-    prompts = list(args.prompt or [])
-    if args.prompts_file:
-        path = Path(args.prompts_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"prompts file {path} does not exist")
-        try:
-            prompts += [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        except UnicodeDecodeError as e:
-            raise UsageError(f"prompts file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    prompts = list(args.prompt or []) + _file_lines(args.prompts_file, "prompts")
     if not prompts:
         raise UsageError("give at least one --prompt (an empty string samples unconditionally) or --prompts-file")
     return prompts
@@ -39,14 +44,7 @@ def instructions_from(args: argparse.Namespace) -> list[str]:
     turns = list(args.instruction or [])
     if any(not t.strip() for t in turns):
         raise UsageError("an --instruction is empty: say what to change")
-    if args.instructions_file:
-        path = Path(args.instructions_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"instructions file {path} does not exist")
-        try:
-            turns += [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        except UnicodeDecodeError as e:
-            raise UsageError(f"instructions file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    turns += _file_lines(args.instructions_file, "instructions")
     if not turns:
         raise UsageError("give at least one --instruction or an --instructions-file (one turn per line)")
     return turns

@@ -26,24 +26,10 @@ from ar_model import (
     image_loss,
     loss_targets,
     padding_mask,
-    train_text_tokenizer,
     trim_padding,
     unconditional_text,
 )
-from test_ar_model import _captions
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return train_text_tokenizer(_captions(), vocab_size=512)
+from test_ar_model import one_thread, tok  # noqa: F401 (fixtures: one intra-op thread, the small BPE)
 
 
 @pytest.fixture(scope="module")
