@@ -79,8 +79,8 @@ PRESETS: dict[str, dict] = {
     # The editing world: the cpu preset's 3x3 world at 24 px, scenes of 1-5 objects, each bright or dim
     # (the tone, an identity detail edits must keep: the tokenizer must keep it too). The patch
     # architecture: a code is made from its own 4x4 patch alone, so an edit leaves the codes of every
-    # untouched patch as they were (the conv nets' codes changed for 73% of untouched patches, and
-    # all-background patches took 657 different codes: nothing for an editor to copy). Patches need more
+    # untouched patch as they were (the conv nets' codes changed for 75% of untouched patches, and
+    # all-background patches took 682 different codes: nothing for an editor to copy). Patches need more
     # codes than the conv net's context-aware ones: 4096 codes and 6000 steps keep 91.7% of scenes
     # (1024 codes, 3000 steps: 37%; docs/RESULTS.md "Issue 18").
     "cpu-edit": {
