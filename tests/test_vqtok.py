@@ -393,3 +393,21 @@ def test_patch_codes_are_local_and_decode_to_their_own_patch():
             assert za.shape[-2:] == a.shape[-2:]
     with pytest.raises(ConfigError, match="architecture"):
         tiny_config("vq", architecture="vit")
+
+
+def test_patch_context_draws_a_patch_from_its_neighbours_codes_only():
+    """patch_context=1: codes stay local; a code now shapes its own patch and the 8 around it, nothing further."""
+    torch.manual_seed(0)
+    model = VQTokenizer(tiny_config("vq", architecture="patch", patch_context=1)).eval()
+    x = squares(2)
+    y = x.clone()
+    y[:, :, :4, :4] = -x[:, :, :4, :4]
+    with torch.no_grad():
+        a, b = model.encode(x).codes, model.encode(y).codes
+        swapped = a.clone()
+        swapped[:, 0, 0] = (a[:, 0, 0] + 1) % model.cfg.num_codes
+        da, db = model.decode(a), model.decode(swapped)
+    assert torch.equal(a[:, 1:], b[:, 1:]) and torch.equal(a[:, 0, 1:], b[:, 0, 1:])  # encoder: still local
+    near = torch.zeros(16, 16, dtype=torch.bool)
+    near[:8, :8] = True  # the patch (0, 0) and its neighbours (0, 1), (1, 0), (1, 1)
+    assert torch.equal(da[..., ~near], db[..., ~near]) and not torch.equal(da[..., near], db[..., near])

@@ -81,11 +81,13 @@ PRESETS: dict[str, dict] = {
     # architecture: a code is made from its own 4x4 patch alone, so an edit leaves the codes of every
     # untouched patch as they were (the conv nets' codes changed for 75% of untouched patches, and
     # all-background patches took 682 different codes: nothing for an editor to copy). Patches need more
-    # codes than the conv net's context-aware ones: 4096 codes and 6000 steps keep 91.7% of scenes
-    # (1024 codes, 3000 steps: 37%; docs/RESULTS.md "Issue 18").
+    # codes than the conv net's context-aware ones: 4096 codes and 6000 steps keep 94.0% of edited scenes
+    # (1024 codes, 3000 steps: 37%); a decoder that sees each code's 3x3 neighbourhood (patch_context 1,
+    # the codes still local) keeps 100% (docs/RESULTS.md "Issue 18").
     "cpu-edit": {
-        "vq": {"architecture": "patch", "resolution": 24, "base_channels": 32, "channel_mult": [1, 2, 4],
-               "latent_dim": 64, "norm_groups": 4, "quantizer": "vq", "codebook_size": 4096, "codebook_dim": 8},
+        "vq": {"architecture": "patch", "patch_context": 1, "resolution": 24, "base_channels": 32,
+               "channel_mult": [1, 2, 4], "latent_dim": 64, "norm_groups": 4, "quantizer": "vq",
+               "codebook_size": 4096, "codebook_dim": 8},
         "loop": {"steps": 6000, "batch_size": 16, "lr": 2e-3, "warmup_steps": 50, "ckpt_every": 1000,
                  "log_every": 50, "precision": "bf16-native"},
         "data": {"train_images": 20000, "max_objects": 5, "tones": True},

@@ -37,6 +37,9 @@ class VQConfig:
     # per-position 1x1 layers), so an unchanged patch keeps its code whatever changes elsewhere: what an
     # editor needs to copy the untouched parts of an image exactly (docs/EDITING.md).
     architecture: str = "conv"
+    # patch only: 3x3 convs over the code grid at the start of the decoder, so a patch is drawn seeing its
+    # neighbours' codes (edges that cross a patch border can join); the codes themselves stay local
+    patch_context: int = 0
     base_channels: int = 32  # width of the first level; 32 gives a few hundred k params (CPU-trainable)
     # Width multiplier per level. Every level but the last ends in a 2x downsample,
     # so downsample = 2 ** (len(channel_mult) - 1): (1, 2, 2) -> 4x, 32 px -> 8x8 codes.
@@ -104,6 +107,7 @@ class VQConfig:
         if self.architecture not in ARCHITECTURES:
             raise ConfigError(f"VQConfig.architecture must be one of {', '.join(ARCHITECTURES)}, got "
                               f"{self.architecture!r}")
+        _int(self, "patch_context", 0)
         if self.quantizer not in QUANTIZERS:
             raise ConfigError(f"VQConfig.quantizer must be one of {', '.join(QUANTIZERS)}, got {self.quantizer!r}")
         _int(self, "codebook_size", 2)

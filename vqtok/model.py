@@ -157,11 +157,14 @@ class PatchDecoder(nn.Module):
         width = cfg.base_channels * cfg.channel_mult[-1]
         d = cfg.downsample
         self.inp = nn.Conv2d(cfg.latent_dim, width, 1)
+        self.context = nn.ModuleList([nn.Conv2d(width, width, 3, padding=1) for _ in range(cfg.patch_context)])
         self.blocks = nn.ModuleList([_PointMLP(width) for _ in range(cfg.num_res_blocks * len(cfg.channel_mult))])
         self.unembed = nn.ConvTranspose2d(width, cfg.in_channels, d, stride=d)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:  # z: (B, D, h, w)
         h = self.inp(z)
+        for conv in self.context:  # patch_context: each sees its 3x3 neighbourhood of codes
+            h = h + conv(F.silu(h))
         for block in self.blocks:
             h = block(h)
         return self.unembed(F.silu(h))  # (B, C_in, H, W)
