@@ -3,7 +3,6 @@
 import json
 import os
 import re
-import shlex
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -14,7 +13,7 @@ import torch
 from PIL import Image
 
 from tessera.cli import main
-from tiny import GEN, TOK, set_args
+from tiny import GEN, TOK, doc_commands, set_args
 from train.data import edits, shapes
 from train.pretokenize import load_codes, load_context, read_manifest
 
@@ -125,13 +124,10 @@ def write_edits_parquet(path: Path, n: int = 12) -> Path:
 
 
 def docs_example() -> list[list[str]]:
-    text = DOCS.read_text()
-    begin, end = "<!-- own-edit-example:begin -->", "<!-- own-edit-example:end -->"
-    block = re.search(rf"{begin}\s*```bash\n(.*?)```\s*{end}", text, re.S)
-    assert block, "docs/EDITING.md lacks the own-edit-example block"
-    commands = [shlex.split(line) for line in block.group(1).splitlines() if line.startswith("tessera ")]
-    assert [c[1] for c in commands] == ["train-tokenizer", "train", "edit"]
-    return [c[1:] for c in commands]
+    """The `tessera ...` lines between docs/EDITING.md's own-edit-example markers, as argv lists."""
+    commands = doc_commands(DOCS, "own-edit-example")
+    assert [c[0] for c in commands] == ["train-tokenizer", "train", "edit"]
+    return commands
 
 
 def test_docs_example_runs_on_own_editing_data(tmp_path, monkeypatch, caplog):

@@ -3,7 +3,6 @@
 import json
 import os
 import re
-import shlex
 import shutil
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from tessera.cli import main
 from train import pretokenize
 from train.data import grammar, own, shapes
 import tiny
-from tiny import set_args
+from tiny import doc_commands, set_args
 from train.data.images import to_rgb
 from train.errors import TrainConfigError
 from train.generator_stage import GeneratorStageConfig, prepare_codes, preset_config
@@ -67,13 +66,9 @@ def gen_cfg(**extra) -> GeneratorStageConfig:
 
 def docs_example() -> list[list[str]]:
     """The `tessera ...` lines between docs/DATA.md's own-data-example markers, as argv lists."""
-    text = DOCS.read_text()
-    begin, end = "<!-- own-data-example:begin -->", "<!-- own-data-example:end -->"
-    block = re.search(rf"{begin}\s*```bash\n(.*?)```\s*{end}", text, re.S)
-    assert block, "docs/DATA.md lacks the own-data-example block"
-    commands = [shlex.split(line) for line in block.group(1).splitlines() if line.startswith("tessera ")]
-    assert [c[1] for c in commands] == ["train-tokenizer", "tokenize", "train", "sample"]
-    return [c[1:] for c in commands]
+    commands = doc_commands(DOCS, "own-data-example")
+    assert [c[0] for c in commands] == ["train-tokenizer", "tokenize", "train", "sample"]
+    return commands
 
 
 @pytest.fixture(scope="module")
