@@ -1,4 +1,5 @@
-"""The tiny stage settings the end-to-end tests train with (seconds on 2 cores), and `--set` arguments for them.
+"""The tiny stage settings the end-to-end tests train with (seconds on 2 cores), `--set` arguments for them, and the
+commands of the docs' example blocks.
 
 Imported by the test modules (pytest puts tests/ on sys.path); tests override single keys with {**GEN, ...}.
 """
