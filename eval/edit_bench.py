@@ -13,8 +13,8 @@ What it does, in order (each training skipped when its output is already in the 
 3. trains baseline (b), the diffusion baseline, in RUN/regenerate (its text tokenizer shared) on
    the same described results in pixels, for the editor's tokenizer and generator wall-clock
    together (it has no tokenizer); it edits by SDEdit at each of `strengths`;
-4. runs the edit suite (eval.editing: the same cases, `n` samples each, each chain turn on the
-   method's own previous output) for the editor, regenerate, and SDEdit at every strength;
+4. runs the edit suite (eval.editing.suite_cases at size `n`: the same cases for every method, one
+   sample each, each chain turn on the method's own previous output) for the editor, regenerate, and SDEdit at every strength;
 5. writes OUT/report.md (one table, and whether the editor beats both baselines on preservation
    at equal or better edit success) and OUT/bench.json (every number).
 """
@@ -52,7 +52,7 @@ class EditBenchConfig:
     stage_preset: str = "cpu-edit"
     stages: dict = field(default_factory=dict)  # per-stage overrides: {"regenerate": {"loop.lr": 1e-3}}
     strengths: list[float] = field(default_factory=lambda: [0.3, 0.5, 0.7])  # SDEdit noise strengths
-    n: int = 4  # samples per edit case
+    n: int = 4  # the edit suite's size: n x 8 single edits per kind and n x 24 chains, one sample each
     seed: int = 0
     batch_size: int = 64
     device: str | None = None
@@ -129,7 +129,7 @@ def run_edit_bench(run_dir: str | Path, cfg: EditBenchConfig | None = None, out_
     regen = Run(run.root / REGENERATE)
     data = run.recorded_data("generator")
     grid = int(data.get("grid", 3))
-    cases = editing.edit_cases(grid, int(data.get("max_objects", 5)))
+    cases = editing.suite_cases(grid, int(data.get("max_objects", 5)), cfg.n)
     methods: dict[str, dict] = {}
 
     def timed(name: str, settings: Any, fn: Any) -> None:
@@ -140,16 +140,16 @@ def run_edit_bench(run_dir: str | Path, cfg: EditBenchConfig | None = None, out_
 
     editor = open_sampler(run, "generator", device=cfg.device, progress=cfg.progress)
     sc = editor.settings(seed=cfg.seed)
-    timed("editor", sc, lambda: editing.evaluate_editor(editor, cases, cfg.n, sc, grid, cfg.batch_size, cfg.progress))
+    timed("editor", sc, lambda: editing.evaluate_editor(editor, cases, 1, sc, grid, cfg.batch_size, cfg.progress))
     ar = open_sampler(regen, "generator", device=cfg.device, progress=cfg.progress)
     sa = ar.settings(seed=cfg.seed)
-    timed("regenerate", sa, lambda: editing.evaluate_regenerate(ar, cases, cfg.n, sa, grid, cfg.batch_size,
+    timed("regenerate", sa, lambda: editing.evaluate_regenerate(ar, cases, 1, sa, grid, cfg.batch_size,
                                                                 cfg.progress))
     diffusion = open_sampler(regen, "baseline", device=cfg.device, progress=cfg.progress)
     sd = diffusion.settings(seed=cfg.seed)
     for strength in cfg.strengths:
         timed(f"sdedit {strength:g}", {**_plain(sd), "strength": strength},
-              lambda s=strength: editing.evaluate_sdedit(diffusion, cases, cfg.n, sd, grid, s, cfg.batch_size))
+              lambda s=strength: editing.evaluate_sdedit(diffusion, cases, 1, sd, grid, s, cfg.batch_size))
 
     from eval.speed import machine_info
 
@@ -196,7 +196,7 @@ def render_markdown(result: dict) -> str:
         f"- training wall-clock: tokenizer {t['tokenizer']:.0f} s, editor {t['editor']:.0f} s "
         f"({t['steps']['editor']} steps), regenerate {t['regenerate']:.0f} s ({t['steps']['regenerate']} steps), "
         f"diffusion {t['diffusion']:.0f} s ({t['steps']['diffusion']} steps)",
-        f"- the edit suite: {result['cases']} cases, {result['config']['n']} samples each; chains of "
+        f"- the edit suite: {result['cases']} cases, one sample each; chains of "
         f"{len(result['methods']['editor']['chains'])} turns, each on the method's own previous output",
         "",
         "| method | single-edit success | untouched objects preserved | images preserved | right | "

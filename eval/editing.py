@@ -33,7 +33,9 @@ from train.data import edits, shapes
 
 EDIT = "edit"  # the suite's name in `tessera eval --suite`
 EDIT_SEED = 20261201  # fixed: the cases are part of the suite's definition
-EDIT_SUITE_VERSION = 1
+EDIT_SUITE_VERSION = 2  # 2: `n` scales the number of cases, one sample each (1: n samples of 56 + 24 cases)
+PER_KIND = 8  # single edits of each kind per unit of `n`
+CHAINS = 24  # chains per unit of `n`
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,13 @@ def edit_cases(grid: int = 3, max_objects: int = 5, per_kind: int = 8, chains: i
         start = edits.sample_edit_scene(rng, grid, max_objects)
         cases.append(EditCase(tuple(edits.sample_chain(start, rng, turns, max_objects)), "chain"))
     return cases
+
+
+def suite_cases(grid: int, max_objects: int, n: int, turns: int = 3) -> list[EditCase]:
+    """The suite at size `n`: n x PER_KIND single edits of each kind and n x CHAINS chains, each to be
+    sampled once. Distinct cases rather than n samples of the same case, so that every scored output is
+    independent and the intervals mean what they say (greedy sampling repeats one image n times)."""
+    return edit_cases(grid, max_objects, per_kind=PER_KIND * n, chains=CHAINS * n, turns=turns)
 
 
 @dataclass(frozen=True)
@@ -233,5 +242,5 @@ def evaluate_sdedit(pipe: Any, cases: list[EditCase], n: int, settings: Any, gri
     return score_outputs(cases, [np.stack(m) for m in made], n, grid)
 
 
-__all__ = ["EDIT", "EDIT_SEED", "EDIT_SUITE_VERSION", "EditCase", "EditReport", "TurnScore", "edit_cases",
-           "evaluate_editor", "evaluate_regenerate", "evaluate_sdedit", "score_outputs", "score_turn", "summarise"]
+__all__ = ["CHAINS", "EDIT", "EDIT_SEED", "EDIT_SUITE_VERSION", "PER_KIND", "EditCase", "EditReport", "TurnScore",
+           "edit_cases", "suite_cases", "evaluate_editor", "evaluate_regenerate", "evaluate_sdedit", "score_outputs", "score_turn", "summarise"]

@@ -15,8 +15,9 @@ Four parts, each optional:
                   batch sizes (eval.speed)
 
 A run trained for editing (`data.task` "edit") is measured by the `edit` suite
-(eval.editing: edit success, preservation of everything else, chains of turns), its
-default; the text-to-image suites and FID do not apply to it unless asked for.
+(eval.editing: edit success, preservation of everything else, chains of turns; `n` scales
+the number of cases, each sampled once), its default; the text-to-image suites and FID do
+not apply to it unless asked for, and its speed is that of one edit turn.
 
 `model` picks what is measured: the run's generator (default) or its diffusion baseline
 (`tessera train-baseline`), with the same suites, seeds and features. Both are opened
@@ -155,9 +156,9 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out_dir: st
     if editing.EDIT in names:
         t = time.perf_counter()
         data = run.recorded_data(cfg.model)
-        cases = editing.edit_cases(grid, int(data.get("max_objects", 5)))
-        log.info("eval: suite %s, %d cases x %d samples", editing.EDIT, len(cases), cfg.n)
-        edit_report = editing.evaluate_editor(pipe, cases, cfg.n, sc, grid, cfg.batch_size, cfg.progress)
+        cases = editing.suite_cases(grid, int(data.get("max_objects", 5)), cfg.n)  # n scales the cases
+        log.info("eval: suite %s, %d cases, one sample each", editing.EDIT, len(cases))
+        edit_report = editing.evaluate_editor(pipe, cases, 1, sc, grid, cfg.batch_size, cfg.progress)
         seconds["editing"] = time.perf_counter() - t
 
     # ---- FID on generated vs rendered scenes
@@ -185,8 +186,19 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out_dir: st
         from eval.speed import measure_sampling
 
         t = time.perf_counter()
-        speed = measure_sampling(pipe, [p.text for p in suites.get_suites(["position"], grid)["position"]],
-                                 {pipe.describe(sc): sc}, cfg.speed_batch_sizes, cfg.speed_images).to_dict()
+        if editor:  # an editor is timed editing: one turn of the suite's single edits
+            from train.data import shapes
+
+            singles = [c for c in editing.suite_cases(grid, int(run.recorded_data(cfg.model).get("max_objects", 5)), 1)
+                       if c.group == "single"]
+            prompts = [c.instructions[0] for c in singles]
+            sources = shapes.render_batch([c.steps[0].before for c in singles], pipe.resolution)
+            name = "one edit turn, " + pipe.describe(sc)
+        else:
+            prompts, sources = [p.text for p in suites.get_suites(["position"], grid)["position"]], None
+            name = pipe.describe(sc)
+        speed = measure_sampling(pipe, prompts, {name: sc}, cfg.speed_batch_sizes, cfg.speed_images,
+                                 sources=sources).to_dict()
         seconds["speed"] = time.perf_counter() - t
 
     from eval.speed import machine_info

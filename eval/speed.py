@@ -20,6 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 
@@ -91,16 +92,29 @@ def _peak_mb(device: torch.device) -> float:
 
 def measure_sampling(
     pipe: Any, prompts: Sequence[str], settings: dict[str, Any], batch_sizes: Sequence[int] = (1, 32),
-    images: int = 32,
+    images: int = 32, sources: Any = None,
 ) -> SpeedReport:
     """Time `pipe` (a `pipelines.ImageSampler`: `ARPipeline` or `DiffusionPipeline`) sampling `images`
     images (whole batches) with each named sample config of `settings`, at each batch size.
 
+    With `sources` (uint8 images (S, R, R, 3), S >= 1) `pipe` is an editor (`pipelines.ImageEditor`)
+    and an image is one edit turn of a source with a prompt as the instruction, as a user sees it:
+    the source encoded, the codes sampled with the source in context, the result decoded; with image
+    guidance (`image_cfg_scale` != 1) three rows per image.
+
     Settings run interleaved in one process, so ratios between them share the machine's state.
     All settings should share one guidance scale (the report states the first's).
     """
-    if not prompts or not settings:
-        raise ValueError("measure_sampling needs at least one prompt and one setting")
+    if not prompts or not settings or (sources is not None and not len(sources)):
+        raise ValueError("measure_sampling needs at least one prompt, one setting and (editing) one source")
+
+    def run(texts: list[str], sc: Any, bs: int) -> None:
+        if sources is None:
+            pipe.sample(texts, n=1, settings=sc, batch_size=bs)
+        else:
+            batch = np.stack([sources[i % len(sources)] for i in range(len(texts))])  # (bs, R, R, 3)
+            pipe.edit(batch, [[t] for t in texts], settings=sc, batch_size=bs)
+
     device = pipe.device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     first = next(iter(settings.values()))
@@ -109,17 +123,19 @@ def measure_sampling(
         batches = max(1, -(-images // bs))
         texts = [prompts[i % len(prompts)] for i in range(bs)]
         for name, sc in settings.items():
-            pipe.sample(texts, n=1, settings=sc, batch_size=bs)  # warm-up: allocator, kernels, caches
+            run(texts, sc, bs)  # warm-up: allocator, kernels, caches
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             sync()
             t = time.perf_counter()
             for b in range(batches):
-                pipe.sample(texts, n=1, settings=dataclasses.replace(sc, seed=b), batch_size=bs)
+                run(texts, dataclasses.replace(sc, seed=b), bs)
             sync()
             dt = time.perf_counter() - t
             n, steps = batches * bs, pipe.steps_per_image(sc)
-            rows = 2 if sc.cfg_scale != 1 else 1  # guidance: a conditional and an unconditional row
+            # guidance: a conditional and an unconditional row; an editor's image guidance a third
+            image_guided = sources is not None and getattr(sc, "image_cfg_scale", 1.0) != 1
+            rows = 3 if image_guided else 2 if sc.cfg_scale != 1 else 1
             report.rows.append(SpeedRow(bs, name, n, round(dt, 4), n / dt, dt / n, n * steps / dt,
                                         steps * rows, _peak_mb(device)))
     return report

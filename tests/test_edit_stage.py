@@ -70,6 +70,19 @@ def test_edit_cli_converts_the_image_and_writes_each_turn(run, tmp_path, capsys)
     first = [np.asarray(Image.open(out / n)) for n in pngs]
     assert main(argv) == 0  # the same seed gives the same edits
     assert all(np.array_equal(a, np.asarray(Image.open(out / n))) for a, n in zip(first, pngs))
+    # provenance: each turn is signed as an edit of the image before it (the source file first)
+    import c2pa
+
+    from pipelines.provenance import ASSERTION, verify_file
+
+    for t, parent in ((1, src.name), (2, "chain_001_turn_1.png"), (3, "chain_001_turn_2.png")):
+        with c2pa.Reader(str(out / f"chain_001_turn_{t}.png")) as reader:
+            m = reader.get_active_manifest()
+        labels = {a["label"]: a["data"] for a in m["assertions"]}
+        assert [a["action"] for a in labels["c2pa.actions.v2"]["actions"]] == ["c2pa.opened", "c2pa.edited"]
+        assert [(i["title"], i["relationship"]) for i in m["ingredients"]] == [(parent, "parentOf")]
+        assert len(labels[ASSERTION]["instructions"]) == t
+        assert verify_file(out / f"chain_001_turn_{t}.png").ok
 
 
 @pytest.mark.parametrize("case, message", [
@@ -95,13 +108,16 @@ def test_edit_cli_bad_input_is_one_line_exit_2(run, t2i_run, tmp_path, capsys, c
 
 
 def test_eval_runs_the_edit_suite_on_an_editor_and_refuses_it_elsewhere(run, t2i_run, tmp_path, capsys):
-    assert main(["eval", "--run", str(run), "--n", "1", "--no-tokenizer", "--no-speed", "--no-progress",
+    assert main(["eval", "--run", str(run), "--n", "1", "--no-tokenizer", "--speed-batch-sizes", "8", "--no-progress",
                  "--image-cfg", "1.5", "--out", str(tmp_path / "e")]) == 0
     result = json.loads((tmp_path / "e" / "result.json").read_text())
     assert result["sampling"]["image_cfg_scale"] == 1.5
     assert result["config"]["suites"] == ["edit"] and result["faithfulness"]["n"] == 0 and result["fid"] is None
     e = result["editing"]
     assert e["single"]["success"]["n"] == 8 * len(edits.EDIT_KINDS) and len(e["chains"]) == 3
+    assert e["chains"][0]["chain_right"]["n"] == 24  # --n 1: 24 chains, each sampled once
+    row = result["speed"]["rows"][0]  # an editor is timed editing, with the image guided: three rows per image
+    assert row["setting"].startswith("one edit turn") and row["nfe_per_image"] == 3 * result["speed"]["steps_per_image"]
     assert "## Editing (the edit suite)" in (tmp_path / "e" / "report.md").read_text()
     assert "edits: success" in capsys.readouterr().out
     assert main(["eval", "--run", str(t2i_run), "--suite", "edit", "--n", "1", "--no-fid", "--no-tokenizer",
