@@ -15,9 +15,10 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from pipelines import Run, open_sampler, write_atomic
+from pipelines.provenance import weights_sha256
 
 SAMPLES_PER_BATCH = 64
 
@@ -43,7 +44,7 @@ def _stage_configs(cfg: DemoConfig) -> tuple:
     return tok, gen
 
 
-def _measure_tokenizer(run: Run, cfg: DemoConfig) -> dict:
+def _measure_tokenizer(run: Run, cfg: DemoConfig, signer: Any) -> dict:
     """The tokenizer's metrics on held-out scenes, written to tokenizer_eval.json, with a reconstruction grid."""
     import torch
 
@@ -59,11 +60,13 @@ def _measure_tokenizer(run: Run, cfg: DemoConfig) -> dict:
     with torch.no_grad():
         shown = images[:16]
         recon = tensor_to_images(tok.decode(tok.encode(images_to_tensor(shown)).codes))
-    save_grid([shown, recon], run.samples_dir() / "reconstructions.png")
+    save_grid([shown, recon], run.samples_dir() / "reconstructions.png", signer=signer,
+              generation={"reconstructions": "held-out scenes (top) and the tokenizer's reconstructions (bottom)",
+                          "model": {"weights": {"tokenizer": weights_sha256(run.require("tokenizer"))}}})
     return {**report, "codes": tok.cfg.num_codes, "grid": tok.cfg.grid_size, "resolution": tok.cfg.resolution}
 
 
-def _sample_and_score(run: Run, cfg: DemoConfig, device: str | None) -> tuple[dict, dict]:
+def _sample_and_score(run: Run, cfg: DemoConfig, device: str | None, signer: Any) -> tuple[dict, dict]:
     """The demo prompts sampled `samples_per_prompt` times and scored; grids per category."""
     from eval import faithfulness
     from pipelines import save_grid
@@ -78,12 +81,16 @@ def _sample_and_score(run: Run, cfg: DemoConfig, device: str | None) -> tuple[di
     report = faithfulness.score_images(list(result.images), per_image, [i % k for i in range(len(result.images))])
     for cat in faithfulness.CATEGORIES:
         idx = [i for i, s in enumerate(per_image) if s.category == cat]
-        save_grid([result.images[i : i + k] for i in idx[::k][:12]], run.samples_dir() / f"{cat}.png")
+        shown = idx[::k][:12]
+        save_grid([result.images[i : i + k] for i in shown], run.samples_dir() / f"{cat}.png", signer=signer,
+                  generation={"prompts": [per_image[i].text for i in shown], "seed": result.seed,
+                              "settings": result.sample_config, "model": result.model})
     return report, result.sample_config
 
 
-def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> dict:
-    """Run the demo into `cfg.out`; `echo` reports each step. Returns summary.json's dict."""
+def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print, signer: Any = "auto") -> dict:
+    """Run the demo into `cfg.out`; `echo` reports each step. Returns summary.json's dict. Its grids are
+    signed with `signer` (pipelines.png: "auto", a provenance.Signer, or None)."""
     from eval import faithfulness
     from train import generator_stage, tokenizer_stage
 
@@ -94,7 +101,7 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> dict:
     tokenizer_stage.train_tokenizer(tok_cfg, run.root)
     t_tok = time.perf_counter() - t0
     echo(f"[2/5] measuring it on {cfg.eval_images} held-out images")
-    tok_report = _measure_tokenizer(run, cfg)
+    tok_report = _measure_tokenizer(run, cfg, signer)
 
     echo(f"[3/5] pre-tokenizing and training the generator ({gen_cfg.model['size']}, {gen_cfg.loop.steps} steps)")
     t1 = time.perf_counter()
@@ -103,7 +110,8 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> dict:
 
     echo(f"[4/5] sampling {cfg.samples_per_prompt} images for each of {len(faithfulness.demo_prompts())} prompts")
     t2 = time.perf_counter()
-    report, sampling = _sample_and_score(run, cfg, device="cpu" if gen_cfg.loop.device == "cpu" else None)
+    report, sampling = _sample_and_score(run, cfg, device="cpu" if gen_cfg.loop.device == "cpu" else None,
+                                         signer=signer)
     t_sample = time.perf_counter() - t2
     echo("[5/5] scored the samples against their prompts (the shapes world's parse)")
     total = time.perf_counter() - t0

@@ -4,6 +4,8 @@
 - `ImageSampler` is the sampling interface (a Protocol), with one batching and seeding rule
   (`sample_in_batches`); `ARPipeline` and `DiffusionPipeline` implement it;
 - `open_sampler(run, model)` opens the run's generator or baseline by name;
+- `save_pngs` / `save_grid` / `sample_to_dir` write images, each signed with a C2PA manifest
+  (`pipelines.provenance`: the signer, the development credentials, `verify_file`);
 - `resolve_device` is the one device resolver; `RunError` the package's base error.
 
     from pipelines import open_sampler, save_pngs

@@ -48,6 +48,7 @@ class EditResult:
     seed: int | None
     sample_config: dict
     warnings: list[str] = field(default_factory=list)
+    model: dict = field(default_factory=dict)  # what made them (ARPipeline.provenance())
 
 
 class ARPipeline:
@@ -55,7 +56,10 @@ class ARPipeline:
 
     kind = "autoregressive"
 
-    def __init__(self, tokenizer: Any, generator: Any, device: torch.device, recommended: dict | None = None):
+    def __init__(self, tokenizer: Any, generator: Any, device: torch.device, recommended: dict | None = None,
+                 origin: dict | None = None):
+        self.origin = origin or {}  # {"run": path, "dirs": {part: model directory}} when opened from a run
+        self._provenance: dict | None = None
         self.tokenizer = tokenizer.to(device).eval()  # vqtok.VQTokenizer
         self.generator = generator  # ar_model.LoadedGenerator: .model, .cfg, .tokenizer, .layout
         self.model = generator.model.to(device).eval()
@@ -76,7 +80,17 @@ class ARPipeline:
         for part in ("tokenizer", "generator"):  # a missing part is named before anything loads
             run.require(part)
         return cls(run.load_tokenizer(), run.load_generator(progress=progress), resolve_device(device),
-                   run.recorded_sampling("generator"))
+                   run.recorded_sampling("generator"),
+                   {"run": str(run.root), "dirs": {p: run.require(p) for p in ("generator", "tokenizer")}})
+
+    def provenance(self) -> dict:
+        """What made this pipeline's images, for their C2PA manifests: kind, run, and the sha256 of every
+        weights file of the generator and tokenizer (empty when not opened from a run directory)."""
+        if self._provenance is None:
+            from pipelines.provenance import model_record
+
+            self._provenance = model_record(self.kind, self.origin)
+        return self._provenance
 
     @property
     def resolution(self) -> int:
@@ -123,7 +137,7 @@ class ARPipeline:
                 return tensor_to_images(self.tokenizer.decode(codes.to(self.device))).cpu().numpy()
 
         rows, images = sample_in_batches(prompts, n, settings, batch_size, draw, progress)
-        return SampleResult(images, rows, settings.seed, settings.to_dict(), warnings)
+        return SampleResult(images, rows, settings.seed, settings.to_dict(), warnings, self.provenance())
 
     # ------------------------------------------------------------------ editing
     @property
@@ -194,7 +208,8 @@ class ARPipeline:
         bar.close()
         codes = torch.stack(made, 1) if made else torch.zeros(len(chains), 0, *self.layout.grid, dtype=torch.long)
         images = self.decode(codes.flatten(0, 1)).reshape(*codes.shape[:2], self.resolution, self.resolution, 3)
-        return EditResult(images, codes, [list(c) for c in chains], settings.seed, settings.to_dict(), warnings)
+        return EditResult(images, codes, [list(c) for c in chains], settings.seed, settings.to_dict(), warnings,
+                          self.provenance())
 
     def decode(self, codes: torch.Tensor) -> np.ndarray:
         """Codes (B, h, w) -> uint8 images (B, R, R, 3), in batches of 64."""

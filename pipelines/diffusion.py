@@ -24,7 +24,10 @@ class DiffusionPipeline:
     kind = "diffusion"
     tokenizer = None  # works in pixels: no image tokenizer
 
-    def __init__(self, model: Any, text_tokenizer: Any, device: torch.device, recommended: dict | None = None):
+    def __init__(self, model: Any, text_tokenizer: Any, device: torch.device, recommended: dict | None = None,
+                 origin: dict | None = None):
+        self.origin = origin or {}  # {"run": path, "dirs": {"baseline": model directory}} when opened from a run
+        self._provenance: dict | None = None
         self.model = model.to(device).eval()  # baseline.DiffusionBaseline
         self.text_tokenizer = text_tokenizer
         self.device = device
@@ -38,7 +41,17 @@ class DiffusionPipeline:
         """`progress` is part of the interface; loading the baseline shows no progress bar."""
         run = Run(run)
         model, text_tokenizer = run.load_baseline()
-        return cls(model, text_tokenizer, resolve_device(device), run.recorded_sampling("baseline"))
+        return cls(model, text_tokenizer, resolve_device(device), run.recorded_sampling("baseline"),
+                   {"run": str(run.root), "dirs": {"baseline": run.require("baseline")}})
+
+    def provenance(self) -> dict:
+        """What made this pipeline's images, for their C2PA manifests: kind, run, and the sha256 of every
+        weights file of the baseline (empty when not opened from a run directory)."""
+        if self._provenance is None:
+            from pipelines.provenance import model_record
+
+            self._provenance = model_record(self.kind, self.origin)
+        return self._provenance
 
     @property
     def resolution(self) -> int:
@@ -80,7 +93,7 @@ class DiffusionPipeline:
             return to_uint8(sample(self.model, text[rows], sc)).numpy()
 
         rows, images = sample_in_batches(prompts, n, settings, batch_size, draw, progress)
-        return SampleResult(images, rows, settings.seed, dataclasses.asdict(settings), warnings)
+        return SampleResult(images, rows, settings.seed, dataclasses.asdict(settings), warnings, self.provenance())
 
     def sdedit(self, images: Any, prompts: Sequence[str], strength: float, settings: DiffusionSampleConfig | None = None,
                batch_size: int = 32) -> Any:

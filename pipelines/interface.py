@@ -37,6 +37,7 @@ class SampleResult:
     seed: int | None
     sample_config: dict  # the settings used, as plain data
     warnings: list[str] = field(default_factory=list)  # prompts not used as written (empty, truncated)
+    model: dict = field(default_factory=dict)  # what made them: kind, run, weights' sha256 (the sampler's provenance())
 
 
 @runtime_checkable

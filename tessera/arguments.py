@@ -172,6 +172,18 @@ def _sampling_args(sp: argparse.ArgumentParser, seed_help: str, diffusion: bool 
     sp.add_argument("--seed", type=SEED, default=0, help=seed_help)
 
 
+def _signing_args(sp: argparse.ArgumentParser) -> None:
+    """C2PA signing of the images written (pipelines.provenance): on by default."""
+    sp.add_argument("--no-sign", action="store_true", help="write images without a signed C2PA manifest "
+                    "(also TESSERA_SIGN=0)")
+    sp.add_argument("--sign-cert", metavar="PEM", help="certificate chain to sign with, signing certificate first "
+                    "(default: $TESSERA_C2PA_CERT, else local untrusted development credentials)")
+    sp.add_argument("--sign-key", metavar="PEM", help="the signing certificate's private key (default: "
+                    "$TESSERA_C2PA_KEY)")
+    sp.add_argument("--tsa-url", metavar="URL", help="RFC 3161 timestamp authority (default: $TESSERA_C2PA_TSA_URL; "
+                    "none)")
+
+
 def _command(sub, name: str, func, help: str, description: str | None = None, **defaults) -> argparse.ArgumentParser:
     sp = sub.add_parser(name, help=help, description=description or help)
     sp.set_defaults(func=func, **defaults)
@@ -223,11 +235,13 @@ def _sampling_commands(sub, cli: ModuleType) -> None:
     d.add_argument("--eval-images", type=POSITIVE, default=1000, help="held-out images to measure the tokenizer on")
     d.add_argument("--samples-per-prompt", type=POSITIVE, default=4, help="samples drawn for each demo prompt")
     _sampling_args(d, "sampling seed")
+    _signing_args(d)
     d.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     s = _command(sub, "sample", cli.cmd_sample, "sample images from prompts with a trained run",
-                 "Draw N images per prompt; writes one PNG per image (prompt and settings in its text chunks) and "
-                 "OUT/grid.png with one row per prompt. An empty prompt samples unconditionally; a prompt longer "
-                 "than the model's text length is truncated with a warning.")
+                 "Draw N images per prompt; writes one PNG per image (prompt and settings in its text chunks, and a "
+                 "signed C2PA manifest: prompt, settings, seed, weights' sha256) and OUT/grid.png with one row per "
+                 "prompt. An empty prompt samples unconditionally; a prompt longer than the model's text length is "
+                 "truncated with a warning. `tessera verify` reads the manifests back.")
     s.add_argument("--run", required=True, type=OUT_DIR, help="run directory holding tokenizer/ and generator/")
     s.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
     s.add_argument("--prompts-file", help="a text file with one prompt per line")
@@ -236,13 +250,15 @@ def _sampling_commands(sub, cli: ModuleType) -> None:
     s.add_argument("--batch-size", type=POSITIVE, default=32, help="images sampled together")
     s.add_argument("--device", type=DEVICE, help="cpu or cuda (default: cuda when present)")
     s.add_argument("--out", default="samples", type=OUT_DIR, help="output directory")
+    _signing_args(s)
     s.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     ed = _command(sub, "edit", cli.cmd_edit, "edit an image with a run trained for editing, turn after turn",
                   "Apply each instruction in turn to the image, every turn conditioned on the codes the turn before "
                   "made (the run must be trained with --set data.task=edit, docs/EDITING.md). The image may be any "
                   "size or mode: it is converted to RGB, centre-cropped and resized to the run's resolution. Writes "
-                  "OUT/chain_<c>_turn_<t>.png (instruction and settings in its text chunks) and OUT/grid.png, one row "
-                  "per chain: the source, then each turn.")
+                  "OUT/chain_<c>_turn_<t>.png (instruction and settings in its text chunks; signed C2PA manifest "
+                  "c2pa.edited with the image before as its parent) and OUT/grid.png, one row per chain: the source, "
+                  "then each turn.")
     ed.add_argument("--run", required=True, type=OUT_DIR, help="run directory holding tokenizer/ and an editing generator/")
     ed.add_argument("--image", required=True, help="the image to edit")
     ed.add_argument("--instruction", action="append", help="an edit instruction (repeat for several turns)")
@@ -251,7 +267,19 @@ def _sampling_commands(sub, cli: ModuleType) -> None:
     _sampling_args(ed, "seed; the same seed and settings give the same edits", image=True)
     ed.add_argument("--device", type=DEVICE, help="cpu or cuda (default: cuda when present)")
     ed.add_argument("--out", default="edits", type=OUT_DIR, help="output directory")
+    _signing_args(ed)
     ed.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    vf = _command(sub, "verify", cli.cmd_verify, "read and check the signed C2PA manifests of image files",
+                  "For each file: who made it, with what model, prompt and seed, and whether its manifest validates: "
+                  "trusted (its certificate chains to a --trust-anchors root), untrusted credential (valid, but "
+                  "nothing vouches for the signer, e.g. the development credentials), tampered (pixels or manifest "
+                  "changed after signing), no manifest, unreadable. Exit status 1 when a file is tampered, has no "
+                  "manifest or cannot be read (or, with --require-trusted, is not trusted).")
+    vf.add_argument("files", nargs="+", metavar="FILE", help="image files")
+    vf.add_argument("--trust-anchors", metavar="PEM", help="root certificates to trust (default: "
+                    "$TESSERA_C2PA_TRUST_ANCHORS; none)")
+    vf.add_argument("--require-trusted", action="store_true", help="fail files whose signer is not trusted")
+    vf.add_argument("--json", action="store_true", help="one JSON object per file instead of a line")
 
 
 def _eval_commands(sub, cli: ModuleType) -> None:
@@ -269,7 +297,8 @@ def _eval_commands(sub, cli: ModuleType) -> None:
     v.add_argument("--suite", action="append", dest="suites", choices=[*SUITES, "edit"],
                    help=f"a suite to run (repeat for several; default: {' '.join(DEFAULT_SUITES)}; for a run trained "
                         "for editing: edit)")
-    v.add_argument("--n", type=POSITIVE, default=4, help="samples per prompt")
+    v.add_argument("--n", type=POSITIVE, default=4, help="samples per prompt (the edit suite: n x 8 single edits of "
+                                                        "each kind and n x 24 chains, one sample each)")
     _sampling_args(v, "sampling seed; the same seed gives the same numbers", diffusion=True, image=True)
     v.add_argument("--batch-size", type=POSITIVE, default=64, help="images sampled together")
     v.add_argument("--features", default="classifier", help="FID features: classifier (default, offline) or "

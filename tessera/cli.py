@@ -89,16 +89,25 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _signer(args: argparse.Namespace) -> object:
+    """The C2PA signer of --sign-cert / --sign-key / --tsa-url (or the environment, or the development
+    credentials); None with --no-sign. Bad credentials stop here, before anything is loaded or sampled."""
+    from pipelines.provenance import resolve_signer
+
+    return resolve_signer(False if args.no_sign else None, args.sign_cert, args.sign_key, args.tsa_url)
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from pipelines import open_sampler, sample_to_dir
 
     from tessera.arguments import prompts_from
 
     prompts = prompts_from(args)
+    signer = _signer(args)
     pipe = open_sampler(args.run, "generator", device=args.device, progress=not args.no_progress)
     files = sample_to_dir(pipe, prompts, args.out, n=args.n, settings=pipe.settings(**_sampling(args),
                           seed=args.seed), batch_size=args.batch_size, progress=not args.no_progress,
-                          run=str(args.run))
+                          run=str(args.run), signer=signer)
     print(f"{len(files.pngs)} images written to {args.out} (one row per prompt in {files.grid})")
     return 0
 
@@ -111,25 +120,44 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from train.data.images import load_image_file
 
     turns = instructions_from(args)
+    signer = _signer(args)
     pipe = open_sampler(args.run, "generator", device=args.device, progress=not args.no_progress)
     if not pipe.edits:  # before reading the image: the likelier mistake
         pipe.check_instructions([turns])
     source = load_image_file(args.image, pipe.resolution)  # any size or mode, converted; unreadable: one line
     result = pipe.edit(source[None].repeat(args.n, 0), [turns] * args.n,
                        settings=pipe.settings(**_sampling(args), seed=args.seed), progress=not args.no_progress)
-    files = save_edits(result, source, args.out, run=str(args.run))
+    files = save_edits(result, source, args.out, run=str(args.run), signer=signer, source_file=args.image)
     print(f"{len(files.pngs)} edited images written to {args.out} (one row per chain in {files.grid})")
     return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    import json
+
+    from pipelines.provenance import verify_file
+
+    failed = 0
+    for path in args.files:
+        v = verify_file(path, args.trust_anchors)
+        ok = v.ok and (v.status == "trusted" or not args.require_trusted)
+        failed += not ok
+        print(json.dumps({**v.__dict__, "passed": ok}) if args.json else v.line())
+    if failed:
+        print(f"{failed} of {len(args.files)} files failed verification", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from eval.demo import DemoConfig, run_demo
     from train.config import split_assignments
 
+    signer = _signer(args)
     run_demo(DemoConfig(out=args.out, preset=args.preset, stages=split_assignments(_assignments(args),
                         ("tokenizer", "generator")), eval_images=args.eval_images,
                         samples_per_prompt=args.samples_per_prompt, sampling=_sampling(args),
-                        seed=args.seed, progress=not args.no_progress), echo=lambda s: print(s, flush=True))
+                        seed=args.seed, progress=not args.no_progress), echo=lambda s: print(s, flush=True),
+             signer=signer)
     return 0
 
 
