@@ -212,6 +212,50 @@ def save_checkpoint(
     return final
 
 
+BEST_DIR = "best"  # state/<stage>/best/: the weights of the lowest validation loss (LoopConfig.keep_best)
+
+
+def save_best(state_dir: Path, step: int, val_loss: float, weights: dict[str, torch.Tensor]) -> Path:
+    """The weights the stage would export (the EMA's when there is one) at the lowest validation loss so far,
+    in state_dir/best/ (model.safetensors + meta.json with step, val_loss and sha256), written atomically."""
+    state_dir = Path(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    final, tmp = state_dir / BEST_DIR, state_dir / f".tmp-{BEST_DIR}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_file(_unshared(weights), str(tmp / MODEL_FILE))
+    meta = {"format": FORMAT, "version": VERSION, "step": step, "val_loss": val_loss,
+            "sha256": {MODEL_FILE: sha256_file(tmp / MODEL_FILE)}}
+    (tmp / META_FILE).write_text(json.dumps(meta))
+    old = state_dir / f".old-{BEST_DIR}"
+    if final.exists():  # moved aside, then replaced: a kill in between leaves .old-best, which read_best falls back to
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def read_best(state_dir: Path, weights: bool = True) -> tuple[dict, dict[str, torch.Tensor] | None] | None:
+    """(meta, weights) of state_dir/best/ (or the .old-best a kill left), None when there is none; a damaged
+    one is a ResumeError."""
+    for name in (BEST_DIR, f".old-{BEST_DIR}"):
+        path = Path(state_dir) / name
+        if not (path / META_FILE).is_file():
+            continue
+        try:
+            meta = json.loads((path / META_FILE).read_text())
+            if weights and sha256_file(path / MODEL_FILE) != meta["sha256"][MODEL_FILE]:
+                raise ResumeError(f"the best-validation weights in {str(path)!r} do not match their sha256: remove "
+                                  "the directory to start the best-checkpoint tracking afresh")
+            return meta, (load_file(str(path / MODEL_FILE)) if weights else None)
+        except (OSError, ValueError, KeyError, SafetensorError) as e:
+            raise ResumeError(f"cannot read the best-validation weights in {str(path)!r}: {e}") from e
+    return None
+
+
 def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Contiguous CPU tensors, each with its own storage: `save_file` refuses shared memory
     (tied weights); a tied pair is stored twice so that a strict load finds both names."""

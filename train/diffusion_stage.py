@@ -38,7 +38,7 @@ from train.data.images import decode_rows, image_name, undecoded
 from train.errors import TrainConfigError
 from train.generator_stage import PRESETS as GENERATOR_PRESETS
 from train.generator_stage import GeneratorDataConfig, prepare_text_tokenizer, training_rows
-from train.loop import EpochOrder, LoopConfig, LossOutput, steps_for_seconds, train_loop
+from train.loop import EpochOrder, LoopConfig, LossOutput, split_rows, steps_for_seconds, train_loop
 
 log = logging.getLogger(__name__)
 
@@ -194,17 +194,37 @@ class BaselineTask:
         self.text_ids = text_ids  # (N, T) long
         self.scheduler = train_scheduler(dcfg)
         self.cond_dropout = dcfg.cond_dropout
-        self.order = EpochOrder(len(images), cfg.loop.seed, cfg.loop.grad_accum)
+        # rows held out for the validation loss (data.val_split: the generator's rows when the data are the same)
+        train_rows, self.val_rows = split_rows(len(images), cfg.data.val_split, cfg.data.seed)
+        self.train_rows, self.val_batch = len(train_rows), cfg.loop.batch_size
+        if not len(self.val_rows):
+            self.validate = None  # train.loop: no rows held out
+        self.order = EpochOrder(len(images), cfg.loop.seed, cfg.loop.grad_accum,
+                                rows=train_rows if len(self.val_rows) else None)
         self.seed = cfg.loop.seed
 
-    def batch(self, step: int, micro: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        idx = self.order.indices(step, micro, batch_size)  # (B,)
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + step) * 64 + micro)  # a function of (step, micro)
+    def _batch(self, idx: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, int]:
         text = condition_dropout(self.text_ids[idx], self.cond_dropout, self.layout, generator=g)  # (B, T)
         x = self.images[idx].permute(0, 3, 1, 2).float() / 127.5 - 1  # (B, 3, R, R) in [-1, 1]
         device = next(self.model.parameters()).device
         noise_seed = int(torch.randint(0, 2**62, (1,), generator=g))  # the loss's noise and timesteps
         return x.to(device), text.to(device), noise_seed
+
+    def batch(self, step: int, micro: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        idx = self.order.indices(step, micro, batch_size)  # (B,)
+        # a function of (step, micro)
+        return self._batch(idx, torch.Generator().manual_seed((self.seed * 1_000_003 + step) * 64 + micro))
+
+    def validate(self) -> dict[str, float]:
+        """The training loss on the held-out rows with fixed noise, timesteps and dropped captions: the same
+        draws every time, so the curve moves only with the weights."""
+        total, n = 0.0, 0
+        for b, idx in enumerate(self.val_rows.split(self.val_batch)):
+            x, text, noise_seed = self._batch(idx, torch.Generator().manual_seed(self.seed * 7_000_003 + b))
+            loss = diffusion_loss(self.model, x, text, self.scheduler, torch.Generator().manual_seed(noise_seed))
+            total += float(loss) * len(idx)
+            n += len(idx)
+        return {"val_loss": total / n}
 
     def loss(self, batch: tuple[torch.Tensor, torch.Tensor, int], step: int) -> LossOutput:
         x, text, noise_seed = batch

@@ -50,7 +50,7 @@ from train.data import edits, grammar, own, shapes
 from pipelines import Run, resolve_device, sampling_file
 from train.config import StageConfig, check_run_config, preset
 from train.errors import TrainConfigError
-from train.loop import EpochOrder, LoopConfig, LossOutput, steps_for_seconds, train_loop
+from train.loop import EpochOrder, LoopConfig, LossOutput, split_rows, steps_for_seconds, train_loop
 from train.pretokenize import (
     SHARD_SIZE,
     check_devices,
@@ -98,6 +98,9 @@ class GeneratorDataConfig:
     text_tokenizer: str | None = None  # a local HF tokenizer directory to use instead of training one
     encode_batch_size: int = 256  # images per tokenizer forward pass when pre-tokenizing
     shard_size: int = SHARD_SIZE  # rows per pre-tokenizing shard: what a killed `tessera tokenize` may redo
+    # rows held out of training for the validation loss (loop.val_every): a fraction < 1 or a count; which rows
+    # is fixed by data.seed (train.loop.split_rows); 0 = none
+    val_split: float = 0.0
 
     @property
     def context_images(self) -> int:
@@ -245,16 +248,19 @@ class GeneratorTask:
                                    "(editing codes need data.task 'edit', and the other way round)")
         self.context = context.view(-1, self.layout.context_images, *self.layout.grid) if context is not None else None
         self.cond_dropout = gcfg.cond_dropout
+        # rows held out for the validation loss (data.val_split), never read by training
+        train_rows, self.val_rows = split_rows(len(self.codes), cfg.data.val_split, cfg.data.seed)
+        self.train_rows, self.val_batch = len(train_rows), cfg.loop.batch_size
+        if not len(self.val_rows):
+            self.validate = None  # train.loop: no rows held out
         # with masked padding a batch costs its longest caption: batches of similar lengths (EpochOrder's buckets)
         lengths = (text_ids != self.layout.pad_id).sum(1) if self.layout.mask_padding else None
-        self.order = EpochOrder(len(codes), cfg.loop.seed, cfg.loop.grad_accum, lengths=lengths,
-                                block=cfg.loop.batch_size)
+        self.order = EpochOrder(len(self.codes), cfg.loop.seed, cfg.loop.grad_accum, lengths=lengths,
+                                block=cfg.loop.batch_size, rows=train_rows if len(self.val_rows) else None)
         self.seed = cfg.loop.seed
 
-    def batch(self, step: int, micro: int, batch_size: int) -> torch.Tensor:
-        idx = self.order.indices(step, micro, batch_size)  # (B,)
-        # the dropped captions are a function of (seed, step, micro) too, like the example order
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + step) * 64 + micro)
+    def _sequences(self, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Rows `idx` as training sequences, conditions dropped with `g`."""
         text = condition_dropout(self.text_ids[idx].long(), self.cond_dropout, self.layout, generator=g)  # (B, T)
         context = None
         if self.context is not None:  # the image condition dropped as often as the text, independently
@@ -262,9 +268,24 @@ class GeneratorTask:
         ids = build_sequences(text, self.codes[idx], self.layout, context)  # (B, seq_len)
         return ids.to(next(self.model.parameters()).device)
 
+    def batch(self, step: int, micro: int, batch_size: int) -> torch.Tensor:
+        idx = self.order.indices(step, micro, batch_size)  # (B,)
+        # the dropped captions are a function of (seed, step, micro) too, like the example order
+        return self._sequences(idx, torch.Generator().manual_seed((self.seed * 1_000_003 + step) * 64 + micro))
+
     def loss(self, batch: torch.Tensor, step: int) -> LossOutput:
         loss = image_loss(self.model, batch, self.layout)
         return LossOutput(loss, {"loss": float(loss.detach())})
+
+    def validate(self) -> dict[str, float]:
+        """The training loss on the held-out rows (conditions dropped as in training, with fixed draws: the
+        same every time, comparable with the training loss), averaged per image token."""
+        total, n = 0.0, 0
+        for b, idx in enumerate(self.val_rows.split(self.val_batch)):
+            batch = self._sequences(idx, torch.Generator().manual_seed(self.seed * 7_000_003 + b))
+            total += float(image_loss(self.model, batch, self.layout)) * len(idx)
+            n += len(idx)
+        return {"val_loss": total / n}
 
     def items(self, batch: torch.Tensor) -> int:
         return batch.shape[0]

@@ -11,6 +11,15 @@ which times it to fit a run into a wall-clock budget.
 Resume is exact: a batch is a pure function of (step, micro-batch index), and
 every RNG is saved with the weights, so a run killed at any point and restarted
 reaches the same weights as an uninterrupted one (bitwise on the CPU).
+
+Validation: a task that holds rows out of training (`split_rows`, the stages'
+`data.val_split`) and has `validate()` is measured on them every `val_every` steps
+and at the end, on the weights the stage exports (the EMA's when there is one), in
+eval mode, without gradients and with every RNG restored afterwards, so a run
+trains bitwise the same with or without validation. The log gets a row
+{"step", "val_loss", ..., "epoch"}; every row carries the epoch (passes over the
+training rows so far). With `keep_best` the weights of the lowest validation
+loss are kept in state/<stage>/best/ and are what the loop returns.
 """
 
 from __future__ import annotations
@@ -28,8 +37,8 @@ from tqdm.auto import tqdm
 
 from pipelines import Run, resolve_device, write_atomic
 from train import distributed
-from train.checkpoint import (DamagedCheckpointError, latest_checkpoint, read_checkpoint, rng_state, save_checkpoint,
-                              set_rng_state)
+from train.checkpoint import (DamagedCheckpointError, latest_checkpoint, read_best, read_checkpoint, rng_state,
+                              save_best, save_checkpoint, set_rng_state)
 from train.distributed import PARALLEL
 from train.ema import EMA
 from train.errors import ResumeError, TrainConfigError
@@ -72,6 +81,8 @@ class LoopConfig:
     # when the latest checkpoint is damaged (a file truncated or not the bytes written), resume from the newest
     # intact one with a warning; off: stop with an error naming it, so no training is redone unasked
     resume_intact: bool = False
+    val_every: int = 0  # steps between validation passes over the held-out rows (data.val_split); 0 = never
+    keep_best: bool = False  # export the weights of the lowest validation loss (state/<stage>/best/), not the last
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
@@ -90,11 +101,15 @@ class LoopConfig:
             raise TrainConfigError(f"parallel must be one of {', '.join(PARALLEL)}, got {self.parallel!r}")
         if self.log not in LOGGERS:
             raise TrainConfigError(f"log must be one of {', '.join(LOGGERS)}, got {self.log!r}")
-        for name in ("compile", "activation_checkpointing", "resume_intact"):
+        for name in ("compile", "activation_checkpointing", "resume_intact", "keep_best"):
             if not isinstance(getattr(self, name), bool):
                 raise TrainConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if int(self.sample_every) < 0:
             raise TrainConfigError(f"sample_every must be >= 0, got {self.sample_every!r}")
+        if int(self.val_every) < 0:
+            raise TrainConfigError(f"val_every must be >= 0, got {self.val_every!r}")
+        if self.keep_best and not self.val_every:
+            raise TrainConfigError("keep_best needs validation: set loop.val_every (and the stage's data.val_split)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -118,6 +133,9 @@ class Task(Protocol):
 
     model: torch.nn.Module  # everything trainable (e.g. tokenizer + discriminator)
     # optional `unused_parameters = True`: some parameters get no gradient in some steps (DDP must know)
+    # optional `train_rows: int`: examples per epoch (the log's epoch count); optional `validate() ->
+    # {"val_loss": ..., ...}`: metrics on held-out rows through `self.model` (the loop calls it without
+    # gradients, in eval mode, every LoopConfig.val_every steps; None: the task holds no rows out)
 
     def batch(self, step: int, micro: int, batch_size: int) -> Any:
         """Micro-batch `micro` (of grad_accum, counted over all processes) of step `step`; depends on nothing else."""
@@ -126,6 +144,19 @@ class Task(Protocol):
 
     def items(self, batch: Any) -> int:
         """How many examples the batch holds (for images/s)."""
+
+
+def split_rows(n: int, val: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training rows, validation rows) of `n` examples, disjoint and each sorted: `val` < 1 is a fraction of
+    the rows (rounded, at least one when positive), `val` >= 1 a count, 0 none; which rows is fixed by `seed`
+    alone (not by the training seed), so every stage and every rerun holds the same rows out."""
+    if val < 0 or (val >= 1 and val != int(val)):
+        raise TrainConfigError(f"data.val_split must be a fraction in [0, 1) or a whole count, got {val!r}")
+    k = int(val) if val >= 1 else (max(1, round(val * n)) if val > 0 else 0)
+    if k >= n:
+        raise TrainConfigError(f"data.val_split={val!r} holds out {k} of {n} rows: nothing is left to train on")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + 17))
+    return perm[k:].sort().values, perm[:k].sort().values
 
 
 class EpochOrder:
@@ -138,11 +169,18 @@ class EpochOrder:
     permutation is sorted by length, cut into blocks and the blocks shuffled: every batch
     then holds examples of similar lengths (length bucketing, as in fairseq / HF's
     group_by_length samplers), still a pure function of (seed, epoch).
+
+    With `rows` (the training rows of a split, `split_rows`) the epochs run over those rows only
+    and `indices` returns rows of the whole set; the rest are never read.
     """
 
     BUCKET = 16  # blocks sorted together
 
-    def __init__(self, n: int, seed: int, grad_accum: int = 1, lengths: torch.Tensor | None = None, block: int = 0):
+    def __init__(self, n: int, seed: int, grad_accum: int = 1, lengths: torch.Tensor | None = None, block: int = 0,
+                 rows: torch.Tensor | None = None):
+        self.rows = rows
+        if rows is not None:
+            n, lengths = len(rows), (lengths[rows] if lengths is not None else None)
         if n < 1:
             raise TrainConfigError("the training set is empty")
         self.n, self.seed, self.accum = n, seed, grad_accum
@@ -169,7 +207,8 @@ class EpochOrder:
     def indices(self, step: int, micro: int, batch_size: int) -> torch.Tensor:
         """(batch_size,) long indices into the training set."""
         start = (step * self.accum + micro) * batch_size  # the example's place in the whole run
-        return torch.stack([self._permutation(g // self.n)[g % self.n] for g in range(start, start + batch_size)])
+        idx = torch.stack([self._permutation(g // self.n)[g % self.n] for g in range(start, start + batch_size)])
+        return idx if self.rows is None else self.rows[idx]
 
 
 class LoopResult(NamedTuple):
@@ -357,6 +396,80 @@ def _preview(task: Task, par: ParallelModel, tracker: Tracker | None, done: int)
         tracker.images(done, image_grid(images, cols=max(1, len(images) // max(1, len(set(captions))))), captions)
 
 
+def _validate(task: Task, par: ParallelModel, ema: EMA | None, device: torch.device) -> dict[str, float]:
+    """task.validate() on the weights the stage exports (the EMA's, when there is one), in eval mode, without
+    gradients, with every RNG stream restored afterwards (every process calls it: an FSDP model needs all)."""
+    model = par.model
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()} if ema is not None else None
+    if ema is not None:
+        ema.copy_to(model)
+    task.model = model
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+            metrics = task.validate()
+    finally:
+        model.train()
+        task.model = par.train_model
+        if saved is not None:
+            model.load_state_dict(saved)
+    return metrics
+
+
+class _Best:
+    """The lowest validation loss so far and its weights in state/<stage>/best/ (LoopConfig.keep_best)."""
+
+    def __init__(self, run: Run, stage: str | None, start: int):
+        self.dir = run.state_dir(stage)
+        found = read_best(self.dir, weights=False)
+        # a best found after the checkpoint resumed from is recomputed (bitwise the same) when its step comes again
+        self.loss = float(found[0]["val_loss"]) if found and int(found[0]["step"]) <= start else math.inf
+
+    def offer(self, done: int, loss: float, par: ParallelModel, ema: EMA | None, world: distributed.World) -> None:
+        if not loss < self.loss:
+            return
+        self.loss = loss
+        weights = ema.full_state() if ema is not None else par.model_state()  # collectives: every process
+        if world.main:
+            save_best(self.dir, done, loss, weights)
+        distributed.barrier()
+
+    def restore(self, par: ParallelModel, ema: EMA | None, desc: str) -> None:
+        found = read_best(self.dir)
+        if found is None:
+            return
+        meta, weights = found
+        if ema is not None:  # the best holds the EMA's weights (what the stage exports)
+            ema.load_full_state(weights, self.dir / "best")
+            ema.copy_to(par.model)
+        else:
+            par.load_model_state(weights, self.dir / "best")
+        logger.info("%s: the weights of step %d (validation loss %.4f, the lowest) are the result", desc,
+                    meta["step"], meta["val_loss"])
+
+
+class _Overfitting:
+    """One warning when the validation loss has risen well above its lowest after many passes over the data."""
+
+    EPOCHS = 4.0  # passes over the training rows before a rise counts
+    RISE = 0.02  # relative to the lowest validation loss so far
+
+    def __init__(self, desc: str, keep_best: bool):
+        self.desc, self.keep_best, self.low, self.low_step, self.warned = desc, keep_best, math.inf, 0, False
+
+    def see(self, done: int, loss: float, epoch: float | None) -> None:
+        if loss < self.low:
+            self.low, self.low_step = loss, done
+        elif (not self.warned and epoch is not None and epoch >= self.EPOCHS
+              and loss > self.low * (1 + self.RISE)):
+            self.warned = True
+            logger.warning(
+                "%s: the validation loss rose to %.4f from %.4f at step %d after %.1f passes over the training "
+                "data: the model is fitting the training rows rather than the data (memorising). Fewer steps, more "
+                "data%s would help", self.desc, loss, self.low, self.low_step, epoch,
+                "" if self.keep_best else ", or loop.keep_best=true (export the weights of the lowest validation loss)")
+
+
 def _check_accum(cfg: LoopConfig, world: distributed.World) -> None:
     if cfg.grad_accum % world.size:
         raise TrainConfigError(
@@ -450,6 +563,14 @@ def train_loop(
     bar = tqdm(total=cfg.steps, initial=start, desc=desc, disable=not (cfg.progress and s.world.main),
                dynamic_ncols=True, leave=False)
     meter, last = _Meter(elapsed), {}
+    validates = bool(cfg.val_every) and callable(getattr(task, "validate", None))
+    if cfg.val_every and not validates:
+        logger.warning("%s: loop.val_every is set but the task holds no rows out (set data.val_split): "
+                       "no validation", desc)
+    best = _Best(run, stage, start) if cfg.keep_best and validates else None
+    watch = _Overfitting(desc, cfg.keep_best)
+    rows = getattr(task, "train_rows", None)
+    epoch = (lambda done: round(done * cfg.batch_size * cfg.grad_accum / rows, 4)) if rows else (lambda done: None)
     task.model = s.par.train_model  # loss() runs the forward through the wrapper (gradient averaging)
     try:
         for step in range(start, cfg.steps):
@@ -462,9 +583,19 @@ def train_loop(
             if done % cfg.log_every == 0 or done == cfg.steps:
                 row = meter.row(done, out.metrics, s.scheduler.get_last_lr()[0], s.device)
                 last = {k: v for k, v in row.items() if k in out.metrics}
+                if rows:
+                    row["epoch"] = epoch(done)
                 if tracker is not None:
                     tracker.log(row)
                 bar.set_postfix(loss=f"{row.get('loss', 0.0):.4f}", ips=f"{row['items_per_s']:.0f}")
+            if validates and (done % cfg.val_every == 0 or done == cfg.steps):
+                val = _validate(task, s.par, s.ema, s.device)
+                if tracker is not None:
+                    tracker.log({"step": done, **val, **({"epoch": epoch(done)} if rows else {})})
+                logger.info("%s: step %d, %s", desc, done, ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
+                if best is not None:
+                    best.offer(done, float(val["val_loss"]), s.par, s.ema, s.world)
+                watch.see(done, float(val["val_loss"]), epoch(done))
             if cfg.sample_every and hasattr(task, "preview") and (done % cfg.sample_every == 0 or done == cfg.steps):
                 _preview(task, s.par, tracker, done)
             if done % cfg.ckpt_every == 0 or done == cfg.steps:
@@ -479,9 +610,11 @@ def train_loop(
             tracker.close()
     if s.ema is not None:
         s.ema.copy_to(s.par.model)  # the model leaves the loop with its averaged weights
+    if best is not None:
+        best.restore(s.par, s.ema, desc)  # ... or, with keep_best, with those of the lowest validation loss
     task.model = s.par.unwrapped()
     return LoopResult(cfg.steps, start, time.perf_counter() - t0, last)
 
 
 __all__ = ["EpochOrder", "LoopConfig", "LoopResult", "LossOutput", "StepOutput", "Task", "lr_lambda",
-           "optimizer_step", "param_groups", "steps_for_seconds", "train_loop"]
+           "optimizer_step", "param_groups", "split_rows", "steps_for_seconds", "train_loop"]

@@ -20,7 +20,7 @@ from train.data.images import dataset_images
 from pipelines import Run, resolve_device
 from train.config import StageConfig, check_run_config, preset
 from train.errors import TrainConfigError
-from train.loop import EpochOrder, LoopConfig, LossOutput, train_loop
+from train.loop import EpochOrder, LoopConfig, LossOutput, split_rows, train_loop
 from vqtok import TokenizerLoss, VQConfig, VQTokenizer, images_to_tensor, save_tokenizer
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,9 @@ class TokenizerDataConfig:
     max_objects: int = shapes.MAX_OBJECTS  # objects per scene, 1..max
     tones: bool = False  # objects bright or dim (shapes.TONES): the editing world's identity detail
     seed: int = 0  # scene sampling seed (independent of the loop's seed)
+    # images held out of training for the validation metrics (loop.val_every): a fraction < 1 or a count; which
+    # images is fixed by data.seed (train.loop.split_rows); 0 = none
+    val_split: float = 0.0
 
     def __post_init__(self):
         for name in ("source", "image_column"):
@@ -145,7 +148,12 @@ class TokenizerTask:
         # a discriminator sits idle until disc_start: DDP must then not wait for its gradients
         self.unused_parameters = cfg.vq.disc_weight > 0
         self.images = images  # (N, H, W, 3) uint8
-        self.order = EpochOrder(len(images), cfg.loop.seed, cfg.loop.grad_accum)
+        train_rows, self.val_rows = split_rows(len(images), cfg.data.val_split, cfg.data.seed)
+        self.train_rows, self.val_batch, self.recon_loss = len(train_rows), cfg.loop.batch_size, cfg.vq.recon_loss
+        if not len(self.val_rows):
+            self.validate = None  # train.loop: no images held out
+        self.order = EpochOrder(len(images), cfg.loop.seed, cfg.loop.grad_accum,
+                                rows=train_rows if len(self.val_rows) else None)
 
     def batch(self, step: int, micro: int, batch_size: int) -> torch.Tensor:
         idx = self.order.indices(step, micro, batch_size)  # (B,)
@@ -158,6 +166,27 @@ class TokenizerTask:
 
     def items(self, batch: torch.Tensor) -> int:
         return batch.shape[0]
+
+    def validate(self) -> dict[str, float]:
+        """Reconstruction of the held-out images: val_loss (the reconstruction loss plus the quantizer's, the
+        stage's loss without its perceptual and adversarial terms), val_recon, val_psnr (dB on 0-255) and
+        val_usage (the share of the codebook the held-out images use)."""
+        tokenizer = self.model.tokenizer  # the loop hands validation the plain module
+        device = next(tokenizer.parameters()).device
+        sums, n, used = {"val_loss": 0.0, "val_recon": 0.0, "val_psnr": 0.0}, 0, set()
+        for idx in self.val_rows.split(self.val_batch):
+            x = images_to_tensor(self.images[idx]).to(device)  # (B, 3, H, W) in [-1, 1]
+            out = tokenizer(x)
+            err = out.recon - x
+            recon = err.abs().mean() if self.recon_loss == "l1" else err.pow(2).mean()
+            mse = ((out.recon.clamp(-1, 1) - x) * 127.5).pow(2).flatten(1).mean(1)  # (B,) on the 0-255 scale
+            psnr = 10 * torch.log10(255.0**2 / mse.clamp_min(1e-10))
+            sums["val_loss"] += float(recon + out.loss) * len(idx)
+            sums["val_recon"] += float(recon) * len(idx)
+            sums["val_psnr"] += float(psnr.sum())
+            used.update(out.codes.unique().tolist())
+            n += len(idx)
+        return {**{k: v / n for k, v in sums.items()}, "val_usage": len(used) / tokenizer.cfg.num_codes}
 
 
 def training_images(cfg: TokenizerStageConfig, progress: bool = True) -> torch.Tensor:
