@@ -14,6 +14,12 @@ Four parts, each optional:
     speed         images/s, s/image, steps/s, network evaluations and peak memory at fixed
                   batch sizes (eval.speed)
 
+A run trained on own data (`data.source` a path) is measured for memorisation
+(eval.memorisation: distances of samples to their nearest training rows, near copies,
+distinct samples per prompt, with the held-out rows as the reference); the shapes-world
+suites, FID on the shapes classifier and the tokenizer's shapes metrics do not apply to
+it unless asked for.
+
 A run trained for editing (`data.task` "edit") is measured by the `edit` suite
 (eval.editing: edit success, preservation of everything else, chains of turns; `n` scales
 the number of cases, each sampled once), its default; the text-to-image suites and FID do
@@ -74,6 +80,7 @@ class EvalConfig:
     speed_images: int = 32
     device: str | None = None  # default: cuda when present
     progress: bool = True
+    memorisation: bool | None = None  # None: on for runs trained on own data (eval.memorisation)
 
     def __post_init__(self):
         if self.suites is not None:
@@ -117,6 +124,7 @@ class EvalResult:
     speed: dict | None
     seconds: dict
     editing: dict | None = None  # eval.editing.EditReport.to_dict() when the edit suite ran
+    memorisation: dict | None = None  # eval.memorisation.MemorisationReport.to_dict() for own-data runs
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -129,11 +137,18 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out_dir: st
     out = Path(out_dir) if out_dir else run.eval_dir(cfg.model)
     pipe = open_sampler(run, cfg.model, device=cfg.device, progress=cfg.progress)
     editor = bool(getattr(pipe, "edits", False))
-    names = cfg.suites if cfg.suites is not None else ([editing.EDIT] if editor else list(suites.DEFAULT_SUITES))
+    own_data = run.recorded_data("generator").get("source", "shapes") != "shapes"
+    default = [editing.EDIT] if editor else ([] if own_data else list(suites.DEFAULT_SUITES))
+    names = cfg.suites if cfg.suites is not None else default
     if editing.EDIT in names and not editor:
         raise EvalConfigError(f"the {editing.EDIT} suite needs a run trained for editing (data.task edit); "
                               f"{run.root}'s {cfg.model} is text-to-image")
-    cfg = dataclasses.replace(cfg, suites=names, fid=cfg.fid and not (editor and cfg.suites is None))
+    defaulted = cfg.suites is None  # FID and the tokenizer's metrics are on the shapes world: off for the others
+    cfg = dataclasses.replace(cfg, suites=names, fid=cfg.fid and not ((editor or own_data) and defaulted),
+                              tokenizer=cfg.tokenizer and not (own_data and defaulted),
+                              memorisation=own_data if cfg.memorisation is None else cfg.memorisation)
+    if cfg.memorisation and not run.has("codes"):
+        raise EvalConfigError(f"the memorisation measure needs the run's pre-tokenized rows ({run.part('codes')})")
     grid = int(run.recorded_data(cfg.model).get("grid", 3))  # the shapes world's grid the model was trained on
     sc = pipe.settings(**{**cfg.sampling, "seed": cfg.seed})
     measure_tokenizer = cfg.tokenizer and pipe.tokenizer is not None  # a pixel-space sampler has no tokenizer
@@ -160,6 +175,15 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out_dir: st
         log.info("eval: suite %s, %d cases, one sample each", editing.EDIT, len(cases))
         edit_report = editing.evaluate_editor(pipe, cases, 1, sc, grid, cfg.batch_size, cfg.progress)
         seconds["editing"] = time.perf_counter() - t
+
+    # ---- memorisation (own data)
+    memo = None
+    if cfg.memorisation:
+        from eval.memorisation import evaluate_memorisation
+
+        t = time.perf_counter()
+        memo = evaluate_memorisation(pipe, run, cfg.n, sc, cfg.batch_size, cfg.seed, progress=cfg.progress)
+        seconds["memorisation"] = time.perf_counter() - t
 
     # ---- FID on generated vs rendered scenes
     fid = None
@@ -207,7 +231,7 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out_dir: st
         version=RESULT_VERSION, run=str(run.root), config=cfg.to_dict(), machine=machine_info(pipe.device),
         sampling=asdict(sc), suite_version=suites.SUITE_VERSION, faithfulness=report.to_dict(), fid=fid,
         tokenizer=tok, speed=speed, seconds={k: round(v, 1) for k, v in seconds.items()},
-        editing=edit_report.to_dict() if edit_report else None,
+        editing=edit_report.to_dict() if edit_report else None, memorisation=memo.to_dict() if memo else None,
     )
     write_atomic(out / "result.json", json.dumps(result.to_dict(), indent=2) + "\n")
     write_atomic(out / "report.md", render_markdown(result, report, grids))
@@ -310,6 +334,10 @@ def render_markdown(result: EvalResult, report: faithfulness.FaithfulnessReport,
                   editing.EditReport(e["single"], e["chains"], e["failures"]).to_markdown()]
         if e["failures"]:
             lines += ["", "Failures (first %d):" % len(e["failures"]), ""] + [f"- {f}" for f in e["failures"]]
+    if result.memorisation:
+        from eval.memorisation import MemorisationReport
+
+        lines += ["", "## Memorisation (own data)", "", MemorisationReport(**result.memorisation).to_markdown()]
     for cat in report.groups:  # counting per count, many_objects per count, phrasings per held-out form
         lines += ["", f"## {cat} by group", "", report.groups_markdown(cat)]
     if result.fid:

@@ -289,8 +289,11 @@ def _eval_commands(sub, cli: ModuleType) -> None:
                  "Sample every prompt of the chosen suites N times with fixed seeds and score each image against its "
                  "prompt's constraints (the shapes world's parse); FID of generated vs rendered scenes on the "
                  "harness's own classifier features (trained once and cached in $TESSERA_CACHE or ~/.cache/tessera) "
-                 "or Inception from a local weights file; tokenizer metrics; sampling speed. Writes OUT/result.json, "
-                 "OUT/report.md and OUT/grids/ (OUT: RUN/eval, or RUN/eval-baseline with --model baseline).")
+                 "or Inception from a local weights file; tokenizer metrics; sampling speed. A run trained on own "
+                 "data is measured for memorisation instead of the shapes-world parts (samples of the held-out rows' "
+                 "captions against the nearest training rows); an editing run by the edit suite. Writes "
+                 "OUT/result.json, OUT/report.md and OUT/grids/ (OUT: RUN/eval, or RUN/eval-baseline with --model "
+                 "baseline).")
     v.add_argument("--run", required=True, type=OUT_DIR, help="run directory holding tokenizer/ and generator/ (or baseline/)")
     v.add_argument("--model", choices=["generator", "baseline"], default="generator",
                    help="what to measure: the autoregressive generator, or the diffusion baseline")
@@ -309,6 +312,9 @@ def _eval_commands(sub, cli: ModuleType) -> None:
     v.add_argument("--tokenizer-images", type=POSITIVE, default=500, help="held-out images for the tokenizer metrics")
     v.add_argument("--no-tokenizer", dest="tokenizer", action="store_false", help="skip the tokenizer metrics")
     v.add_argument("--no-speed", dest="speed", action="store_false", help="skip the speed measurement")
+    v.add_argument("--memorisation", action=argparse.BooleanOptionalAction, default=None,
+                   help="distances of samples to their nearest training rows, near copies, distinct samples per "
+                        "prompt, against the held-out rows (default: on for runs trained on own data)")
     v.add_argument("--speed-batch-sizes", type=POSITIVE, nargs="+", default=[1, 32], help="batch sizes timed")
     v.add_argument("--device", type=DEVICE, help="cpu or cuda (default: cuda when present)")
     v.add_argument("--out", type=OUT_DIR, help="output directory (default: RUN/eval or RUN/eval-baseline)")

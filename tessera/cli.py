@@ -177,6 +177,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"edits: success {e['single']['success']['rate']:.1%}, untouched objects preserved "
               f"{e['single']['objects_preserved']['rate']:.1%}; chains of {len(e['chains'])} turns entirely right "
               f"{chains:.1%}")
+    if result.memorisation:
+        m = result.memorisation
+        ref = (f" (held-out real rows: {m['heldout']['near_copies']['rate']:.1%}, median "
+               f"{m['heldout']['median_rms']:.1f})") if m["heldout"] else ""
+        print(f"memorisation: {m['generated']['near_copies']['rate']:.1%} of samples are near copies of a training "
+              f"row, median RMS to the nearest {m['generated']['median_rms']:.1f}{ref}; distinct samples per prompt "
+              f"{m['distinct_per_prompt']:.1%}")
     if result.fid:
         print(f"FID {result.fid['fid']:.3f} on {result.fid['feature_name']} features")
     print(f"wrote {out / 'result.json'} and {out / 'report.md'}")
