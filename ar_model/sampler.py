@@ -34,9 +34,11 @@ import torch
 from einops import rearrange
 
 from ar_model.errors import ConfigError
+from ar_model.jacobi import INITS, generate_jacobi
 from ar_model.layout import SequenceLayout, absent_context, build_prefix, padding_mask, unconditional_text
 
 
+DECODERS = ("plain", "jacobi")
 MAX_GUIDANCE = 1000.0
 MIN_TEMPERATURE = 1e-4
 
@@ -58,6 +60,11 @@ class SampleConfig:
     top_p: float = 1.0  # nucleus: keep the smallest set with mass >= top_p; 1.0 = off
     seed: int | None = 0  # seeds the sampler's own torch.Generator; None = a fresh random seed
     use_cache: bool = True  # KV cache; False recomputes the whole prefix each step (slow reference)
+    # "plain": one code per forward pass; "jacobi": speculative Jacobi decoding (ar_model.jacobi), several codes
+    # per pass, the same distribution (greedy: the same codes)
+    decoder: str = "plain"
+    jacobi_window: int = 16  # draft codes scored per pass
+    jacobi_init: str = "random"  # new drafts: "random" (uniform) or "above" (the code one row up)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -77,6 +84,14 @@ class SampleConfig:
             raise ConfigError(f"SampleConfig.seed must be an integer or null, got {self.seed!r}")
         if not isinstance(self.use_cache, bool):
             raise ConfigError(f"SampleConfig.use_cache must be true or false, got {self.use_cache!r}")
+        if self.decoder not in DECODERS:
+            raise ConfigError(f"SampleConfig.decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
+        if isinstance(self.jacobi_window, bool) or not isinstance(self.jacobi_window, int) or self.jacobi_window < 1:
+            raise ConfigError(f"SampleConfig.jacobi_window must be an integer >= 1, got {self.jacobi_window!r}")
+        if self.jacobi_init not in INITS:
+            raise ConfigError(f"SampleConfig.jacobi_init must be one of {', '.join(INITS)}, got {self.jacobi_init!r}")
+        if self.decoder == "jacobi" and not self.use_cache:
+            raise ConfigError("SampleConfig.decoder 'jacobi' needs the KV cache (use_cache true)")
 
     @property
     def is_greedy(self) -> bool:
@@ -176,7 +191,7 @@ def _device_of(model: Any) -> torch.device:
 
 def generate(
     model: Any, layout: SequenceLayout, text_ids: torch.Tensor, sc: SampleConfig | None = None,
-    context: torch.Tensor | None = None,
+    context: torch.Tensor | None = None, stats: dict | None = None,
 ) -> torch.Tensor:
     """Sample image codes for text ids (B, text_len) -> codes (B, h, w) long in [0, codebook_size).
 
@@ -184,13 +199,14 @@ def generate(
     context_images (editing); ABSENT marks one absent, None = all absent (text-to-image).
     The model runs in eval mode (dropout off) and is put back in its former mode
     afterwards. The codes come back on the model's device, as an ordinary tensor.
+    `stats`, when given, gets "forward_passes" added: the sequential model calls made (prefill included).
     """
     sc = sc if sc is not None else SampleConfig()
     was_training = model.training
     model.eval()  # disables attention dropout
     try:
         with torch.inference_mode():
-            codes = _generate(model, layout, text_ids, sc, context)
+            codes = _generate(model, layout, text_ids, sc, context, stats)
     finally:
         model.train(was_training)
     # a clone outside inference mode: callers may edit the codes in place or use them under autograd
@@ -198,7 +214,8 @@ def generate(
 
 
 def _generate(
-    model: Any, layout: SequenceLayout, text_ids: torch.Tensor, sc: SampleConfig, context: torch.Tensor | None
+    model: Any, layout: SequenceLayout, text_ids: torch.Tensor, sc: SampleConfig, context: torch.Tensor | None,
+    stats: dict | None = None,
 ) -> torch.Tensor:
     from transformers import DynamicCache
 
@@ -227,6 +244,13 @@ def _generate(
     else:
         generator.manual_seed(sc.seed)
 
+    if sc.decoder == "jacobi":
+        def guide(logits: torch.Tensor) -> torch.Tensor:
+            return guided_image_logits(logits, layout, sc.cfg_scale, guided, sc.image_cfg_scale if image_guided else None)
+
+        codes = generate_jacobi(model, layout, seq, b, sc, guide, generator, stats)  # (B, N)
+        return rearrange(codes, "b (h w) -> b h w", h=layout.grid_h, w=layout.grid_w)
+
     cache = DynamicCache(config=getattr(model, "config", None)) if sc.use_cache else None
     mask = padding_mask(seq, layout)  # (B', P) or None; grows with every token fed
     logits = prefill(model, seq, cache, mask)  # (B', V) predicts the first code
@@ -249,6 +273,8 @@ def _generate(
         else:  # slow reference: recompute the whole sequence so far
             seq = torch.cat([seq, token], dim=1)  # (B', P + everything fed so far)
             logits = prefill(model, seq, None, mask)
+    if stats is not None:
+        stats["forward_passes"] = stats.get("forward_passes", 0) + layout.num_image_tokens  # prefill + N - 1 steps
     return rearrange(codes, "b (h w) -> b h w", h=layout.grid_h, w=layout.grid_w)  # (B, h, w)
 
 
@@ -257,6 +283,7 @@ def _row_token(layout: SequenceLayout, row: int, batch: int, device: torch.devic
 
 
 __all__ = [
+    "DECODERS",
     "SampleConfig",
     "decode_one_token",
     "filter_logits",

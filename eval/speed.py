@@ -62,6 +62,8 @@ class SpeedRow:
     steps_per_s: float  # images x steps per second: tokens/s for the generator, image-steps/s for diffusion
     nfe_per_image: int  # network evaluations per image: steps x rows (2 with guidance)
     peak_memory_mb: float  # see the module docstring
+    sequential_passes: int = 0  # sequential network calls per batch (all its images at once): measured when the
+    # sampler counts them (the jacobi decoder's depend on the data), else steps_per_image
 
 
 @dataclass
@@ -77,10 +79,12 @@ class SpeedReport:
     def to_markdown(self) -> str:
         lines = [f"machine: {describe_machine(self.machine)}; guidance {self.cfg_scale:g}; "
                  f"{self.steps_per_image} sequential steps per image", "",
-                 "| batch | setting | images/s | s/image | steps/s | network evals / image | peak memory (MB) |",
-                 "|---:|---|---:|---:|---:|---:|---:|"]
+                 "| batch | setting | images/s | s/image | steps/s | sequential passes | network evals / image | "
+                 "peak memory (MB) |",
+                 "|---:|---|---:|---:|---:|---:|---:|---:|"]
         lines += [f"| {r.batch_size} | {r.setting} | {r.images_per_s:.2f} | {r.seconds_per_image:.4f} | "
-                  f"{r.steps_per_s:.0f} | {r.nfe_per_image} | {r.peak_memory_mb:.0f} |" for r in self.rows]
+                  f"{r.steps_per_s:.0f} | {r.sequential_passes or self.steps_per_image} | {r.nfe_per_image} | "
+                  f"{r.peak_memory_mb:.0f} |" for r in self.rows]
         return "\n".join(lines)
 
 
@@ -127,17 +131,22 @@ def measure_sampling(
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             sync()
+            counted = dict(getattr(pipe, "passes", {}))  # a sampler that counts its forward passes (ARPipeline)
             t = time.perf_counter()
             for b in range(batches):
                 run(texts, dataclasses.replace(sc, seed=b), bs)
             sync()
             dt = time.perf_counter() - t
             n, steps = batches * bs, pipe.steps_per_image(sc)
+            after = getattr(pipe, "passes", {})
+            if after.get("batches", 0) > counted.get("batches", 0):  # measured: passes per batch (a batch's images
+                steps = round((after["forward_passes"] - counted.get("forward_passes", 0))  # share its passes)
+                              / (after["batches"] - counted.get("batches", 0)))
             # guidance: a conditional and an unconditional row; an editor's image guidance a third
             image_guided = sources is not None and getattr(sc, "image_cfg_scale", 1.0) != 1
             rows = 3 if image_guided else 2 if sc.cfg_scale != 1 else 1
             report.rows.append(SpeedRow(bs, name, n, round(dt, 4), n / dt, dt / n, n * steps / dt,
-                                        steps * rows, _peak_mb(device)))
+                                        steps * rows, _peak_mb(device), steps))
     return report
 
 

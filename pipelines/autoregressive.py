@@ -60,6 +60,9 @@ class ARPipeline:
                  origin: dict | None = None):
         self.origin = origin or {}  # {"run": path, "dirs": {part: model directory}} when opened from a run
         self._provenance: dict | None = None
+        # sequential forward passes ("forward_passes") over the sampled batches ("batches") since this was made;
+        # eval.speed reads it (a data-dependent count for the jacobi decoder)
+        self.passes: dict[str, int] = {}
         self.tokenizer = tokenizer.to(device).eval()  # vqtok.VQTokenizer
         self.generator = generator  # ar_model.LoadedGenerator: .model, .cfg, .tokenizer, .layout
         self.model = generator.model.to(device).eval()
@@ -101,6 +104,8 @@ class ARPipeline:
         return self.recommended.replace(**overrides)
 
     def describe(self, settings: SampleConfig) -> str:
+        if settings.decoder == "jacobi":
+            return f"jacobi (window {settings.jacobi_window}, {settings.jacobi_init} drafts)"
         return "kv cache on" if settings.use_cache else "kv cache off"
 
     def steps_per_image(self, settings: SampleConfig) -> int:
@@ -132,7 +137,8 @@ class ARPipeline:
         text = encode_text(self.generator.tokenizer, [p for p in prompts for _ in range(n)], self.layout).ids  # (P*n, T)
 
         def draw(rows: slice, sc: SampleConfig):
-            codes = generate(self.model, self.layout, text[rows], sc)  # (B, h, w)
+            codes = generate(self.model, self.layout, text[rows], sc, stats=self.passes)  # (B, h, w)
+            self.passes["batches"] = self.passes.get("batches", 0) + 1
             with torch.inference_mode():
                 return tensor_to_images(self.tokenizer.decode(codes.to(self.device))).cpu().numpy()
 
@@ -201,7 +207,8 @@ class ARPipeline:
                 rows = slice(start, start + batch_size)
                 seed = None if settings.seed is None else settings.seed + t * len(batches) + b
                 out.append(generate(self.model, self.layout, text[rows], settings.replace(seed=seed),
-                                    codes[rows, None].to(self.device)).cpu())
+                                    codes[rows, None].to(self.device), stats=self.passes).cpu())
+                self.passes["batches"] = self.passes.get("batches", 0) + 1
                 bar.update()
             codes = torch.cat(out)  # (C, h, w): the next turn's context
             made.append(codes)

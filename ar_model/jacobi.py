@@ -1,0 +1,167 @@
+"""Speculative Jacobi decoding: several image codes per forward pass, the same samples as plain decoding.
+
+After Teng et al., "Accelerating Auto-regressive Text-to-Image Generation with Training-free
+Speculative Jacobi Decoding" (ICLR 2025). A window of `jacobi_window` draft codes follows the
+codes accepted so far; one forward pass through the KV cache scores the whole window, and the
+drafts are verified left to right with speculative sampling's rule (Leviathan et al. 2023):
+draft d, drawn from q, is accepted with probability min(1, p(d) / q(d)), where p is the
+sampling distribution (guidance, temperature, top-k / top-p applied) given everything before
+it; the first rejected draft is replaced by a draw from norm(max(0, p - q)), and when every
+draft is accepted one more code is drawn from p at the window's end. Each accepted or drawn
+code is therefore distributed exactly as plain sampling's, whatever the drafts. The drafts after
+the first rejection are refined Jacobi-style: redrawn from this pass's p (q := p), and new
+window slots start from `jacobi_init`:
+
+    "random"  a uniform code (q uniform), as the paper does;
+    "above"   the code of the same column one row up (q a point mass): images repeat vertically.
+
+Greedy sampling (temperature 0 or top-k 1) makes p a point mass: a draft is accepted exactly when
+it is the argmax, so the codes are plain greedy decoding's (up to the floating-point order of a
+window's forward pass against one token's: an argmax tie can break differently).
+
+In a batch, rows accept different numbers of codes; the KV cache keeps one length for all rows,
+so a row's accepted codes beyond the shortest row's are kept as accepted (never tested again) and
+fed again with the next window. A batch therefore moves at its slowest row: the speed-up is
+largest at batch 1. `stats["forward_passes"]` counts sequential model calls (prefill included).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ar_model.layout import SequenceLayout, padding_mask
+
+INITS = ("random", "above")
+
+
+def _probs(logits: torch.Tensor, sc: Any) -> torch.Tensor:
+    """Guided image logits (..., K) -> the distribution codes are drawn from (..., K), float32."""
+    from ar_model.sampler import filter_logits
+
+    if sc.is_greedy:
+        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
+    flat = logits.reshape(-1, logits.shape[-1])
+    return filter_logits(flat / sc.temperature, sc.top_k, sc.top_p).softmax(-1).reshape(logits.shape)
+
+
+def _draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One code per row of probs (R, K) -> (R,)."""
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def generate_jacobi(model: Any, layout: SequenceLayout, seq: torch.Tensor, b: int, sc: Any, guided_logits: Any,
+                    generator: torch.Generator, stats: dict | None = None) -> torch.Tensor:
+    """Codes (B, N) for the prompts `seq` (B', P) (B' = B x guidance blocks); `guided_logits(logits (B', V)) ->
+    (B, K)` applies guidance. Module docstring for the method."""
+    from transformers import DynamicCache
+
+    from ar_model.sampler import prefill
+
+    device = seq.device
+    blocks = seq.shape[0] // b
+    h, w, k, off = layout.grid_h, layout.grid_w, layout.codebook_size, layout.image_offset
+    # slots: the image part as fed: codes and, with row tokens, a fixed [ROW r] before each row but the first
+    is_code, fixed = [], []
+    for r in range(h):
+        if r and layout.row_tokens:
+            is_code.append(False)
+            fixed.append(layout.row_id(r))
+        is_code += [True] * w
+        fixed += [-1] * w
+    n_slots = len(is_code)
+    code_slots = torch.tensor([s for s in range(n_slots) if is_code[s]], device=device)  # (N,)
+    above = w + (1 if layout.row_tokens else 0)  # slots between a code and the one a row up
+    window = max(1, int(sc.jacobi_window))
+    rows = torch.arange(b, device=device)
+
+    cache = DynamicCache(config=getattr(model, "config", None))
+    mask = padding_mask(seq, layout)  # (B', P) or None
+    last = guided_logits(prefill(model, seq, cache, mask))  # (B, K): predicts slot 0
+    passes = 1
+    tokens = torch.tensor(fixed, device=device).repeat(b, 1)  # (B, S) joint-vocabulary ids; -1: no draft yet
+    q: dict[int, torch.Tensor] = {}  # slot -> (B, K): the distribution each row's draft there was drawn from
+    accepted = torch.zeros(b, dtype=torch.long, device=device)  # slots accepted per row (drawn exactly, or fixed)
+    fed = 0  # slots in the cache: the same tokens in every row
+
+    while int(accepted.min()) < n_slots:
+        start = int(accepted.min())
+        end, drafts = start, 0  # the window: slots [start, end), `window` codes (row tokens ride along)
+        while end < n_slots and drafts < window:
+            drafts += is_code[end]
+            end += 1
+        for s in range(start, end):  # fresh drafts where a row has none yet
+            if not is_code[s]:
+                continue
+            empty = tokens[:, s] < 0  # (B,)
+            if not bool(empty.any()):
+                continue
+            qs = q.setdefault(s, torch.zeros(b, k, device=device))
+            new = torch.randint(0, k, (b,), generator=generator, device=device) + off
+            dist = torch.full((b, k), 1.0 / k, device=device)
+            if sc.jacobi_init == "above" and s >= above:
+                known = tokens[:, s - above] >= 0
+                new = torch.where(known, tokens[:, s - above], new)
+                point = torch.nn.functional.one_hot((tokens[:, s - above] - off).clamp_min(0), k).float()
+                dist = torch.where(known[:, None], point, dist)
+            tokens[:, s] = torch.where(empty, new, tokens[:, s])
+            qs[empty] = dist[empty]
+        feed = tokens[:, fed:end].repeat(blocks, 1)  # (B', end - fed): every guidance block the same tokens
+        if mask is not None:
+            mask = torch.cat([mask, torch.ones_like(feed)], dim=1)
+        out = model(input_ids=feed, attention_mask=mask, cache=cache, use_cache=True).logits  # (B', L, V)
+        passes += 1
+        # guidance on every position at once: rows are block-major, so (B', L) flattens into blocks of B x L rows
+        logits = guided_logits(out.reshape(-1, out.shape[-1])).view(b, out.shape[1], k)  # (B, L, K)
+        pred = torch.cat([last[:, None], logits], 1)  # (B, end - fed + 1, K): the predictions of slots fed .. end
+        p = _probs(pred, sc)
+
+        # verify every row's drafts in [accepted, end) at once; a row's first failure is where it stops
+        span = torch.arange(start, end, device=device)  # (W,)
+        code_span = torch.tensor([is_code[s] for s in range(start, end)], device=device)  # (W,)
+        ps = p[:, start - fed : end - fed]  # (B, W, K)
+        qs = torch.stack([q[s] if is_code[s] else torch.ones(b, k, device=device) for s in range(start, end)], 1)
+        d = (tokens[:, start:end] - off).clamp(0, k - 1)  # (B, W) draft codes (row slots: ignored)
+        ratio = ps.gather(-1, d[..., None]).squeeze(-1) / qs.gather(-1, d[..., None]).squeeze(-1).clamp_min(1e-30)
+        u = torch.rand(ratio.shape, generator=generator, device=device)
+        ok = (u < ratio) | ~code_span[None] | (span[None] < accepted[:, None])  # (B, W)
+        failed = ~ok
+        first = torch.where(failed.any(1), failed.float().argmax(1) + start, torch.full_like(accepted, end))  # (B,)
+        first = torch.maximum(first, accepted)  # rows already past the window stay where they are
+        rejected = first < end
+        if bool(rejected.any()):  # the first failed draft: a draw from norm(max(0, p - q))
+            j = first[rejected] - start
+            pr, qr = ps[rejected, j], qs[rejected, j]  # (R, K)
+            residual = (pr - qr).clamp_min(0)
+            empty = residual.sum(-1, keepdim=True) <= 0
+            residual = torch.where(empty, pr, residual)
+            tokens[rows[rejected], first[rejected]] = _draw(residual / residual.sum(-1, keepdim=True), generator) + off
+        bonus = ~rejected & (accepted < end) & (end < n_slots)  # all accepted: the next slot too
+        if bool(bonus.any()) and is_code[min(end, n_slots - 1)]:
+            tokens[rows[bonus], end] = _draw(p[bonus, end - fed], generator) + off
+        new_accepted = torch.where(rejected, first + 1, torch.where(bonus, torch.full_like(first, end + 1), first))
+        valid = int(torch.where(rejected, first, torch.full_like(first, end)).min())  # slots fed unchanged in every row
+        # Jacobi refinement: each row's drafts after its accepted slots are redrawn from this pass's predictions
+        redraw = (span[None] >= new_accepted[:, None]) & code_span[None]  # (B, W)
+        if bool(redraw.any()):
+            drawn = _draw(ps.reshape(-1, k), generator).view(b, -1) + off  # (B, W)
+            tokens[:, start:end] = torch.where(redraw, drawn, tokens[:, start:end])
+            for i, s in enumerate(range(start, end)):
+                if is_code[s] and bool(redraw[:, i].any()):
+                    q[s][redraw[:, i]] = ps[redraw[:, i], i]
+        accepted = torch.maximum(accepted, new_accepted)
+        for s in [s for s in q if s < int(accepted.min())]:
+            del q[s]  # every row is past it
+        if valid < end:  # drop the cache entries from the first replaced slot on
+            cache.crop(-(end - valid))  # transformers 5: a negative count removes that many (a positive one raises)
+            if mask is not None:
+                mask = mask[:, : mask.shape[1] - (end - valid)]
+        last = pred[:, valid - fed]  # (B, K): predicts slot `valid`, given the slots before it (kept in every row)
+        fed = valid
+    if stats is not None:
+        stats["forward_passes"] = stats.get("forward_passes", 0) + passes
+    return tokens[:, code_slots] - off  # (B, N)
+
+
+__all__ = ["INITS", "generate_jacobi"]
