@@ -76,37 +76,49 @@ def generate_jacobi(model: Any, layout: SequenceLayout, seq: torch.Tensor, b: in
     window = max(1, int(sc.jacobi_window))
     rows = torch.arange(b, device=device)
 
+    is_code_t = torch.tensor(is_code, device=device)  # (S,)
+    span_max = window + window // max(1, w) + 2  # the most slots a window covers (its codes and row tokens)
+
     cache = DynamicCache(config=getattr(model, "config", None))
     mask = padding_mask(seq, layout)  # (B', P) or None
     last = guided_logits(prefill(model, seq, cache, mask))  # (B, K): predicts slot 0
     passes = 1
     tokens = torch.tensor(fixed, device=device).repeat(b, 1)  # (B, S) joint-vocabulary ids; -1: no draft yet
-    q: dict[int, torch.Tensor] = {}  # slot -> (B, K): the distribution each row's draft there was drawn from
+    # q[:, j]: the distribution each row's draft at slot base + j was drawn from (drafts live in windows only)
+    q = torch.zeros(b, span_max, k, device=device)
+    base = 0
     accepted = torch.zeros(b, dtype=torch.long, device=device)  # slots accepted per row (drawn exactly, or fixed)
     fed = 0  # slots in the cache: the same tokens in every row
+    uniform = torch.full((k,), 1.0 / k, device=device)
 
     while int(accepted.min()) < n_slots:
         start = int(accepted.min())
+        if start > base:  # slide q's slots along with the window
+            shift = min(start - base, span_max)
+            q = torch.cat([q[:, shift:], torch.zeros(b, shift, k, device=device)], 1)
+            base = start
         end, drafts = start, 0  # the window: slots [start, end), `window` codes (row tokens ride along)
         while end < n_slots and drafts < window:
             drafts += is_code[end]
             end += 1
-        for s in range(start, end):  # fresh drafts where a row has none yet
-            if not is_code[s]:
-                continue
-            empty = tokens[:, s] < 0  # (B,)
+        width = end - start
+        code_span = is_code_t[start:end]  # (W,)
+        # fresh drafts where a row has none yet, a row's worth of slots at a time ("above" copies the row before)
+        for lo in range(start, end, above):
+            hi = min(end, lo + above)
+            empty = (tokens[:, lo:hi] < 0) & is_code_t[lo:hi]  # (B, w')
             if not bool(empty.any()):
                 continue
-            qs = q.setdefault(s, torch.zeros(b, k, device=device))
-            new = torch.randint(0, k, (b,), generator=generator, device=device) + off
-            dist = torch.full((b, k), 1.0 / k, device=device)
-            if sc.jacobi_init == "above" and s >= above:
-                known = tokens[:, s - above] >= 0
-                new = torch.where(known, tokens[:, s - above], new)
-                point = torch.nn.functional.one_hot((tokens[:, s - above] - off).clamp_min(0), k).float()
-                dist = torch.where(known[:, None], point, dist)
-            tokens[:, s] = torch.where(empty, new, tokens[:, s])
-            qs[empty] = dist[empty]
+            new = torch.randint(0, k, empty.shape, generator=generator, device=device) + off
+            dist = uniform.expand(*empty.shape, k)
+            if sc.jacobi_init == "above" and lo >= above:
+                up = tokens[:, lo - above : hi - above]  # (B, w') the codes one row up (drafts or accepted)
+                known = up >= 0
+                new = torch.where(known, up, new)
+                dist = torch.where(known[..., None], torch.nn.functional.one_hot((up - off).clamp(0, k - 1), k).float(),
+                                   dist)
+            tokens[:, lo:hi] = torch.where(empty, new, tokens[:, lo:hi])
+            q[:, lo - base : hi - base][empty] = dist[empty]
         feed = tokens[:, fed:end].repeat(blocks, 1)  # (B', end - fed): every guidance block the same tokens
         if mask is not None:
             mask = torch.cat([mask, torch.ones_like(feed)], dim=1)
@@ -119,9 +131,8 @@ def generate_jacobi(model: Any, layout: SequenceLayout, seq: torch.Tensor, b: in
 
         # verify every row's drafts in [accepted, end) at once; a row's first failure is where it stops
         span = torch.arange(start, end, device=device)  # (W,)
-        code_span = torch.tensor([is_code[s] for s in range(start, end)], device=device)  # (W,)
         ps = p[:, start - fed : end - fed]  # (B, W, K)
-        qs = torch.stack([q[s] if is_code[s] else torch.ones(b, k, device=device) for s in range(start, end)], 1)
+        qs = q[:, start - base : end - base]  # (B, W, K)
         d = (tokens[:, start:end] - off).clamp(0, k - 1)  # (B, W) draft codes (row slots: ignored)
         ratio = ps.gather(-1, d[..., None]).squeeze(-1) / qs.gather(-1, d[..., None]).squeeze(-1).clamp_min(1e-30)
         u = torch.rand(ratio.shape, generator=generator, device=device)
@@ -134,8 +145,7 @@ def generate_jacobi(model: Any, layout: SequenceLayout, seq: torch.Tensor, b: in
             j = first[rejected] - start
             pr, qr = ps[rejected, j], qs[rejected, j]  # (R, K)
             residual = (pr - qr).clamp_min(0)
-            empty = residual.sum(-1, keepdim=True) <= 0
-            residual = torch.where(empty, pr, residual)
+            residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, pr)
             tokens[rows[rejected], first[rejected]] = _draw(residual / residual.sum(-1, keepdim=True), generator) + off
         bonus = ~rejected & (accepted < end) & (end < n_slots)  # all accepted: the next slot too
         if bool(bonus.any()) and is_code[min(end, n_slots - 1)]:
@@ -145,14 +155,10 @@ def generate_jacobi(model: Any, layout: SequenceLayout, seq: torch.Tensor, b: in
         # Jacobi refinement: each row's drafts after its accepted slots are redrawn from this pass's predictions
         redraw = (span[None] >= new_accepted[:, None]) & code_span[None]  # (B, W)
         if bool(redraw.any()):
-            drawn = _draw(ps.reshape(-1, k), generator).view(b, -1) + off  # (B, W)
+            drawn = _draw(ps.reshape(-1, k), generator).view(b, width) + off  # (B, W)
             tokens[:, start:end] = torch.where(redraw, drawn, tokens[:, start:end])
-            for i, s in enumerate(range(start, end)):
-                if is_code[s] and bool(redraw[:, i].any()):
-                    q[s][redraw[:, i]] = ps[redraw[:, i], i]
+            q[:, start - base : end - base][redraw] = ps[redraw]
         accepted = torch.maximum(accepted, new_accepted)
-        for s in [s for s in q if s < int(accepted.min())]:
-            del q[s]  # every row is past it
         if valid < end:  # drop the cache entries from the first replaced slot on
             cache.crop(-(end - valid))  # transformers 5: a negative count removes that many (a positive one raises)
             if mask is not None:
