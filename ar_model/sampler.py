@@ -35,10 +35,11 @@ from einops import rearrange
 
 from ar_model.errors import ConfigError
 from ar_model.jacobi import INITS, generate_jacobi
+from ar_model.zipar import generate_zipar
 from ar_model.layout import SequenceLayout, absent_context, build_prefix, padding_mask, unconditional_text
 
 
-DECODERS = ("plain", "jacobi")
+DECODERS = ("plain", "jacobi", "zipar")
 MAX_GUIDANCE = 1000.0
 MIN_TEMPERATURE = 1e-4
 
@@ -65,6 +66,9 @@ class SampleConfig:
     decoder: str = "plain"
     jacobi_window: int = 16  # draft codes scored per pass
     jacobi_init: str = "random"  # new drafts: "random" (uniform) or "above" (the code one row up)
+    # "zipar": parallel row decoding (ar_model.zipar): row r + 1 starts once row r holds this many more codes than
+    # it; changes the distribution (>= the grid's width: plain decoding)
+    zipar_window: int = 2
 
     def __post_init__(self) -> None:
         self.validate()
@@ -88,10 +92,12 @@ class SampleConfig:
             raise ConfigError(f"SampleConfig.decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
         if isinstance(self.jacobi_window, bool) or not isinstance(self.jacobi_window, int) or self.jacobi_window < 1:
             raise ConfigError(f"SampleConfig.jacobi_window must be an integer >= 1, got {self.jacobi_window!r}")
+        if isinstance(self.zipar_window, bool) or not isinstance(self.zipar_window, int) or self.zipar_window < 1:
+            raise ConfigError(f"SampleConfig.zipar_window must be an integer >= 1, got {self.zipar_window!r}")
         if self.jacobi_init not in INITS:
             raise ConfigError(f"SampleConfig.jacobi_init must be one of {', '.join(INITS)}, got {self.jacobi_init!r}")
-        if self.decoder == "jacobi" and not self.use_cache:
-            raise ConfigError("SampleConfig.decoder 'jacobi' needs the KV cache (use_cache true)")
+        if self.decoder != "plain" and not self.use_cache:
+            raise ConfigError(f"SampleConfig.decoder {self.decoder!r} needs the KV cache (use_cache true)")
 
     @property
     def is_greedy(self) -> bool:
@@ -244,11 +250,12 @@ def _generate(
     else:
         generator.manual_seed(sc.seed)
 
-    if sc.decoder == "jacobi":
+    if sc.decoder != "plain":
         def guide(logits: torch.Tensor) -> torch.Tensor:
             return guided_image_logits(logits, layout, sc.cfg_scale, guided, sc.image_cfg_scale if image_guided else None)
 
-        codes = generate_jacobi(model, layout, seq, b, sc, guide, generator, stats)  # (B, N)
+        decode = generate_jacobi if sc.decoder == "jacobi" else generate_zipar
+        codes = decode(model, layout, seq, b, sc, guide, generator, stats)  # (B, N)
         return rearrange(codes, "b (h w) -> b h w", h=layout.grid_h, w=layout.grid_w)
 
     cache = DynamicCache(config=getattr(model, "config", None)) if sc.use_cache else None

@@ -4,7 +4,7 @@
                                   [--batch-sizes 1 32] [--images 32] [--suite position --suite heldout] [--n 4]
                                   [--fid-images 500] [--out decoders.json]
 
-Each decoder is `plain` or `jacobi:WINDOW:INIT` (INIT random or above), on the run's recorded
+Each decoder is `plain`, `jacobi:WINDOW:INIT` (INIT random or above) or `zipar:WINDOW`, on the run's recorded
 sampling settings (guidance, temperature, ...) and one seed. For every decoder, in one process:
 
 1. speed (eval.speed.measure_sampling, decoders interleaved so they share the machine's state):
@@ -28,12 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 
 def parse_decoder(text: str) -> dict:
-    """'plain' or 'jacobi:WINDOW:INIT' -> SampleConfig overrides."""
+    """'plain', 'jacobi:WINDOW:INIT' or 'zipar:WINDOW' -> SampleConfig overrides."""
     if text == "plain":
         return {"decoder": "plain"}
     parts = text.split(":")
+    if parts[0] == "zipar" and len(parts) <= 2:
+        return {"decoder": "zipar", "zipar_window": int(parts[1]) if len(parts) > 1 else 2}
     if parts[0] != "jacobi" or len(parts) > 3:
-        raise argparse.ArgumentTypeError(f"a decoder is plain or jacobi:WINDOW:INIT, got {text!r}")
+        raise argparse.ArgumentTypeError(f"a decoder is plain, jacobi:WINDOW:INIT or zipar:WINDOW, got {text!r}")
     return {"decoder": "jacobi", "jacobi_window": int(parts[1]) if len(parts) > 1 else 16,
             "jacobi_init": parts[2] if len(parts) > 2 else "random"}
 
@@ -47,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="run directory with tokenizer/ and generator/")
     p.add_argument("--decoder", action="append", type=parse_decoder, dest="decoders",
-                   help="plain or jacobi:WINDOW:INIT (repeat; default: plain, jacobi:16:random, jacobi:16:above)")
+                   help="plain, jacobi:WINDOW:INIT or zipar:WINDOW (repeat; default: plain, jacobi:16:random, "
+                        "jacobi:16:above, zipar:1, zipar:2, zipar:4)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     p.add_argument("--images", type=int, default=32, help="images timed per decoder and batch size")
     p.add_argument("--suite", action="append", dest="suites", help="eval suites (default: the eval's default ones)")
@@ -57,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args(argv)
-    decoders = args.decoders or [parse_decoder(d) for d in ("plain", "jacobi:16:random", "jacobi:16:above")]
+    decoders = args.decoders or [parse_decoder(d) for d in ("plain", "jacobi:16:random", "jacobi:16:above", "zipar:1",
+                                                            "zipar:2", "zipar:4")]
     if decoders[0]["decoder"] != "plain":
         decoders.insert(0, {"decoder": "plain"})  # the reference
 

@@ -106,6 +106,8 @@ class ARPipeline:
     def describe(self, settings: SampleConfig) -> str:
         if settings.decoder == "jacobi":
             return f"jacobi (window {settings.jacobi_window}, {settings.jacobi_init} drafts)"
+        if settings.decoder == "zipar":
+            return f"zipar (window {settings.zipar_window})"
         return "kv cache on" if settings.use_cache else "kv cache off"
 
     def steps_per_image(self, settings: SampleConfig) -> int:

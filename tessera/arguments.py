@@ -165,9 +165,12 @@ def _sampling_args(sp: argparse.ArgumentParser, seed_help: str, diffusion: bool 
     sp.add_argument("--temperature", type=TEMPERATURE, help="sampling temperature (0 = greedy; default: the run's recorded)")
     sp.add_argument("--top-k", type=NONNEGATIVE, help="keep the k most likely codes (0 = all; default: the run's recorded)")
     sp.add_argument("--top-p", type=TOP_P, help="nucleus sampling mass (1 = off; default: the run's recorded)")
-    sp.add_argument("--decoder", choices=["plain", "jacobi"], help="the generator's decoder: plain (one code per "
-                    "forward pass) or jacobi (speculative Jacobi decoding: several per pass, the same distribution; "
-                    "default: the run's recorded, plain)")
+    sp.add_argument("--decoder", choices=["plain", "jacobi", "zipar"], help="the generator's decoder: plain (one "
+                    "code per forward pass), jacobi (speculative Jacobi decoding: several per pass, the same "
+                    "distribution) or zipar (parallel rows: a row starts before the one above ends; changes the "
+                    "distribution; needs row tokens) (default: the run's recorded, plain)")
+    sp.add_argument("--zipar-window", type=POSITIVE, help="the zipar decoder starts a row once the row above holds "
+                    "this many more codes (default 2; the grid's width or more: plain decoding)")
     sp.add_argument("--jacobi-window", type=POSITIVE, help="codes drafted per pass by the jacobi decoder (default 16)")
     sp.add_argument("--jacobi-init", choices=["random", "above"], help="the jacobi decoder's new drafts: random codes "
                     "or the code one row up (default random)")

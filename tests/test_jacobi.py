@@ -94,3 +94,29 @@ def test_jacobi_settings_are_checked():
         SampleConfig(jacobi_init="zeros")
     with pytest.raises(ConfigError, match="KV cache"):
         SampleConfig(decoder="jacobi", use_cache=False)
+
+
+# --------------------------------------------------------------------------- parallel row decoding (ZipAR)
+@pytest.mark.parametrize("changes", [{"row_tokens": True}, {"row_tokens": True, "mask_padding": True}])
+@pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
+def test_zipar_with_a_window_of_a_whole_row_is_plain_decoding(tok, changes, cfg_scale):
+    layout, model, text = _setup(tok, **changes)
+    greedy = SampleConfig.greedy(cfg_scale=cfg_scale)
+    plain = generate(model, layout, text, greedy)
+    assert torch.equal(generate(model, layout, text, greedy.replace(decoder="zipar", zipar_window=layout.grid_w)), plain)
+    sampled = SampleConfig(cfg_scale=cfg_scale, temperature=1.0, seed=4)
+    assert torch.equal(generate(model, layout, text, sampled.replace(decoder="zipar", zipar_window=9)),
+                       generate(model, layout, text, sampled))  # the same draws in the same order
+
+
+def test_zipar_starts_rows_early_and_needs_row_tokens(tok):
+    layout, model, text = _setup(tok, row_tokens=True)  # 3 rows of 4
+    stats, plain = {}, {}
+    codes = generate(model, layout, text, SampleConfig.greedy(decoder="zipar", zipar_window=1), stats=stats)
+    generate(model, layout, text, SampleConfig.greedy(), stats=plain)
+    assert codes.shape == (3, 3, 4) and int(codes.min()) >= 0 and int(codes.max()) < layout.codebook_size
+    assert stats["forward_passes"] < plain["forward_passes"]  # 12 codes in fewer sequential passes
+    assert torch.equal(codes[:, 0], generate(model, layout, text, SampleConfig.greedy())[:, 0])  # row 0 is exact
+    flat, model_flat, text_flat = _setup(tok)
+    with pytest.raises(ConfigError, match="row tokens"):
+        generate(model_flat, flat, text_flat, SampleConfig.greedy(decoder="zipar"))
