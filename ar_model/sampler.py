@@ -40,6 +40,8 @@ from ar_model.layout import SequenceLayout, absent_context, build_prefix, paddin
 
 
 DECODERS = ("plain", "jacobi", "zipar")
+CACHES = ("dynamic", "static")
+_COMPILED: dict[int, Any] = {}  # id(model) -> its torch.compile'd forward (compiled once per model and shape)
 MAX_GUIDANCE = 1000.0
 MIN_TEMPERATURE = 1e-4
 
@@ -69,6 +71,10 @@ class SampleConfig:
     # "zipar": parallel row decoding (ar_model.zipar): row r + 1 starts once row r holds this many more codes than
     # it; changes the distribution (>= the grid's width: plain decoding)
     zipar_window: int = 2
+    # the plain decoder's KV cache: "dynamic" (grows token by token) or "static" (transformers' StaticCache:
+    # preallocated, fixed shapes); `compile` runs its decode steps through torch.compile (static cache only)
+    cache: str = "dynamic"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -96,6 +102,14 @@ class SampleConfig:
             raise ConfigError(f"SampleConfig.zipar_window must be an integer >= 1, got {self.zipar_window!r}")
         if self.jacobi_init not in INITS:
             raise ConfigError(f"SampleConfig.jacobi_init must be one of {', '.join(INITS)}, got {self.jacobi_init!r}")
+        if self.cache not in CACHES:
+            raise ConfigError(f"SampleConfig.cache must be one of {', '.join(CACHES)}, got {self.cache!r}")
+        if not isinstance(self.compile, bool):
+            raise ConfigError(f"SampleConfig.compile must be true or false, got {self.compile!r}")
+        if self.compile and self.cache != "static":
+            raise ConfigError("SampleConfig.compile needs the static cache (cache 'static'): fixed shapes")
+        if self.cache == "static" and (self.decoder != "plain" or not self.use_cache):
+            raise ConfigError("SampleConfig.cache 'static' is for the plain decoder with the KV cache")
         if self.decoder != "plain" and not self.use_cache:
             raise ConfigError(f"SampleConfig.decoder {self.decoder!r} needs the KV cache (use_cache true)")
 
@@ -258,6 +272,8 @@ def _generate(
         codes = decode(model, layout, seq, b, sc, guide, generator, stats)  # (B, N)
         return rearrange(codes, "b (h w) -> b h w", h=layout.grid_h, w=layout.grid_w)
 
+    if sc.cache == "static":
+        return _generate_static(model, layout, seq, b, sc, guided, image_guided, generator, stats)
     cache = DynamicCache(config=getattr(model, "config", None)) if sc.use_cache else None
     mask = padding_mask(seq, layout)  # (B', P) or None; grows with every token fed
     logits = prefill(model, seq, cache, mask)  # (B', V) predicts the first code
@@ -283,6 +299,49 @@ def _generate(
     if stats is not None:
         stats["forward_passes"] = stats.get("forward_passes", 0) + layout.num_image_tokens  # prefill + N - 1 steps
     return rearrange(codes, "b (h w) -> b h w", h=layout.grid_h, w=layout.grid_w)  # (B, h, w)
+
+
+def _generate_static(model: Any, layout: SequenceLayout, seq: torch.Tensor, b: int, sc: SampleConfig, guided: bool,
+                     image_guided: bool, generator: torch.Generator, stats: dict | None) -> torch.Tensor:
+    """The plain decoder on transformers' StaticCache: the cache, the attention mask (B', max length) and the
+    cache positions keep fixed shapes, so `sc.compile` compiles a decode step once (per batch size and for
+    the 1- and 2-token steps) instead of once per length. Draws exactly what the dynamic cache draws."""
+    from transformers import StaticCache
+
+    device = seq.device
+    fed = layout.num_image_tokens - 1 + (layout.grid_h - 1 if layout.row_tokens else 0)  # tokens fed after prefill
+    total = seq.shape[1] + fed
+    cache = StaticCache(config=model.config, max_cache_len=total)
+    pad = padding_mask(seq, layout)
+    mask = None
+    if pad is not None:  # the whole length up front: 0 at the prompt's padding and at positions not yet filled
+        mask = torch.zeros(seq.shape[0], total, dtype=pad.dtype, device=device)
+        mask[:, : seq.shape[1]] = pad
+    step = model.forward
+    if sc.compile:
+        step = _COMPILED.setdefault(id(model), torch.compile(model.forward, dynamic=False))
+    length = seq.shape[1]
+    logits = model(input_ids=seq, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1,
+                   cache_position=torch.arange(length, device=device)).logits[:, -1]  # (B', V)
+    codes = torch.empty(b, layout.num_image_tokens, dtype=torch.long, device=device)
+    for i in range(layout.num_image_tokens):
+        image_logits = guided_image_logits(logits, layout, sc.cfg_scale, guided,
+                                           sc.image_cfg_scale if image_guided else None)  # (B, K)
+        codes[:, i] = sample_from_logits(image_logits, sc, generator)
+        if i == layout.num_image_tokens - 1:
+            break
+        token = (codes[:, i : i + 1] + layout.image_offset).repeat(seq.shape[0] // b, 1)  # (B', 1)
+        if layout.row_tokens and (i + 1) % layout.grid_w == 0:
+            token = torch.cat([token, _row_token(layout, (i + 1) // layout.grid_w, token.shape[0], device)], dim=1)
+        positions = torch.arange(length, length + token.shape[1], device=device)
+        if mask is not None:
+            mask[:, positions] = 1
+        logits = step(input_ids=token, attention_mask=mask, cache=cache, use_cache=True,
+                      cache_position=positions).logits[:, -1]
+        length += token.shape[1]
+    if stats is not None:
+        stats["forward_passes"] = stats.get("forward_passes", 0) + layout.num_image_tokens
+    return rearrange(codes, "b (h w) -> b h w", h=layout.grid_h, w=layout.grid_w)
 
 
 def _row_token(layout: SequenceLayout, row: int, batch: int, device: torch.device) -> torch.Tensor:

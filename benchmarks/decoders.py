@@ -4,7 +4,8 @@
                                   [--batch-sizes 1 32] [--images 32] [--suite position --suite heldout] [--n 4]
                                   [--fid-images 500] [--out decoders.json]
 
-Each decoder is `plain`, `jacobi:WINDOW:INIT` (INIT random or above) or `zipar:WINDOW`, on the run's recorded
+Each decoder is `plain`, `static` / `static+compile` (the plain decoder on a static KV cache, compiled),
+`jacobi:WINDOW:INIT` (INIT random or above) or `zipar:WINDOW`, on the run's recorded
 sampling settings (guidance, temperature, ...) and one seed. For every decoder, in one process:
 
 1. speed (eval.speed.measure_sampling, decoders interleaved so they share the machine's state):
@@ -28,14 +29,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 
 def parse_decoder(text: str) -> dict:
-    """'plain', 'jacobi:WINDOW:INIT' or 'zipar:WINDOW' -> SampleConfig overrides."""
+    """'plain', 'static', 'static+compile', 'jacobi:WINDOW:INIT' or 'zipar:WINDOW' -> SampleConfig overrides."""
     if text == "plain":
         return {"decoder": "plain"}
+    if text in ("static", "static+compile"):  # the plain decoder on transformers' StaticCache (compiled)
+        return {"decoder": "plain", "cache": "static", **({"compile": True} if text.endswith("compile") else {})}
     parts = text.split(":")
     if parts[0] == "zipar" and len(parts) <= 2:
         return {"decoder": "zipar", "zipar_window": int(parts[1]) if len(parts) > 1 else 2}
     if parts[0] != "jacobi" or len(parts) > 3:
-        raise argparse.ArgumentTypeError(f"a decoder is plain, jacobi:WINDOW:INIT or zipar:WINDOW, got {text!r}")
+        raise argparse.ArgumentTypeError(f"a decoder is plain, static, static+compile, jacobi:WINDOW:INIT or "
+                                         f"zipar:WINDOW, got {text!r}")
     return {"decoder": "jacobi", "jacobi_window": int(parts[1]) if len(parts) > 1 else 16,
             "jacobi_init": parts[2] if len(parts) > 2 else "random"}
 
@@ -62,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     decoders = args.decoders or [parse_decoder(d) for d in ("plain", "jacobi:16:random", "jacobi:16:above", "zipar:1",
                                                             "zipar:2", "zipar:4")]
-    if decoders[0]["decoder"] != "plain":
+    if decoders[0] != {"decoder": "plain"}:
         decoders.insert(0, {"decoder": "plain"})  # the reference
 
     pipe = open_sampler(args.run, "generator", device="cpu", progress=False)

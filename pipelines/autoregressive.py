@@ -108,6 +108,8 @@ class ARPipeline:
             return f"jacobi (window {settings.jacobi_window}, {settings.jacobi_init} drafts)"
         if settings.decoder == "zipar":
             return f"zipar (window {settings.zipar_window})"
+        if settings.cache == "static":
+            return "static kv cache" + (", compiled" if settings.compile else "")
         return "kv cache on" if settings.use_cache else "kv cache off"
 
     def steps_per_image(self, settings: SampleConfig) -> int:

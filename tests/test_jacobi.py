@@ -120,3 +120,29 @@ def test_zipar_starts_rows_early_and_needs_row_tokens(tok):
     flat, model_flat, text_flat = _setup(tok)
     with pytest.raises(ConfigError, match="row tokens"):
         generate(model_flat, flat, text_flat, SampleConfig.greedy(decoder="zipar"))
+
+
+# --------------------------------------------------------------------------- static cache (+ compile)
+@pytest.mark.parametrize("changes", [{}, {"row_tokens": True}, {"row_tokens": True, "mask_padding": True}])
+def test_the_static_cache_draws_what_the_dynamic_cache_draws(tok, changes):
+    layout, model, text = _setup(tok, **changes)
+    for sc in (SampleConfig.greedy(cfg_scale=3.0), SampleConfig(cfg_scale=2.0, temperature=1.0, seed=5)):
+        assert torch.equal(generate(model, layout, text, sc.replace(cache="static")), generate(model, layout, text, sc))
+
+
+def test_static_cache_settings_are_checked():
+    with pytest.raises(ConfigError, match="static cache"):
+        SampleConfig(compile=True)
+    with pytest.raises(ConfigError, match="plain decoder"):
+        SampleConfig(cache="static", decoder="jacobi")
+    with pytest.raises(ConfigError, match="cache must be"):
+        SampleConfig(cache="paged")
+
+
+@pytest.mark.slow
+def test_compiled_static_decoding_draws_the_same_codes(tok):
+    layout, model, text = _setup(tok, row_tokens=True)
+    model = model.float()
+    greedy = SampleConfig.greedy(cfg_scale=2.0)
+    assert torch.equal(generate(model, layout, text, greedy.replace(cache="static", compile=True)),
+                       generate(model, layout, text, greedy))
