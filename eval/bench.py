@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -103,6 +104,11 @@ def split_assignments(assignments: dict[str, Any], stages: tuple[str, ...]) -> t
     return per_stage, bench
 
 
+# the generator's sampling fields a bench point may set (ar_model.SampleConfig): guidance, filtering, the decoder
+AR_FIELDS = {"cfg_scale", "top_k", "top_p", "temperature", "decoder", "jacobi_window", "jacobi_init", "zipar_window",
+             "cache", "compile"}
+
+
 @dataclass
 class BenchConfig:
     stage_preset: str = "cpu"  # the tokenizer, generator and baseline stages' preset
@@ -143,11 +149,10 @@ class BenchConfig:
             raise BenchError(f"unknown stage {sorted(unknown)[0]!r} (known: {', '.join(STAGES)})")
         if min(self.fid_images, self.sweep_fid_images) < 5:
             raise BenchError("bench fid_images and sweep_fid_images must be >= 5")
-        for p in self.ar_points:
-            unknown = set(p) - {"cfg_scale", "top_k", "top_p", "temperature"}
+        for p in [self.ar_main, *self.ar_points]:
+            unknown = set(p) - AR_FIELDS
             if unknown:
-                raise BenchError(f"unknown AR sweep field {sorted(unknown)[0]!r} (known: cfg_scale, temperature, "
-                                 "top_k, top_p)")
+                raise BenchError(f"unknown AR sweep field {sorted(unknown)[0]!r} (known: {', '.join(sorted(AR_FIELDS))})")
         for p in [self.diffusion_main, *self.diffusion_points]:
             unknown = set(p) - {"sampler", "steps", "cfg_scale"}
             if unknown:
@@ -235,17 +240,28 @@ def parameter_counts(run: Run, device: str | None, progress: bool = True) -> dic
             "baseline_text_encoder": count(base.model.text)}
 
 
+def _decoder(sc: Any) -> str:
+    """The generator's decoder in words (as pipelines.ARPipeline.describe names it)."""
+    if sc.decoder == "jacobi":
+        return f"jacobi {sc.jacobi_window} {sc.jacobi_init}"
+    if sc.decoder == "zipar":
+        return f"zipar {sc.zipar_window}"
+    return "static cache" + (" compiled" if sc.compile else "") if sc.cache == "static" else "plain"
+
+
 def _point_name(model: str, p: dict, sc: Any) -> str:
     """A directory name for a sampling setting `sc`, naming what the point `p` sets."""
     if model == "generator":
+        decoder = "" if sc.decoder == "plain" and sc.cache == "dynamic" else "_" + re.sub(r"[^a-z0-9]+", "-", _decoder(sc))
         return f"ar_cfg{sc.cfg_scale:g}" + "".join(f"_{k.replace('_', '')}{p[k]:g}"
-                                                   for k in ("top_k", "top_p", "temperature") if k in p)
+                                                   for k in ("top_k", "top_p", "temperature") if k in p) + decoder
     return f"{sc.sampler.replace('+', 'p')}_{sc.steps}steps" + (f"_cfg{sc.cfg_scale:g}" if "cfg_scale" in p else "")
 
 
 def _point_label(model: str, p: dict, sc: Any) -> str:
     if model == "generator":
-        return f"guidance {sc.cfg_scale:g}" + (f", top-k {sc.top_k}" if sc.top_k else "")
+        decoder = "" if sc.decoder == "plain" and sc.cache == "dynamic" else f", {_decoder(sc)}"
+        return f"guidance {sc.cfg_scale:g}" + (f", top-k {sc.top_k}" if sc.top_k else "") + decoder
     return f"{sc.sampler.upper()} {sc.steps}" + (f", guidance {sc.cfg_scale:g}" if "cfg_scale" in p else "")
 
 

@@ -146,3 +146,16 @@ def test_compiled_static_decoding_draws_the_same_codes(tok):
     greedy = SampleConfig.greedy(cfg_scale=2.0)
     assert torch.equal(generate(model, layout, text, greedy.replace(cache="static", compile=True)),
                        generate(model, layout, text, greedy))
+
+
+def test_bench_points_may_set_the_decoder():
+    from eval.bench import BenchConfig, BenchError, _point_label, _point_name
+
+    cfg = BenchConfig(ar_points=[{"decoder": "jacobi", "jacobi_window": 8}, {"decoder": "zipar"}],
+                      ar_main={"cache": "static"})
+    sc = SampleConfig(decoder="jacobi", jacobi_window=8)
+    assert _point_name("generator", cfg.ar_points[0], sc).endswith("_jacobi-8-random")
+    assert _point_label("generator", cfg.ar_points[0], sc).endswith("jacobi 8 random")
+    assert _point_name("generator", {}, SampleConfig()) == "ar_cfg1.5"  # plain points keep their old names
+    with pytest.raises(BenchError, match="unknown AR sweep field"):
+        BenchConfig(ar_points=[{"decoder_window": 3}])
