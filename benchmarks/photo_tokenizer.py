@@ -1,0 +1,193 @@
+"""The tokenizer on photographs: trained on random crops of six photos, measured on two whole photos it never saw.
+
+    python benchmarks/photo_tokenizer.py --run runs/photo [--preset cpu] [--set vq.resolution=64 ...]
+                                         [--steps N] [--crops 4000] [--out photo.json]
+
+The photographs are the ones bundled inside the scikit-image wheel (a dev dependency; nothing is
+downloaded): `--crops` random crops of `vq.resolution` px from rocket, hubble_deep_field,
+immunohistochemistry, retina, coffee and the left stereo_motorcycle image (uniform over the photos,
+then over positions; seed 0) are written to RUN/crops/ as an image folder and the tokenizer stage
+trains on them (`data.source`); astronaut and chelsea (cropped to a multiple of the downsampling) are
+held out. Each held-out photo is encoded and decoded whole (the nets are convolutional: no tiles, no
+seams) and tile by tile at the training resolution (seams where tiles meet), and compared with
+classical codecs at the same bits per pixel (log2(codes) per code over downsample^2 pixels):
+
+- JPEG (Pillow) at the highest quality whose file is no larger than that budget;
+- bicubic: down-sampled to the code grid's size and back up.
+
+Reported per photo: PSNR (dB), SSIM (torchmetrics), the mean colour error (CIE76 delta E in Lab,
+scikit-image), and the codebook usage of the two photos (distinct codes over the codebook size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+TRAIN_PHOTOS = ("rocket", "hubble_deep_field", "immunohistochemistry", "retina", "coffee", "stereo_motorcycle")
+HELD_OUT = ("astronaut", "chelsea")
+
+
+def photo(name: str):
+    """A bundled scikit-image photograph as uint8 (H, W, 3)."""
+    import numpy as np
+    import skimage.data
+
+    image = getattr(skimage.data, name)()
+    image = image[0] if isinstance(image, tuple) else image  # stereo_motorcycle: (left, right, disparity)
+    return np.ascontiguousarray(image[..., :3])
+
+
+def write_crops(folder: Path, n: int, size: int, seed: int = 0) -> Path:
+    """`n` random size x size crops of the training photos as PNGs in `folder` (an image folder)."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    photos = [photo(p) for p in TRAIN_PHOTOS]
+    for i in range(n):
+        img = photos[rng.integers(len(photos))]
+        y, x = rng.integers(img.shape[0] - size + 1), rng.integers(img.shape[1] - size + 1)
+        Image.fromarray(img[y : y + size, x : x + size]).save(folder / f"crop_{i:05d}.png")
+    return folder
+
+
+def metrics(original, decoded) -> dict:
+    """PSNR (dB), SSIM and the mean CIE76 colour error of uint8 (H, W, 3) images."""
+    import numpy as np
+    import torch
+    from skimage.color import rgb2lab
+    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
+    a, b = original.astype(np.float64), decoded.astype(np.float64)
+    mse = ((a - b) ** 2).mean()
+    psnr = 10 * math.log10(255.0**2 / max(mse, 1e-10))
+    t = lambda x: torch.from_numpy(np.array(x)).permute(2, 0, 1)[None].double() / 255  # noqa: E731 (a copy: writable)
+    s = float(ssim(t(decoded), t(original), data_range=1.0))
+    delta_e = float(np.sqrt(((rgb2lab(original) - rgb2lab(decoded)) ** 2).sum(-1)).mean())
+    return {"psnr": psnr, "ssim": s, "delta_e": delta_e}
+
+
+def jpeg_at(image, bpp: float):
+    """The image through JPEG at the highest quality whose size is within `bpp` bits per pixel, and that bpp."""
+    import numpy as np
+    from PIL import Image
+
+    best = None
+    for quality in range(1, 96):
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, format="JPEG", quality=quality)
+        bits = 8 * buf.tell() / (image.shape[0] * image.shape[1])
+        if bits > bpp:
+            break
+        best = (np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")), bits, quality)
+    return best  # None when even quality 1 is over budget
+
+
+def bicubic_at(image, factor: int):
+    """Down-sampled by `factor` (to the code grid's size) and back up, bicubic."""
+    import numpy as np
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    small = Image.fromarray(image).resize((w // factor, h // factor), Image.BICUBIC)
+    return np.asarray(small.resize((w, h), Image.BICUBIC))
+
+
+def reconstruct(tokenizer, image, tile: int | None = None):
+    """Encode and decode uint8 (H, W, 3) whole, or tile by tile; returns (uint8 image, codes used)."""
+    import numpy as np
+    import torch
+
+    from vqtok import images_to_tensor, tensor_to_images
+
+    def run(x):
+        with torch.inference_mode():
+            codes = tokenizer.encode(images_to_tensor(torch.from_numpy(np.ascontiguousarray(x))[None])).codes
+            return tensor_to_images(tokenizer.decode(codes))[0].numpy(), codes.flatten().tolist()
+
+    if tile is None:
+        return run(image)
+    out, used = np.zeros_like(image), []
+    for y in range(0, image.shape[0] - tile + 1, tile):
+        for x in range(0, image.shape[1] - tile + 1, tile):
+            out[y : y + tile, x : x + tile], c = run(image[y : y + tile, x : x + tile])
+            used += c
+    return out, used
+
+
+def main(argv: list[str] | None = None) -> int:
+    from train.config import parse_assignments
+    from train.tokenizer_stage import preset_config, train_tokenizer
+    from vqtok import load_tokenizer
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", required=True, help="run directory (RUN/crops, RUN/tokenizer; a trained one is reused)")
+    p.add_argument("--preset", default="cpu", help="the tokenizer stage preset to start from")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="stage overrides (default: vq.resolution=64, the issue's setting)")
+    p.add_argument("--steps", type=int, help="training steps (default: the preset's)")
+    p.add_argument("--crops", type=int, default=4000)
+    p.add_argument("--out", help="write the results as JSON here")
+    args = p.parse_args(argv)
+
+    run = Path(args.run)
+    sets = {"vq.resolution": 64, **parse_assignments(args.set)}
+    cfg = preset_config(args.preset).override({**sets, **({"loop.steps": args.steps} if args.steps else {}),
+                                               "loop.progress": False})
+    size = cfg.vq.resolution
+    crops = run / "crops"
+    if not crops.is_dir():
+        write_crops(crops, args.crops, size)
+    t = time.perf_counter()
+    tok_dir = train_tokenizer(cfg.override({"data.source": str(crops)}), run)
+    seconds = time.perf_counter() - t
+    tokenizer = load_tokenizer(tok_dir).eval()
+    ds, k = tokenizer.cfg.downsample, tokenizer.cfg.num_codes
+    bpp = math.log2(k) / ds**2
+    rows, used = [], set()
+    for name in HELD_OUT:
+        image = photo(name)
+        image = image[: image.shape[0] // size * size, : image.shape[1] // size * size]  # whole tiles
+        whole, codes = reconstruct(tokenizer, image)
+        used.update(codes)
+        tiled, _ = reconstruct(tokenizer, image, tile=size)
+        jpeg = jpeg_at(image, bpp)
+        row = {"photo": name, "shape": list(image.shape[:2]), "whole": metrics(image, whole),
+               "tiles": metrics(image, tiled), "bicubic": metrics(image, bicubic_at(image, ds))}
+        if jpeg is not None:
+            row["jpeg"] = {**metrics(image, jpeg[0]), "bpp": jpeg[1], "quality": jpeg[2]}
+        rows.append(row)
+    result = {"preset": args.preset, "sets": sets, "steps": cfg.loop.steps, "train_seconds": round(seconds, 1),
+              "bpp": bpp, "codes": k, "codebook_usage": len(used) / k, "photos": rows}
+    print(f"tokenizer: {args.preset} preset, {sets}, {cfg.loop.steps} steps, {seconds / 60:.1f} min of training "
+          f"(this call); {k} codes, {bpp:.3f} bits per pixel; codebook usage on the held-out photos "
+          f"{100 * result['codebook_usage']:.1f}%")
+    print("| photo | method | PSNR (dB) | SSIM | colour error (dE) |")
+    print("|---|---|---:|---:|---:|")
+    for r in rows:
+        for method in ("whole", "tiles", "jpeg", "bicubic"):
+            if method in r:
+                m = r[method]
+                label = {"whole": "tokenizer, whole image", "tiles": f"tokenizer, {size} px tiles",
+                         "jpeg": f"JPEG q{m.get('quality')} ({m.get('bpp', 0):.3f} bpp)",
+                         "bicubic": f"bicubic x{ds}"}[method]
+                print(f"| {r['photo']} | {label} | {m['psnr']:.2f} | {m['ssim']:.4f} | {m['delta_e']:.2f} |")
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""benchmarks/photo_tokenizer.py at toy sizes: crops of the bundled photographs, training, whole and tiled codes, JPEG and
+bicubic at the same bits per pixel."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+
+pytest.importorskip("skimage")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import photo_tokenizer  # noqa: E402
+
+
+def test_the_codecs_and_the_metrics_behave():
+    image = photo_tokenizer.photo("astronaut")[:128, :128]
+    same = photo_tokenizer.metrics(image, image)
+    assert same["psnr"] > 90 and same["ssim"] == pytest.approx(1.0) and same["delta_e"] == pytest.approx(0.0, abs=1e-6)
+    jpeg, bits, quality = photo_tokenizer.jpeg_at(image, 0.625)
+    assert bits <= 0.625 and jpeg.shape == image.shape and 1 <= quality <= 95
+    better = photo_tokenizer.jpeg_at(image, 2.0)
+    assert better[2] > quality and photo_tokenizer.metrics(image, better[0])["psnr"] > photo_tokenizer.metrics(image, jpeg)["psnr"]
+    blurred = photo_tokenizer.bicubic_at(image, 4)
+    assert blurred.shape == image.shape and 15 < photo_tokenizer.metrics(image, blurred)["psnr"] < 40
+
+
+def test_the_benchmark_runs_end_to_end_at_toy_sizes(tmp_path, capsys):
+    tiny = ["vq.base_channels=8", "vq.norm_groups=4", "vq.latent_dim=8", "vq.codebook_size=64", "loop.batch_size=8",
+            "loop.device=\"cpu\""]
+    argv = ["--run", str(tmp_path / "run"), "--steps", "3", "--crops", "32", "--out", str(tmp_path / "r.json")]
+    assert photo_tokenizer.main([*argv, *[a for s in tiny for a in ("--set", s)]]) == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert len(list((tmp_path / "run" / "crops").glob("*.png"))) == 32
+    assert result["bpp"] == pytest.approx(6 / 16) and 0 < result["codebook_usage"] <= 1
+    assert [r["photo"] for r in result["photos"]] == ["astronaut", "chelsea"]
+    for r in result["photos"]:
+        assert {"whole", "tiles", "bicubic"} <= set(r) and np.isfinite(r["whole"]["psnr"])
+    assert "| astronaut | tokenizer, whole image |" in capsys.readouterr().out
