@@ -55,6 +55,7 @@ def generate_zipar(model: Any, layout: SequenceLayout, seq: torch.Tensor, b: int
     passes = 1
     codes = torch.zeros(b, h, w, dtype=torch.long, device=device)
     codes[:, 0, 0] = sample_from_logits(guided_logits(logits), sc, generator)
+    blocks = seq.shape[0] // b  # guidance blocks: every block is fed the same tokens
     made = [1] + [0] * (h - 1)  # codes drawn per row
     last_fed = [False] * h  # a finished row's last code is fed once more, for the rows below to see
 
@@ -75,7 +76,6 @@ def generate_zipar(model: Any, layout: SequenceLayout, seq: torch.Tensor, b: int
                 queries.append((r, codes[:, r, made[r] - 1] + off, row_pos(r) + made[r], made[r]))
         if not queries:  # every row drawn (the last row's last code is never fed)
             break
-        blocks = seq.shape[0] // b
         tokens = torch.stack([t.repeat(blocks) if torch.is_tensor(t) else torch.full((seq.shape[0],), t, device=device)
                               for _, t, _, _ in queries], 1)  # (B', Q)
         q_pos = torch.tensor([p for _, _, p, _ in queries], device=device)  # (Q,)

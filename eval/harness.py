@@ -137,7 +137,9 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out_dir: st
     out = Path(out_dir) if out_dir else run.eval_dir(cfg.model)
     pipe = open_sampler(run, cfg.model, device=cfg.device, progress=cfg.progress)
     editor = bool(getattr(pipe, "edits", False))
-    own_data = run.recorded_data("generator").get("source", "shapes") != "shapes"
+    from train.data.own import SHAPES
+
+    own_data = run.recorded_data("generator").get("source", SHAPES) != SHAPES
     default = [editing.EDIT] if editor else ([] if own_data else list(suites.DEFAULT_SUITES))
     names = cfg.suites if cfg.suites is not None else default
     if editing.EDIT in names and not editor:

@@ -136,7 +136,7 @@ def evaluate_memorisation(pipe: Any, run: Any, n: int, settings: Any, batch_size
                               for i in range(len(captions))]))
     held = None
     if len(val_idx):
-        real = val_idx[:max(prompts * n, prompts)]
+        real = val_idx[: prompts * n]  # as many held-out rows as generated images, where there are that many
         held = summary(nearest_rms(decode(codes[real]), train_images), best_code_match(codes[real].long(), train_codes),
                        threshold)
     return MemorisationReport(threshold, len(train_idx), len(searched), len(captions),
