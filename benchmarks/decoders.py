@@ -61,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=4, help="samples per prompt for faithfulness")
     p.add_argument("--fid-images", type=int, default=500)
     p.add_argument("--no-quality", action="store_true", help="speed only")
+    p.add_argument("--no-speed", action="store_true",
+                   help="faithfulness and FID only (they do not depend on the machine's load: run beside other work)")
+    p.add_argument("--quality-from", help="take faithfulness and FID from this earlier --out JSON (same run, seed, "
+                                          "suites and n) for the decoders it holds, instead of measuring them again")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args(argv)
@@ -72,11 +76,20 @@ def main(argv: list[str] | None = None) -> int:
     pipe = open_sampler(args.run, "generator", device="cpu", progress=False)
     settings = {pipe.describe(pipe.settings(**d, seed=args.seed)): pipe.settings(**d, seed=args.seed) for d in decoders}
     grid = int(Run(args.run).recorded_data("generator").get("grid", 3))
-    speed = measure_sampling(pipe, [s.text for s in demo_prompts(grid)], settings, args.batch_sizes, args.images)
+    speed = None if args.no_speed else measure_sampling(pipe, [s.text for s in demo_prompts(grid)], settings,
+                                                        args.batch_sizes, args.images)
     quality = {}
+    if args.quality_from:
+        earlier = json.loads(Path(args.quality_from).read_text())
+        if earlier.get("run") != args.run or earlier.get("seed") != args.seed or earlier.get("n") != args.n or \
+                earlier.get("suites") != args.suites:
+            p.error(f"{args.quality_from} was measured on another run, seed, n or suites")
+        quality = {name: q for name, q in earlier["quality"].items() if name in settings}
     if not args.no_quality:
         with tempfile.TemporaryDirectory() as tmp:
             for name, d in zip(settings, decoders):
+                if name in quality:
+                    continue
                 result = evaluate_run(args.run, EvalConfig(suites=args.suites, n=args.n, seed=args.seed, sampling=d,
                                                            fid_images=args.fid_images, tokenizer=False, speed=False,
                                                            progress=False), Path(tmp) / "eval")
@@ -86,10 +99,15 @@ def main(argv: list[str] | None = None) -> int:
                                  "fid": result.fid["fid"] if result.fid else None}
 
     plain_name = next(iter(settings))
-    lines = [f"machine: {describe_machine(speed.machine)}; run {args.run}; seed {args.seed}", "",
+    lines = [f"machine: {describe_machine(speed.machine) if speed else '(speed not measured)'}; run {args.run}; "
+             f"seed {args.seed}", "",
              "| decoder | batch | images/s | x plain | sequential passes | faithfulness | FID |",
              "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in speed.rows:
+    for name in ([] if speed else quality):
+        q = quality[name]
+        lines.append(f"| {name} | — | — | — | — | {100 * q['accuracy']:.1f}% [{100 * q['interval'][0]:.1f}, "
+                     f"{100 * q['interval'][1]:.1f}] | {q['fid'] if q['fid'] is None else round(q['fid'], 3)} |")
+    for r in speed.rows if speed else []:
         ref = next(x for x in speed.rows if x.batch_size == r.batch_size and x.setting == plain_name)
         q = quality.get(r.setting, {})
         acc = f"{100 * q['accuracy']:.1f}%" if q else "—"
@@ -100,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"{r.sequential_passes} | {acc} | {fid} |")
     print("\n".join(lines))
     if args.out:
-        Path(args.out).write_text(json.dumps({"speed": speed.to_dict(), "quality": quality,
+        Path(args.out).write_text(json.dumps({"run": args.run, "seed": args.seed, "n": args.n, "suites": args.suites,
+                                              "speed": speed.to_dict() if speed else None, "quality": quality,
                                               "decoders": decoders}, indent=2) + "\n")
     return 0
 

@@ -62,7 +62,11 @@ class DiffusionPipeline:
         known = {f.name for f in dataclasses.fields(DiffusionSampleConfig)}
         unknown = sorted(set(overrides) - known)
         if unknown:
-            raise BaselineError(f"unknown diffusion sampling setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
+            ar_only = {"decoder", "jacobi_window", "jacobi_init", "zipar_window", "cache", "compile", "top_k", "top_p",
+                       "temperature", "image_cfg_scale"}
+            what = " (a setting of the autoregressive generator's sampler)" if unknown[0] in ar_only else ""
+            raise BaselineError(f"unknown diffusion sampling setting {unknown[0]!r}{what}; the diffusion baseline's "
+                                f"are {', '.join(sorted(known))}")
         settings = dataclasses.replace(self.recommended, **overrides)
         if settings.steps > self.model.cfg.num_train_timesteps:
             raise BaselineError(f"steps must be at most the {self.model.cfg.num_train_timesteps} timesteps the "

@@ -133,6 +133,10 @@ def test_baseline_trains_and_is_evaluated_by_the_same_harness(run, tmp_path, cap
     row = result["speed"]["rows"][0]
     assert row["setting"] == "dpm++ 2 steps" and row["nfe_per_image"] == 4  # 2 steps x 2 rows (guidance 1.5)
     assert "sampler dpm++, steps 2" in (out / "report.md").read_text()
+    capsys.readouterr()
+    assert main(["eval", "--run", str(run), "--model", "baseline", "--decoder", "jacobi", "--no-progress"]) == 2
+    err = capsys.readouterr().err  # one line naming what the setting belongs to, before anything samples
+    assert "'decoder' (a setting of the autoregressive generator's sampler)" in err and len(err.splitlines()) == 1
     # the baseline records its sampling settings, and opens through the same interface as the generator
     from pipelines import ImageSampler, open_sampler
 

@@ -237,3 +237,34 @@ def test_tokenize_has_help(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "--num-proc" in out and "--devices" in out and "--steps" not in out
+
+
+def test_own_data_training_stops_after_max_epochs_passes(images, tok_dir, tmp_path):
+    from train.generator_stage import OWN_DATA_MAX_EPOCHS
+    from train.loop import LoopConfig, capped_steps
+
+    assert capped_steps(LoopConfig(steps=100, batch_size=8), 13, 0) == 100  # 0: no cap
+    assert capped_steps(LoopConfig(steps=100, batch_size=8), 13, 2) == 4  # ceil(2 x 13 / 8)
+    assert capped_steps(LoopConfig(steps=100, batch_size=4, grad_accum=2), 13, 2) == 4  # the global batch counts
+    assert capped_steps(LoopConfig(steps=100, batch_size=8), 10_000, 2) == 100  # never more than loop.steps
+    with pytest.raises(TrainConfigError):
+        LoopConfig(max_epochs=-1)
+
+    def trained(run: Path, extra: dict) -> tuple[int, int, int]:
+        """(recorded steps, last logged step, the capped count for the run's training rows)"""
+        if not (run / "tokenizer").exists():
+            shutil.copytree(tok_dir, run / "tokenizer")
+        args = ["train", "--run", str(run), "--no-progress",
+                *set_args({**GEN, "data.source": str(images), "loop.steps": 40, **extra})]
+        assert main(args) == 0
+        rows = [json.loads(x) for x in (run / "metrics" / "generator.jsonl").read_text().splitlines()]
+        cap = capped_steps(LoopConfig(steps=40, batch_size=8), len(load_codes(run / "codes")[0]),
+                           extra.get("loop.max_epochs", OWN_DATA_MAX_EPOCHS))
+        return json.loads((run / "generator_stage.json").read_text())["loop"]["steps"], rows[-1]["step"], cap
+
+    steps, last, cap = trained(tmp_path / "two", {"loop.max_epochs": 2})
+    assert steps == last == cap < 10  # 11 rows (two are bad) in batches of 8: 3 steps
+    assert trained(tmp_path / "two", {"loop.max_epochs": 2}) == (cap, cap, cap)  # the same command resumes: done
+    steps, last, cap = trained(tmp_path / "default", {})
+    assert steps == last == cap < 40
+    assert trained(tmp_path / "none", {"loop.max_epochs": 0})[:2] == (40, 40)

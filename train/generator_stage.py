@@ -50,7 +50,7 @@ from train.data import edits, grammar, own, shapes
 from pipelines import Run, resolve_device, sampling_file
 from train.config import StageConfig, check_run_config, preset
 from train.errors import TrainConfigError
-from train.loop import EpochOrder, LoopConfig, LossOutput, split_rows, steps_for_seconds, train_loop
+from train.loop import EpochOrder, LoopConfig, LossOutput, capped_steps, split_rows, steps_for_seconds, train_loop
 from train.pretokenize import (
     SHARD_SIZE,
     check_devices,
@@ -67,6 +67,9 @@ log = logging.getLogger(__name__)
 # data.task: what the generator learns. "edit" has an image in context; "edit-scenes" is text-to-image on the
 # shapes world's edit results, each described completely: what the editing baselines (regenerate, SDEdit) train on
 TASKS = ("text-to-image", "edit", "edit-scenes")
+# loop.max_epochs's default on own data: passes over the training rows after which the cpu preset's samples
+# of 1,797 real digits began to copy training rows (benchmarks/digits.py, docs/RESULTS.md "Issue 23")
+OWN_DATA_MAX_EPOCHS = 10
 
 
 @dataclass
@@ -461,7 +464,9 @@ def train_generator(cfg: GeneratorStageConfig, run_dir: str | Path, tokenizer_di
     if seconds is not None and recorded is not None:  # resuming a budgeted run: its recorded steps
         cfg = cfg.override({f"loop.{k}": recorded["loop"][k] for k in ("steps", "warmup_steps")})
         seconds = None
-    if seconds is None:
+    max_epochs = cfg.loop.max_epochs if cfg.loop.max_epochs is not None else (
+        OWN_DATA_MAX_EPOCHS if cfg.data.source != own.SHAPES else 0)
+    if seconds is None and not max_epochs:  # otherwise recorded once the step count is known
         check_run_config(run, cfg)
     if world.main:  # process 0 makes the text tokenizer and the codes; the others then read them
         prepared = prepare_codes(cfg, run.root, tokenizer_dir)
@@ -475,8 +480,17 @@ def train_generator(cfg: GeneratorStageConfig, run_dir: str | Path, tokenizer_di
     if seconds is not None:
         steps = steps_for_seconds(task, cfg.loop, seconds)
         cfg = cfg.override({"loop.steps": steps, "loop.warmup_steps": min(cfg.loop.warmup_steps, steps // 10)})
-        check_run_config(run, cfg)
+        if not max_epochs:
+            check_run_config(run, cfg)
         log.info("generator: %d steps for a budget of %.0f s", steps, seconds)
+    if max_epochs:
+        steps = capped_steps(cfg.loop, task.train_rows, max_epochs)
+        if steps < cfg.loop.steps:
+            log.info("generator: %d steps instead of %d: at most %g passes over the %d training rows "
+                     "(loop.max_epochs%s)", steps, cfg.loop.steps, max_epochs, task.train_rows,
+                     "" if cfg.loop.max_epochs is not None else ", own data's default; 0 for no cap")
+            cfg = cfg.override({"loop.steps": steps, "loop.warmup_steps": min(cfg.loop.warmup_steps, steps // 10)})
+        check_run_config(run, cfg)
     if cfg.loop.sample_every:
         task.preview_decoder = load_tokenizer(tokenizer_dir, device=str(resolve_device(cfg.loop.device)))
         task.preview_text = prepared.text_tokenizer

@@ -83,6 +83,10 @@ class LoopConfig:
     resume_intact: bool = False
     val_every: int = 0  # steps between validation passes over the held-out rows (data.val_split); 0 = never
     keep_best: bool = False  # export the weights of the lowest validation loss (state/<stage>/best/), not the last
+    # the most passes over the training rows: caps `steps` by the data's size (`capped_steps`); None = the
+    # stage's default (the generator on own data: a cap that stops before samples become copies of training
+    # rows, docs/DATA.md; the shapes world: none); 0 = no cap
+    max_epochs: float | None = None
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
@@ -108,6 +112,8 @@ class LoopConfig:
             raise TrainConfigError(f"sample_every must be >= 0, got {self.sample_every!r}")
         if int(self.val_every) < 0:
             raise TrainConfigError(f"val_every must be >= 0, got {self.val_every!r}")
+        if self.max_epochs is not None and not (isinstance(self.max_epochs, (int, float)) and self.max_epochs >= 0):
+            raise TrainConfigError(f"max_epochs must be a number >= 0 (0: no cap), got {self.max_epochs!r}")
         if self.keep_best and not self.val_every:
             raise TrainConfigError("keep_best needs validation: set loop.val_every (and the stage's data.val_split)")
 
@@ -280,6 +286,13 @@ def optimizer_step(task: Task, par: ParallelModel, optimizer: torch.optim.Optimi
         sums["grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
     optimizer.step()
     return StepOutput(sums, items)
+
+
+def capped_steps(cfg: LoopConfig, rows: int, max_epochs: float) -> int:
+    """`cfg.steps`, or fewer: the steps of at most `max_epochs` passes over `rows` training rows (0: no cap)."""
+    if max_epochs <= 0 or rows <= 0:
+        return cfg.steps
+    return max(1, min(cfg.steps, math.ceil(max_epochs * rows / (cfg.batch_size * cfg.grad_accum))))
 
 
 def steps_for_seconds(task: Task, cfg: LoopConfig, seconds: float, probe: int = 5) -> int:
@@ -616,5 +629,5 @@ def train_loop(
     return LoopResult(cfg.steps, start, time.perf_counter() - t0, last)
 
 
-__all__ = ["EpochOrder", "LoopConfig", "LoopResult", "LossOutput", "StepOutput", "Task", "lr_lambda",
+__all__ = ["EpochOrder", "LoopConfig", "LoopResult", "LossOutput", "StepOutput", "Task", "capped_steps", "lr_lambda",
            "optimizer_step", "param_groups", "split_rows", "steps_for_seconds", "train_loop"]
