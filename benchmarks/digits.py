@@ -34,13 +34,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 WORDS = "zero one two three four five six seven eight nine".split()
 
 
-def write_digits(folder: Path, resolution: int) -> tuple[np.ndarray, np.ndarray]:
-    """The digits as an image folder at `resolution` px (bilinear from 8x8); returns (images (N, 8, 8), labels)."""
+def write_digits(folder: Path, resolution: int, rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The digits (the first `rows`, default all) as an image folder at `resolution` px (bilinear from 8x8);
+    returns (images (N, 8, 8) on 0..16, labels (N,))."""
     from PIL import Image
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    images, labels = d.images, d.target  # (1797, 8, 8) in 0..16, (1797,)
+    images, labels = d.images[:rows], d.target[:rows]  # (1797, 8, 8) in 0..16, (1797,)
     if (folder / "metadata.jsonl").exists():
         return images, labels
     folder.mkdir(parents=True, exist_ok=True)
@@ -109,16 +110,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=8, help="samples per prompt, for memorisation and for the judge")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preset", default="cpu")
+    p.add_argument("--rows", type=int, help="only the first ROWS digits (default: all 1,797)")
+    p.add_argument("--set", action="append", default=[], dest="sets", metavar="SECTION.KEY=VALUE",
+                   help="more settings for the generator's commands (tokenize, train)")
+    p.add_argument("--tokenizer-set", action="append", default=[], dest="tok_sets", metavar="SECTION.KEY=VALUE",
+                   help="more settings for train-tokenizer")
     args = p.parse_args(argv)
     caps = args.caps or ["0", "auto"]
     out = Path(args.out)
     data = out / "data"
-    images, labels = write_digits(data, args.resolution)
+    images, labels = write_digits(data, args.resolution, args.rows)
     from train.loop import split_rows
 
     common = ["--preset", args.preset, "--set", f"data.source={data}", "--set", "data.val_split=0.1"]
     tok = out / "tokenizer-run"
-    tessera("train-tokenizer", "--run", str(tok), *common, "--set", f"vq.resolution={args.resolution}")
+    tessera("train-tokenizer", "--run", str(tok), *common, "--set", f"vq.resolution={args.resolution}",
+            *(x for a in args.tok_sets for x in ("--set", a)))
     results = {}
     for cap in caps:
         run = out / f"epochs-{cap}"
@@ -127,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             import shutil
 
             shutil.copytree(tok / "tokenizer", run / "tokenizer")
-        gen = [*common, "--set", "loop.val_every=50"] + ([] if cap == "auto" else ["--set", f"loop.max_epochs={cap}"])
+        gen = [*common, "--set", "loop.val_every=50", *(x for a in args.sets for x in ("--set", a))] + (
+            [] if cap == "auto" else ["--set", f"loop.max_epochs={cap}"])
         tessera("tokenize", "--run", str(run), *gen)
         tessera("train", "--run", str(run), *gen)
         tessera("eval", "--run", str(run), "--n", str(args.n), "--seed", str(args.seed))
