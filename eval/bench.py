@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 
 BENCH_VERSION = 1
 
+# the faster decoders at the run's recorded guidance (issue 19): speculative Jacobi (the same distribution) and
+# parallel rows (ZipAR, a window of 2 codes: the rows overlap, the distribution changes)
+DECODER_POINTS = [{"decoder": "jacobi", "jacobi_window": 16}, {"decoder": "zipar", "zipar_window": 2}]
+
 PRESETS: dict[str, dict] = {
     # about an hour on 2 CPU cores from nothing: ~11 min the AR side, as long the baseline,
     # ~6 min the two main evaluations, the rest the sweep (diffusion at 50 steps dominates)
@@ -49,7 +53,7 @@ PRESETS: dict[str, dict] = {
         "stage_preset": "cpu",
         "large_batch": 32,
         "ar_points": [{"cfg_scale": 1.0}, {"cfg_scale": 1.5}, {"cfg_scale": 3.0},
-                      {"cfg_scale": 1.5, "top_k": 8}, {"cfg_scale": 1.5, "top_k": 64}],
+                      {"cfg_scale": 1.5, "top_k": 8}, {"cfg_scale": 1.5, "top_k": 64}, *DECODER_POINTS],
         "diffusion_points": [{"sampler": "ddim", "steps": 10}, {"sampler": "ddim", "steps": 25},
                              {"sampler": "ddim", "steps": 50}, {"sampler": "dpm++", "steps": 10},
                              {"sampler": "dpm++", "steps": 20}],
@@ -59,7 +63,7 @@ PRESETS: dict[str, dict] = {
     "cpu-long": {
         "stage_preset": "cpu-long",
         "large_batch": 32,
-        "ar_points": [{"cfg_scale": 1.0}, {"cfg_scale": 3.0}],
+        "ar_points": [{"cfg_scale": 1.0}, {"cfg_scale": 3.0}, *DECODER_POINTS],
         "diffusion_points": [{"sampler": "ddim", "steps": 10}, {"sampler": "ddim", "steps": 50}],
         "sweep_n": 1, "sweep_fid_images": 100, "sweep_speed_images": 16,
     },
@@ -68,7 +72,7 @@ PRESETS: dict[str, dict] = {
         "stage_preset": "gpu",
         "large_batch": 256,
         "ar_points": [{"cfg_scale": 1.0}, {"cfg_scale": 1.5}, {"cfg_scale": 3.0}, {"cfg_scale": 5.0},
-                      {"cfg_scale": 1.5, "top_k": 16}, {"cfg_scale": 1.5, "top_k": 128}],
+                      {"cfg_scale": 1.5, "top_k": 16}, {"cfg_scale": 1.5, "top_k": 128}, *DECODER_POINTS],
         "diffusion_points": [{"sampler": "ddim", "steps": 10}, {"sampler": "ddim", "steps": 25},
                              {"sampler": "ddim", "steps": 50}, {"sampler": "ddim", "steps": 100},
                              {"sampler": "dpm++", "steps": 10}, {"sampler": "dpm++", "steps": 20}],
