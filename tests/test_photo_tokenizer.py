@@ -41,3 +41,18 @@ def test_the_benchmark_runs_end_to_end_at_toy_sizes(tmp_path, capsys):
     for r in result["photos"]:
         assert {"whole", "tiles", "bicubic"} <= set(r) and np.isfinite(r["whole"]["psnr"])
     assert "| astronaut | tokenizer, whole image |" in capsys.readouterr().out
+
+
+def test_colour_augmented_crops_permute_channels_and_keep_the_pixels(tmp_path):
+    from PIL import Image
+
+    plain = photo_tokenizer.write_crops(tmp_path / "plain", 24, 16, seed=3)
+    mixed = photo_tokenizer.write_crops(tmp_path / "mixed", 24, 16, seed=3, colours=True)
+    changed = 0
+    for a, b in zip(sorted(plain.glob("*.png")), sorted(mixed.glob("*.png"))):
+        x, y = np.asarray(Image.open(a)), np.asarray(Image.open(b))  # the same crop (the rng draws the same places)
+        variants = [x[..., list(o)][:, ::f] for o in ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+                    for f in (1, -1)]
+        assert any(np.array_equal(y, v) for v in variants)
+        changed += not np.array_equal(x, y)
+    assert changed >= 12  # most of 24 crops change (5 of 6 channel orders, or a mirror)
