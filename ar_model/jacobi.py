@@ -47,8 +47,12 @@ def _probs(logits: torch.Tensor, sc: Any) -> torch.Tensor:
 
 
 def _draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One code per row of probs (R, K) -> (R,)."""
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    """One code per row of probs (R, K) -> (R,), by inverting each row's CDF at a uniform draw. Not
+    torch.multinomial: on the CPU it took 315 us for 16 rows of 1024 codes against 16 us for this (a tenth of
+    a batch-1 pass's time); the draw is exact either way (a code of probability 0 is never chosen)."""
+    cdf = probs.cumsum(-1)  # (R, K)
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_max(probs.shape[-1] - 1)
 
 
 def generate_jacobi(model: Any, layout: SequenceLayout, seq: torch.Tensor, b: int, sc: Any, guided_logits: Any,
@@ -77,38 +81,32 @@ def generate_jacobi(model: Any, layout: SequenceLayout, seq: torch.Tensor, b: in
     rows = torch.arange(b, device=device)
 
     is_code_t = torch.tensor(is_code, device=device)  # (S,)
-    span_max = window + window // max(1, w) + 2  # the most slots a window covers (its codes and row tokens)
 
     cache = DynamicCache(config=getattr(model, "config", None))
     mask = padding_mask(seq, layout)  # (B', P) or None
     last = guided_logits(prefill(model, seq, cache, mask))  # (B, K): predicts slot 0
     passes = 1
     tokens = torch.tensor(fixed, device=device).repeat(b, 1)  # (B, S) joint-vocabulary ids; -1: no draft yet
-    # q[:, j]: the distribution each row's draft at slot base + j was drawn from (drafts live in windows only)
-    q = torch.zeros(b, span_max, k, device=device)
-    base = 0
+    # q[:, s]: the distribution each row's draft at slot s was drawn from (one buffer for all slots: no sliding)
+    q = torch.zeros(b, n_slots, k, device=device)
     accepted = torch.zeros(b, dtype=torch.long, device=device)  # slots accepted per row (drawn exactly, or fixed)
     fed = 0  # slots in the cache: the same tokens in every row
+    drafted = 0  # slots [0, drafted) hold a draft or an accepted code in every row
     uniform = torch.full((k,), 1.0 / k, device=device)
 
     while int(accepted.min()) < n_slots:
         start = int(accepted.min())
-        if start > base:  # slide q's slots along with the window
-            shift = min(start - base, span_max)
-            q = torch.cat([q[:, shift:], torch.zeros(b, shift, k, device=device)], 1)
-            base = start
         end, drafts = start, 0  # the window: slots [start, end), `window` codes (row tokens ride along)
         while end < n_slots and drafts < window:
             drafts += is_code[end]
             end += 1
         width = end - start
         code_span = is_code_t[start:end]  # (W,)
-        # fresh drafts where a row has none yet, a row's worth of slots at a time ("above" copies the row before)
-        for lo in range(start, end, above):
+        # fresh drafts for the slots the window reaches for the first time (the same in every row: a slot, once
+        # drafted, always holds a draft or an accepted code), a row's worth at a time ("above" copies the row before)
+        for lo in range(max(start, drafted), end, above):
             hi = min(end, lo + above)
             empty = (tokens[:, lo:hi] < 0) & is_code_t[lo:hi]  # (B, w')
-            if not bool(empty.any()):
-                continue
             new = torch.randint(0, k, empty.shape, generator=generator, device=device) + off
             dist = uniform.expand(*empty.shape, k)
             if sc.jacobi_init == "above" and lo >= above:
@@ -118,7 +116,8 @@ def generate_jacobi(model: Any, layout: SequenceLayout, seq: torch.Tensor, b: in
                 dist = torch.where(known[..., None], torch.nn.functional.one_hot((up - off).clamp(0, k - 1), k).float(),
                                    dist)
             tokens[:, lo:hi] = torch.where(empty, new, tokens[:, lo:hi])
-            q[:, lo - base : hi - base][empty] = dist[empty]
+            q[:, lo:hi][empty] = dist[empty]
+        drafted = max(drafted, end)
         feed = tokens[:, fed:end].repeat(blocks, 1)  # (B', end - fed): every guidance block the same tokens
         if mask is not None:
             mask = torch.cat([mask, torch.ones_like(feed)], dim=1)
@@ -132,7 +131,7 @@ def generate_jacobi(model: Any, layout: SequenceLayout, seq: torch.Tensor, b: in
         # verify every row's drafts in [accepted, end) at once; a row's first failure is where it stops
         span = torch.arange(start, end, device=device)  # (W,)
         ps = p[:, start - fed : end - fed]  # (B, W, K)
-        qs = q[:, start - base : end - base]  # (B, W, K)
+        qs = q[:, start:end]  # (B, W, K)
         d = (tokens[:, start:end] - off).clamp(0, k - 1)  # (B, W) draft codes (row slots: ignored)
         ratio = ps.gather(-1, d[..., None]).squeeze(-1) / qs.gather(-1, d[..., None]).squeeze(-1).clamp_min(1e-30)
         u = torch.rand(ratio.shape, generator=generator, device=device)
@@ -157,7 +156,7 @@ def generate_jacobi(model: Any, layout: SequenceLayout, seq: torch.Tensor, b: in
         if bool(redraw.any()):
             drawn = _draw(ps.reshape(-1, k), generator).view(b, width) + off  # (B, W)
             tokens[:, start:end] = torch.where(redraw, drawn, tokens[:, start:end])
-            q[:, start - base : end - base][redraw] = ps[redraw]
+            q[:, start:end][redraw] = ps[redraw]
         accepted = torch.maximum(accepted, new_accepted)
         if valid < end:  # drop the cache entries from the first replaced slot on
             cache.crop(-(end - valid))  # transformers 5: a negative count removes that many (a positive one raises)
