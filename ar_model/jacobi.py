@@ -59,9 +59,9 @@ def generate_jacobi(model: Any, layout: SequenceLayout, seq: torch.Tensor, b: in
                     generator: torch.Generator, stats: dict | None = None) -> torch.Tensor:
     """Codes (B, N) for the prompts `seq` (B', P) (B' = B x guidance blocks); `guided_logits(logits (B', V)) ->
     (B, K)` applies guidance. Module docstring for the method."""
-    from transformers import DynamicCache
+    from transformers import DynamicCache, StaticCache
 
-    from ar_model.sampler import prefill
+    from ar_model.sampler import compiled_forward, prefill
 
     device = seq.device
     blocks = seq.shape[0] // b
@@ -82,9 +82,21 @@ def generate_jacobi(model: Any, layout: SequenceLayout, seq: torch.Tensor, b: in
 
     is_code_t = torch.tensor(is_code, device=device)  # (S,)
 
-    cache = DynamicCache(config=getattr(model, "config", None))
     mask = padding_mask(seq, layout)  # (B', P) or None
-    last = guided_logits(prefill(model, seq, cache, mask))  # (B, K): predicts slot 0
+    static = getattr(sc, "cache", "dynamic") == "static"
+    if static:  # fixed shapes: every pass feeds `block` slots (the window, padded) at explicit cache positions
+        block = 1 + max(_window_end(is_code, s, window) - s for s in range(n_slots))  # + the slot fed again
+        prompt = seq.shape[1]
+        total = prompt + n_slots + block  # room for a padded block that runs past the last slot
+        cache = StaticCache(config=model.config, max_cache_len=total)
+        if mask is not None:  # the whole length up front; a rejected slot's stale entry is overwritten, never seen
+            mask = torch.cat([mask, torch.zeros(mask.shape[0], total - prompt, dtype=mask.dtype, device=device)], 1)
+        step = compiled_forward(model) if sc.compile else model.forward
+        last = guided_logits(model(input_ids=seq, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1,
+                                   cache_position=torch.arange(prompt, device=device)).logits[:, -1])
+    else:
+        cache = DynamicCache(config=getattr(model, "config", None))
+        last = guided_logits(prefill(model, seq, cache, mask))  # (B, K): predicts slot 0
     passes = 1
     tokens = torch.tensor(fixed, device=device).repeat(b, 1)  # (B, S) joint-vocabulary ids; -1: no draft yet
     # q[:, s]: the distribution each row's draft at slot s was drawn from (one buffer for all slots: no sliding)
@@ -96,10 +108,7 @@ def generate_jacobi(model: Any, layout: SequenceLayout, seq: torch.Tensor, b: in
 
     while int(accepted.min()) < n_slots:
         start = int(accepted.min())
-        end, drafts = start, 0  # the window: slots [start, end), `window` codes (row tokens ride along)
-        while end < n_slots and drafts < window:
-            drafts += is_code[end]
-            end += 1
+        end = _window_end(is_code, start, window)  # the window: slots [start, end), `window` codes (and row tokens)
         width = end - start
         code_span = is_code_t[start:end]  # (W,)
         # fresh drafts for the slots the window reaches for the first time (the same in every row: a slot, once
@@ -119,9 +128,18 @@ def generate_jacobi(model: Any, layout: SequenceLayout, seq: torch.Tensor, b: in
             q[:, lo:hi][empty] = dist[empty]
         drafted = max(drafted, end)
         feed = tokens[:, fed:end].repeat(blocks, 1)  # (B', end - fed): every guidance block the same tokens
-        if mask is not None:
-            mask = torch.cat([mask, torch.ones_like(feed)], dim=1)
-        out = model(input_ids=feed, attention_mask=mask, cache=cache, use_cache=True).logits  # (B', L, V)
+        if static:  # padded to the block (any id: the padding comes after every real slot, which never sees it)
+            n = feed.shape[1]
+            feed = torch.cat([feed, feed[:, -1:].expand(-1, block - n)], 1)
+            positions = torch.arange(prompt + fed, prompt + fed + block, device=device)
+            if mask is not None:
+                mask[:, positions] = 1
+            out = step(input_ids=feed, attention_mask=mask, cache=cache, use_cache=True,
+                       cache_position=positions).logits[:, :n]  # (B', L, V)
+        else:
+            if mask is not None:
+                mask = torch.cat([mask, torch.ones_like(feed)], dim=1)
+            out = model(input_ids=feed, attention_mask=mask, cache=cache, use_cache=True).logits  # (B', L, V)
         passes += 1
         # guidance on every position at once: rows are block-major, so (B', L) flattens into blocks of B x L rows
         logits = guided_logits(out.reshape(-1, out.shape[-1])).view(b, out.shape[1], k)  # (B, L, K)
@@ -158,7 +176,10 @@ def generate_jacobi(model: Any, layout: SequenceLayout, seq: torch.Tensor, b: in
             tokens[:, start:end] = torch.where(redraw, drawn, tokens[:, start:end])
             q[:, start:end][redraw] = ps[redraw]
         accepted = torch.maximum(accepted, new_accepted)
-        if valid < end:  # drop the cache entries from the first replaced slot on
+        if static:  # a StaticCache writes where its length says: back to `valid` (its crop only moves the length;
+            # the entries after it are overwritten by the next pass before anything attends to them)
+            cache.crop(-(fed + block - valid))
+        elif valid < end:  # drop the cache entries from the first replaced slot on
             cache.crop(-(end - valid))  # transformers 5: a negative count removes that many (a positive one raises)
             if mask is not None:
                 mask = mask[:, : mask.shape[1] - (end - valid)]
@@ -167,6 +188,15 @@ def generate_jacobi(model: Any, layout: SequenceLayout, seq: torch.Tensor, b: in
     if stats is not None:
         stats["forward_passes"] = stats.get("forward_passes", 0) + passes
     return tokens[:, code_slots] - off  # (B, N)
+
+
+def _window_end(is_code: list[bool], start: int, window: int) -> int:
+    """The end of the window that starts at slot `start`: `window` code slots, the row slots among them riding along."""
+    end, drafts = start, 0
+    while end < len(is_code) and drafts < window:
+        drafts += is_code[end]
+        end += 1
+    return end
 
 
 __all__ = ["INITS", "generate_jacobi"]

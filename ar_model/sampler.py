@@ -71,8 +71,8 @@ class SampleConfig:
     # "zipar": parallel row decoding (ar_model.zipar): row r + 1 starts once row r holds this many more codes than
     # it; changes the distribution (>= the grid's width: plain decoding)
     zipar_window: int = 2
-    # the plain decoder's KV cache: "dynamic" (grows token by token) or "static" (transformers' StaticCache:
-    # preallocated, fixed shapes); `compile` runs its decode steps through torch.compile (static cache only)
+    # the plain and jacobi decoders' KV cache: "dynamic" (grows token by token) or "static" (transformers'
+    # StaticCache: preallocated, fixed shapes); `compile` runs their passes through torch.compile (static only)
     cache: str = "dynamic"
     compile: bool = False
 
@@ -108,8 +108,8 @@ class SampleConfig:
             raise ConfigError(f"SampleConfig.compile must be true or false, got {self.compile!r}")
         if self.compile and self.cache != "static":
             raise ConfigError("SampleConfig.compile needs the static cache (cache 'static'): fixed shapes")
-        if self.cache == "static" and (self.decoder != "plain" or not self.use_cache):
-            raise ConfigError("SampleConfig.cache 'static' is for the plain decoder with the KV cache")
+        if self.cache == "static" and (self.decoder not in ("plain", "jacobi") or not self.use_cache):
+            raise ConfigError("SampleConfig.cache 'static' is for the plain and jacobi decoders with the KV cache")
         if self.decoder != "plain" and not self.use_cache:
             raise ConfigError(f"SampleConfig.decoder {self.decoder!r} needs the KV cache (use_cache true)")
 
@@ -317,9 +317,7 @@ def _generate_static(model: Any, layout: SequenceLayout, seq: torch.Tensor, b: i
     if pad is not None:  # the whole length up front: 0 at the prompt's padding and at positions not yet filled
         mask = torch.zeros(seq.shape[0], total, dtype=pad.dtype, device=device)
         mask[:, : seq.shape[1]] = pad
-    step = model.forward
-    if sc.compile:
-        step = _COMPILED.setdefault(id(model), torch.compile(model.forward, dynamic=False))
+    step = compiled_forward(model) if sc.compile else model.forward
     length = seq.shape[1]
     logits = model(input_ids=seq, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1,
                    cache_position=torch.arange(length, device=device)).logits[:, -1]  # (B', V)
@@ -342,6 +340,11 @@ def _generate_static(model: Any, layout: SequenceLayout, seq: torch.Tensor, b: i
     if stats is not None:
         stats["forward_passes"] = stats.get("forward_passes", 0) + layout.num_image_tokens
     return rearrange(codes, "b (h w) -> b h w", h=layout.grid_h, w=layout.grid_w)
+
+
+def compiled_forward(model: Any) -> Any:
+    """`model.forward` through torch.compile with fixed shapes, made once per model (each new shape compiles once)."""
+    return _COMPILED.setdefault(id(model), torch.compile(model.forward, dynamic=False))
 
 
 def _row_token(layout: SequenceLayout, row: int, batch: int, device: torch.device) -> torch.Tensor:

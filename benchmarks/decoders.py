@@ -5,7 +5,7 @@
                                   [--fid-images 500] [--out decoders.json]
 
 Each decoder is `plain`, `static` / `static+compile` (the plain decoder on a static KV cache, compiled),
-`jacobi:WINDOW:INIT` (INIT random or above) or `zipar:WINDOW`, on the run's recorded
+`jacobi:WINDOW:INIT` (INIT random or above; `+static` or `+static+compile` on the static cache) or `zipar:WINDOW`, on the run's recorded
 sampling settings (guidance, temperature, ...) and one seed. For every decoder, in one process:
 
 1. speed (eval.speed.measure_sampling, decoders interleaved so they share the machine's state):
@@ -29,7 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 
 def parse_decoder(text: str) -> dict:
-    """'plain', 'static', 'static+compile', 'jacobi:WINDOW:INIT' or 'zipar:WINDOW' -> SampleConfig overrides."""
+    """'plain', 'static', 'static+compile', 'jacobi:WINDOW:INIT[+static[+compile]]' or 'zipar:WINDOW' ->
+    SampleConfig overrides."""
+    if text.startswith("jacobi") and "+static" in text:  # speculative Jacobi on the static cache (compiled)
+        base, _, cache = text.partition("+")
+        return {**parse_decoder(base), "cache": "static", **({"compile": True} if cache.endswith("compile") else {})}
     if text == "plain":
         return {"decoder": "plain"}
     if text in ("static", "static+compile"):  # the plain decoder on transformers' StaticCache (compiled)
@@ -53,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="run directory with tokenizer/ and generator/")
     p.add_argument("--decoder", action="append", type=parse_decoder, dest="decoders",
-                   help="plain, jacobi:WINDOW:INIT or zipar:WINDOW (repeat; default: plain, jacobi:16:random, "
+                   help="plain, static, static+compile, jacobi:WINDOW:INIT[+static[+compile]] or zipar:WINDOW (repeat; default: plain, jacobi:16:random, "
                         "jacobi:16:above, zipar:1, zipar:2, zipar:4)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     p.add_argument("--images", type=int, default=32, help="images timed per decoder and batch size")

@@ -105,7 +105,8 @@ class ARPipeline:
 
     def describe(self, settings: SampleConfig) -> str:
         if settings.decoder == "jacobi":
-            return f"jacobi (window {settings.jacobi_window}, {settings.jacobi_init} drafts)"
+            static = ", static kv cache" + (", compiled" if settings.compile else "") if settings.cache == "static" else ""
+            return f"jacobi (window {settings.jacobi_window}, {settings.jacobi_init} drafts{static})"
         if settings.decoder == "zipar":
             return f"zipar (window {settings.zipar_window})"
         if settings.cache == "static":

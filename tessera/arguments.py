@@ -171,10 +171,11 @@ def _sampling_args(sp: argparse.ArgumentParser, seed_help: str, diffusion: bool 
                     "distribution; needs row tokens) (default: the run's recorded, plain)")
     sp.add_argument("--zipar-window", type=POSITIVE, help="the zipar decoder starts a row once the row above holds "
                     "this many more codes (default 2; the grid's width or more: plain decoding)")
-    sp.add_argument("--kv-cache", choices=["dynamic", "static"], help="the plain decoder's KV cache: dynamic "
-                    "(grows) or static (preallocated, fixed shapes; the same samples) (default: the run's recorded)")
-    sp.add_argument("--compile-sampler", action="store_true", default=None, help="torch.compile the plain "
-                    "decoder's steps (with --kv-cache static; the first call compiles for about a minute)")
+    sp.add_argument("--kv-cache", choices=["dynamic", "static"], help="the plain and jacobi decoders' KV cache: "
+                    "dynamic (grows) or static (preallocated, fixed shapes; the same samples) (default: the run's "
+                    "recorded)")
+    sp.add_argument("--compile-sampler", action="store_true", default=None, help="torch.compile the plain or "
+                    "jacobi decoder's passes (with --kv-cache static; the first call compiles for about a minute)")
     sp.add_argument("--jacobi-window", type=POSITIVE, help="codes drafted per pass by the jacobi decoder (default 16)")
     sp.add_argument("--jacobi-init", choices=["random", "above"], help="the jacobi decoder's new drafts: random codes "
                     "or the code one row up (default random)")

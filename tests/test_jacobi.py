@@ -130,11 +130,27 @@ def test_the_static_cache_draws_what_the_dynamic_cache_draws(tok, changes):
         assert torch.equal(generate(model, layout, text, sc.replace(cache="static")), generate(model, layout, text, sc))
 
 
+@pytest.mark.parametrize("changes", [{}, {"row_tokens": True}, {"row_tokens": True, "mask_padding": True}])
+@pytest.mark.parametrize("window, init", [(16, "random"), (3, "above")])
+def test_jacobi_on_the_static_cache_draws_what_it_draws_on_the_dynamic_one(tok, changes, window, init):
+    layout, model, text = _setup(tok, **changes)
+    greedy = SampleConfig.greedy(cfg_scale=3.0, seed=3)
+    for sc in (greedy, SampleConfig(cfg_scale=2.0, temperature=1.0, seed=5)):
+        jacobi = sc.replace(decoder="jacobi", jacobi_window=window, jacobi_init=init)
+        static, dynamic = {}, {}
+        codes = generate(model, layout, text, jacobi.replace(cache="static"), stats=static)
+        assert torch.equal(codes, generate(model, layout, text, jacobi, stats=dynamic))
+        assert static == dynamic  # the same passes: only where the cache lives differs
+    static_greedy = greedy.replace(decoder="jacobi", jacobi_window=window, jacobi_init=init, cache="static")
+    assert torch.equal(generate(model, layout, text, static_greedy), generate(model, layout, text, greedy))
+
+
 def test_static_cache_settings_are_checked():
     with pytest.raises(ConfigError, match="static cache"):
         SampleConfig(compile=True)
-    with pytest.raises(ConfigError, match="plain decoder"):
-        SampleConfig(cache="static", decoder="jacobi")
+    with pytest.raises(ConfigError, match="plain and jacobi decoders"):
+        SampleConfig(cache="static", decoder="zipar")
+    SampleConfig(cache="static", decoder="jacobi", compile=True)  # speculative Jacobi on the static cache: fine
     with pytest.raises(ConfigError, match="cache must be"):
         SampleConfig(cache="paged")
 
@@ -146,6 +162,15 @@ def test_compiled_static_decoding_draws_the_same_codes(tok):
     greedy = SampleConfig.greedy(cfg_scale=2.0)
     assert torch.equal(generate(model, layout, text, greedy.replace(cache="static", compile=True)),
                        generate(model, layout, text, greedy))
+
+
+@pytest.mark.slow
+def test_compiled_static_jacobi_draws_the_plain_greedy_codes(tok):
+    layout, model, text = _setup(tok, row_tokens=True, mask_padding=True)
+    model = model.float()
+    greedy = SampleConfig.greedy(cfg_scale=2.0)
+    jacobi = greedy.replace(decoder="jacobi", jacobi_window=6, cache="static", compile=True)
+    assert torch.equal(generate(model, layout, text, jacobi), generate(model, layout, text, greedy))
 
 
 def test_bench_points_may_set_the_decoder():
