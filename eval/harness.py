@@ -220,6 +220,14 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out_dir: st
             prompts = [c.instructions[0] for c in singles]
             sources = shapes.render_batch([c.steps[0].before for c in singles], pipe.resolution)
             name = "one edit turn, " + pipe.describe(sc)
+        elif own_data and run.has("codes") and run.has("text_tokenizer"):  # the run's own captions (the shapes
+            # world's prompts mean nothing to it and may not fit its text length)
+            from ar_model import load_text_tokenizer
+            from train.pretokenize import load_codes
+
+            text_tok = load_text_tokenizer(run.part("text_tokenizer"))
+            prompts = [text_tok.decode(t.tolist(), skip_special_tokens=True) for t in load_codes(run.part("codes"))[1][:16]]
+            sources, name = None, pipe.describe(sc)
         else:
             prompts, sources = [p.text for p in suites.get_suites(["position"], grid)["position"]], None
             name = pipe.describe(sc)

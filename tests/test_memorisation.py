@@ -46,7 +46,12 @@ def _images(folder, n: int = 40) -> None:
     (folder / "metadata.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
 
 
-def test_eval_on_an_own_data_run_reports_memorisation_against_the_held_out_rows(tmp_path, capsys):
+def test_eval_on_an_own_data_run_reports_memorisation_against_the_held_out_rows(tmp_path, capsys, monkeypatch):
+    import eval.speed
+
+    timed, measure = [], eval.speed.measure_sampling
+    monkeypatch.setattr(eval.speed, "measure_sampling",
+                        lambda pipe, prompts, *a, **k: timed.append(list(prompts)) or measure(pipe, prompts, *a, **k))
     _images(tmp_path / "imgs")
     run, own = tmp_path / "run", {"data.source": str(tmp_path / "imgs")}
     tok = {k: v for k, v in TOK.items() if k != "data.train_images"}
@@ -55,8 +60,11 @@ def test_eval_on_an_own_data_run_reports_memorisation_against_the_held_out_rows(
     assert main(["train", "--run", str(run), "--no-progress",
                  *set_args({**gen, **own, "data.val_split": 8, "loop.val_every": 2})]) == 0
     capsys.readouterr()
-    assert main(["eval", "--run", str(run), "--n", "2", "--no-speed", "--no-progress", "--out", str(tmp_path / "e")]) == 0
+    assert main(["eval", "--run", str(run), "--n", "2", "--speed-batch-sizes", "2",
+                 "--no-progress", "--out", str(tmp_path / "e")]) == 0
     out = capsys.readouterr().out
+    captions = {json.loads(x)["text"] for x in (tmp_path / "imgs" / "metadata.jsonl").read_text().splitlines()}
+    assert timed and set(timed[0]) <= captions  # speed is timed on the run's own captions, not the position suite
     assert "memorisation:" in out and "held-out real rows" in out
     result = json.loads((tmp_path / "e" / "result.json").read_text())
     m = result["memorisation"]
@@ -64,4 +72,5 @@ def test_eval_on_an_own_data_run_reports_memorisation_against_the_held_out_rows(
     assert m["generated"]["images"] == 16 and m["heldout"]["images"] == 8
     assert 0 <= m["generated"]["near_copies"]["rate"] <= 1 and 0 < m["distinct_per_prompt"] <= 1
     assert result["config"]["suites"] == [] and result["fid"] is None and result["tokenizer"] is None
+    assert [r["batch_size"] for r in result["speed"]["rows"]] == [2]
     assert "## Memorisation (own data)" in (tmp_path / "e" / "report.md").read_text()
