@@ -268,3 +268,7 @@ def test_own_data_training_stops_after_max_epochs_passes(images, tok_dir, tmp_pa
     steps, last, cap = trained(tmp_path / "default", {})
     assert steps == last == cap < 40
     assert trained(tmp_path / "none", {"loop.max_epochs": 0})[:2] == (40, 40)
+    recorded = json.loads((tmp_path / "none" / "generator_stage.json").read_text())
+    del recorded["loop"]["max_epochs"]  # as a run begun before the cap existed recorded it
+    (tmp_path / "none" / "generator_stage.json").write_text(json.dumps(recorded))
+    assert trained(tmp_path / "none", {})[:2] == (40, 40)  # resumes as it began: not cut to the default cap

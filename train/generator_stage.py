@@ -468,6 +468,8 @@ def train_generator(cfg: GeneratorStageConfig, run_dir: str | Path, tokenizer_di
         seconds = None
     max_epochs = cfg.loop.max_epochs if cfg.loop.max_epochs is not None else (
         OWN_DATA_MAX_EPOCHS if cfg.data.source != own.SHAPES else 0)
+    if recorded is not None and "max_epochs" not in recorded.get("loop", {}):
+        max_epochs = 0  # a run begun before the cap existed resumes with the steps it began with
     if seconds is None and not max_epochs:  # otherwise recorded once the step count is known
         check_run_config(run, cfg)
     if world.main:  # process 0 makes the text tokenizer and the codes; the others then read them
