@@ -54,8 +54,8 @@ def _probs(logits: torch.Tensor, sc: Any) -> torch.Tensor:
 
 def _draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One code per row of probs (R, K) -> (R,), by inverting each row's CDF at a uniform draw. Not
-    torch.multinomial: on the CPU it took 315 us for 16 rows of 1024 codes against 16 us for this (a tenth of
-    a batch-1 pass's time); the draw is exact either way (a code of probability 0 is never chosen)."""
+    torch.multinomial: on the CPU it was many times slower for a window's rows and a large share of a batch-1
+    pass's time; the draw is exact either way (a code of probability 0 is never chosen)."""
     cdf = probs.cumsum(-1)  # (R, K)
     u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_max(probs.shape[-1] - 1)
