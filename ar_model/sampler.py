@@ -344,7 +344,9 @@ def _generate_static(model: Any, layout: SequenceLayout, seq: torch.Tensor, b: i
 
 def compiled_forward(model: Any) -> Any:
     """`model.forward` through torch.compile with fixed shapes, made once per model (each new shape compiles once)."""
-    return _COMPILED.setdefault(id(model), torch.compile(model.forward, dynamic=False))
+    if id(model) not in _COMPILED:  # the entry holds the model (its bound forward): its id is never reused
+        _COMPILED[id(model)] = torch.compile(model.forward, dynamic=False)
+    return _COMPILED[id(model)]
 
 
 def _row_token(layout: SequenceLayout, row: int, batch: int, device: torch.device) -> torch.Tensor:
