@@ -18,7 +18,8 @@ torch.set_num_threads(1)
 SMALL = {  # the protocol shrunk to seconds: 1 sample per prompt, 6 FID images, batch 1 and 2 timed
     "n": 1, "fid_images": 6, "sweep_n": 1, "sweep_fid_images": 6, "speed_images": 2, "sweep_speed_images": 2,
     "large_batch": 2,
-    "ar_points": [{"cfg_scale": 1.0}, {"cfg_scale": 3.0, "top_k": 4}],
+    "ar_points": [{"cfg_scale": 1.0}, {"cfg_scale": 3.0, "top_k": 4},
+                  {"decoder": "jacobi", "jacobi_window": 4, "cache": "static"}],
     "diffusion_points": [{"sampler": "ddim", "steps": 2}, {"sampler": "dpm++", "steps": 3}],
     "diffusion_main": {"sampler": "ddim", "steps": 2},
 }
@@ -47,11 +48,13 @@ def test_bench_trains_both_on_one_budget_and_writes_the_report(tmp_path, quick_c
     assert df["nfe_per_image"] == 4 and df["steps_per_image"] == 2  # 2 DDIM steps x 2 rows
     assert ar["flops_per_image"] > 0 and df["flops_per_image"] > 0
     assert set(ar["categories"]) == set(df["categories"]) and ar["images"] == df["images"] == 207
-    assert len(report["sweep"]) == 4 and all(p["images"] == 207 and p["fid"] is not None for p in report["sweep"])
+    assert len(report["sweep"]) == 5 and all(p["images"] == 207 and p["fid"] is not None for p in report["sweep"])
     # FLOPs follow the settings: guidance doubles the generator's rows (not the tokenizer decoder's
     # work), and the baseline's cost is linear in its steps
     s = {p["label"]: p for p in report["sweep"]}
     assert s["guidance 3, top-k 4"]["flops_per_image"] > s["guidance 1"]["flops_per_image"]
+    # a Jacobi point on the static cache is named and counted (compiled, it is counted uncompiled: the same work)
+    assert s["guidance 1.5, jacobi 4 random static cache"]["flops_per_image"] > 0
     assert s["DPM++ 3"]["flops_per_image"] == pytest.approx(1.5 * s["DDIM 2"]["flops_per_image"], rel=0.01)
     assert report["parameters"]["baseline"] == (report["parameters"]["baseline_unet"]
                                                 + report["parameters"]["baseline_text_encoder"])
