@@ -49,8 +49,8 @@ DECODER_POINTS = [{"decoder": "jacobi", "jacobi_window": 16, "cache": "static", 
                   {"decoder": "zipar", "zipar_window": 2}]
 
 PRESETS: dict[str, dict] = {
-    # about an hour on 2 CPU cores from nothing: ~11 min the AR side, as long the baseline,
-    # ~6 min the two main evaluations, the rest the sweep (diffusion at 50 steps dominates)
+    # about 25 minutes on 2 CPU cores from nothing (an Intel Xeon with AMX; twice that on an AVX2 EPYC): ~5.5 min the
+    # AR side's training, as long the baseline's, the rest the two main evaluations and the sweep
     "cpu": {
         "stage_preset": "cpu",
         "large_batch": 32,
@@ -430,41 +430,48 @@ def render_markdown(report: dict, plots: list[str]) -> str:
 
 def _series(p: dict) -> str:
     if p["model"] == "generator":
+        if p["setting"].get("decoder", "plain") != "plain" or p["setting"].get("cache", "dynamic") != "dynamic":
+            return "AR: decoders"  # other ways to draw the same model's codes: points, not a curve
         return "AR: top-k" if p["setting"].get("top_k") else "AR: guidance"
     return f"diffusion: {p['settings']['sampler'].upper()} steps"
 
 
 def plot_tradeoffs(report: dict, out: Path) -> list[str]:
-    """faithfulness_vs_speed.png and fid_vs_speed.png over the sweep; returns their file names."""
+    """faithfulness_vs_speed.png and fid_vs_speed.png over the sweep, speed at batch 1 and at the large batch side by
+    side (the decoders differ most at batch 1); returns their file names."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     lb = report["config"]["large_batch"]
     names = []
     for key, ylabel, fname in (("faithfulness", "faithfulness (fraction of images)", "faithfulness_vs_speed.png"),
                                ("fid", "FID (classifier features, lower is better)", "fid_vs_speed.png")):
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
         series: dict[str, list[dict]] = {}
         for p in report["sweep"]:
             if p[key] is not None:
                 series.setdefault(_series(p), []).append(p)
-        for name, pts in series.items():
-            pts = sorted(pts, key=lambda p: p["images_per_s_large"])
-            marker = "o" if name.startswith("AR") else "s"
-            ax.plot([p["images_per_s_large"] for p in pts], [p[key] for p in pts], marker=marker, label=name)
-            for p in pts:
-                ax.annotate(p["label"], (p["images_per_s_large"], p[key]), fontsize=7, xytext=(3, 3),
-                            textcoords="offset points")
-        ax.set_xscale("log")
-        ax.set_xlabel(f"images/s at batch {lb} (log scale)")
-        ax.set_ylabel(ylabel)
+        for ax, speed, batch in zip(axes, ("images_per_s_b1", "images_per_s_large"), (1, lb)):
+            for name, pts in series.items():
+                pts = sorted(pts, key=lambda p: p[speed])
+                marker = "o" if name.startswith("AR") else "s"
+                style = {"linestyle": "none", "marker": "D"} if name == "AR: decoders" else {"marker": marker}
+                ax.plot([p[speed] for p in pts], [p[key] for p in pts], label=name, **style)
+                for p in pts:
+                    ax.annotate(p["label"], (p[speed], p[key]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # a short range labels its minor ticks
+            ax.margins(x=0.3)  # room for the labels of the fastest points
+            ax.set_xlabel(f"images/s at batch {batch} (log scale)")
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel(ylabel)
         if key == "fid":
-            ax.set_yscale("symlog", linthresh=0.1)
-        ax.set_title(f"{key} vs sampling speed ({report['machine'].get('gpu') or 'CPU'})")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+            axes[0].set_yscale("symlog", linthresh=0.1)
+        axes[1].legend(fontsize=8)
+        fig.suptitle(f"{key} vs sampling speed ({report['machine'].get('gpu') or 'CPU'})")
         fig.tight_layout()
         fig.savefig(out / fname, dpi=110)
         plt.close(fig)
