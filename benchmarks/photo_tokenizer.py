@@ -1,12 +1,14 @@
 """The tokenizer on photographs: trained on random crops of six photos, measured on two whole photos it never saw.
 
-    python benchmarks/photo_tokenizer.py --run runs/photo [--preset cpu] [--set vq.resolution=64 ...]
-                                         [--steps N] [--crops 4000] [--out photo.json]
+    python benchmarks/photo_tokenizer.py --run runs/photo [--preset cpu-photo] [--set vq.quantizer=fsq ...]
+                                         [--steps N | --minutes M] [--crops 4000] [--photos six|more]
+                                         [--colour-augment] [--out photo.json]
 
 The photographs are the ones bundled inside the scikit-image wheel (a dev dependency; nothing is
 downloaded): `--crops` random crops of `vq.resolution` px from rocket, hubble_deep_field,
 immunohistochemistry, retina, coffee and the left stereo_motorcycle image (uniform over the photos,
-then over positions; seed 0) are written to RUN/crops/ as an image folder and the tokenizer stage
+then over positions; seed 0; `--photos more` adds six grey natural photographs of the wheel: camera,
+brick, grass, gravel, coins, moon, as RGB) are written to RUN/crops/ as an image folder and the tokenizer stage
 trains on them (`data.source`); astronaut and chelsea (cropped to a multiple of the downsampling) are
 held out. Each held-out photo is encoded and decoded whole (the nets are convolutional: no tiles, no
 seams) and tile by tile at the training resolution (seams where tiles meet), and compared with
@@ -32,20 +34,26 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 TRAIN_PHOTOS = ("rocket", "hubble_deep_field", "immunohistochemistry", "retina", "coffee", "stereo_motorcycle")
+# grey photographs of textures and scenes (the wheel holds no more colour photos but the two held out)
+GREY_PHOTOS = ("camera", "brick", "grass", "gravel", "coins", "moon")
+PHOTO_SETS = {"six": TRAIN_PHOTOS, "more": TRAIN_PHOTOS + GREY_PHOTOS}
 HELD_OUT = ("astronaut", "chelsea")
 
 
 def photo(name: str):
-    """A bundled scikit-image photograph as uint8 (H, W, 3)."""
+    """A bundled scikit-image photograph as uint8 (H, W, 3) (a grey one repeated over the channels)."""
     import numpy as np
     import skimage.data
 
     image = getattr(skimage.data, name)()
     image = image[0] if isinstance(image, tuple) else image  # stereo_motorcycle: (left, right, disparity)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
     return np.ascontiguousarray(image[..., :3])
 
 
-def write_crops(folder: Path, n: int, size: int, seed: int = 0, colours: bool = False) -> Path:
+def write_crops(folder: Path, n: int, size: int, seed: int = 0, colours: bool = False,
+                names: tuple[str, ...] = TRAIN_PHOTOS) -> Path:
     """`n` random size x size crops of the training photos as PNGs in `folder` (an image folder). With `colours`,
     each crop's RGB channels are put in a random order (one of six, the identity included) and it may be mirrored:
     the six training photos hold few greens, and a tokenizer that never saw one shifts it (the cat's eyes)."""
@@ -54,7 +62,7 @@ def write_crops(folder: Path, n: int, size: int, seed: int = 0, colours: bool = 
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    photos = [photo(p) for p in TRAIN_PHOTOS]
+    photos = [photo(p) for p in names]
     orders = [(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)]
     augment = np.random.default_rng(seed + 1)  # its own stream: the crops' places do not depend on `colours`
     for i in range(n):
@@ -132,33 +140,54 @@ def reconstruct(tokenizer, image, tile: int | None = None):
     return out, used
 
 
+def fitting_steps(cfg, seconds: float) -> int:
+    """The tokenizer stage's steps of `cfg` that fit in `seconds` on this machine (a few timed steps)."""
+    from train.loop import steps_for_seconds
+    from train.tokenizer_stage import TokenizerTask, training_images
+
+    task = TokenizerTask(cfg, training_images(cfg, progress=False))
+    return steps_for_seconds(task, cfg.loop, seconds)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from pipelines import Run
     from train.config import parse_assignments
     from train.tokenizer_stage import preset_config, train_tokenizer
     from vqtok import load_tokenizer
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="run directory (RUN/crops, RUN/tokenizer; a trained one is reused)")
-    p.add_argument("--preset", default="cpu", help="the tokenizer stage preset to start from")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="stage overrides (default: vq.resolution=64, the issue's setting)")
-    p.add_argument("--steps", type=int, help="training steps (default: the preset's)")
+    p.add_argument("--preset", default="cpu-photo",
+                   help="the tokenizer stage preset to start from (cpu-photo: 64 px, 16x16 codes of 1,024)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="stage overrides")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, help="training steps (default: the preset's)")
+    budget.add_argument("--minutes", type=float,
+                        help="as many steps as fit in this many minutes of training on this machine (a few timed "
+                             "steps first, train.loop.steps_for_seconds; loading and checkpoints come on top)")
     p.add_argument("--crops", type=int, default=4000)
+    p.add_argument("--photos", choices=sorted(PHOTO_SETS), default="six",
+                   help="training photographs: the six colour ones, or those and six grey ones (module docstring)")
     p.add_argument("--colour-augment", action="store_true",
                    help="crops with their RGB channels in a random order and randomly mirrored (write_crops)")
     p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args(argv)
 
     run = Path(args.run)
-    sets = {"vq.resolution": 64, **parse_assignments(args.set)}
+    sets = parse_assignments(args.set)
     cfg = preset_config(args.preset).override({**sets, **({"loop.steps": args.steps} if args.steps else {}),
                                                "loop.progress": False})
     size = cfg.vq.resolution
     crops = run / "crops"
     if not crops.is_dir():
-        write_crops(crops, args.crops, size, colours=args.colour_augment)
+        write_crops(crops, args.crops, size, colours=args.colour_augment, names=PHOTO_SETS[args.photos])
+    cfg = cfg.override({"data.source": str(crops)})
+    if args.minutes:  # a run begun here resumes with the steps it began with (the schedule depends on them)
+        recorded = Run(run).recorded_config("tokenizer")
+        steps = recorded["loop"]["steps"] if recorded else fitting_steps(cfg, args.minutes * 60)
+        cfg = cfg.override({"loop.steps": steps})
     t = time.perf_counter()
-    tok_dir = train_tokenizer(cfg.override({"data.source": str(crops)}), run)
+    tok_dir = train_tokenizer(cfg, run)
     seconds = time.perf_counter() - t
     tokenizer = load_tokenizer(tok_dir).eval()
     ds, k = tokenizer.cfg.downsample, tokenizer.cfg.num_codes
@@ -176,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         if jpeg is not None:
             row["jpeg"] = {**metrics(image, jpeg[0]), "bpp": jpeg[1], "quality": jpeg[2]}
         rows.append(row)
-    result = {"preset": args.preset, "sets": sets, "colour_augment": args.colour_augment, "steps": cfg.loop.steps, "train_seconds": round(seconds, 1),
+    result = {"preset": args.preset, "sets": sets, "colour_augment": args.colour_augment, "photos_set": args.photos,
+              "minutes": args.minutes, "steps": cfg.loop.steps, "train_seconds": round(seconds, 1),
               "bpp": bpp, "codes": k, "codebook_usage": len(used) / k, "photos": rows}
     print(f"tokenizer: {args.preset} preset, {sets}, {cfg.loop.steps} steps, {seconds / 60:.1f} min of training "
           f"(this call); {k} codes, {bpp:.3f} bits per pixel; codebook usage on the held-out photos "

@@ -56,3 +56,28 @@ def test_colour_augmented_crops_permute_channels_and_keep_the_pixels(tmp_path):
         assert any(np.array_equal(y, v) for v in variants)
         changed += not np.array_equal(x, y)
     assert changed >= 12  # most of 24 crops change (5 of 6 channel orders, or a mirror)
+
+
+def test_grey_photos_come_as_rgb_and_join_the_crops(tmp_path):
+    from PIL import Image
+
+    camera = photo_tokenizer.photo("camera")
+    assert camera.shape == (512, 512, 3) and (camera[..., 0] == camera[..., 2]).all()
+    assert not set(photo_tokenizer.PHOTO_SETS["more"]) & set(photo_tokenizer.HELD_OUT)
+    folder = photo_tokenizer.write_crops(tmp_path / "c", 40, 16, names=photo_tokenizer.PHOTO_SETS["more"])
+    crops = [np.asarray(Image.open(f)) for f in sorted(folder.glob("*.png"))]
+    grey = sum(bool((c[..., 0] == c[..., 1]).all() and (c[..., 1] == c[..., 2]).all()) for c in crops)
+    assert all(c.shape == (16, 16, 3) for c in crops) and 5 <= grey <= 35  # about half the crops are grey
+
+
+def test_a_time_budget_sets_the_steps_and_a_resume_keeps_them(tmp_path, monkeypatch):
+    tiny = ["vq.base_channels=8", "vq.norm_groups=4", "vq.latent_dim=8", "vq.codebook_size=64", "loop.batch_size=8",
+            "loop.device=\"cpu\"", "loop.ckpt_every=1"]
+    argv = ["--run", str(tmp_path / "run"), "--minutes", "0.02", "--crops", "16", "--out", str(tmp_path / "r.json"),
+            *[a for s in tiny for a in ("--set", s)]]
+    assert photo_tokenizer.main(argv) == 0
+    first = json.loads((tmp_path / "r.json").read_text())
+    assert first["minutes"] == 0.02 and first["steps"] >= 1
+    monkeypatch.setattr(photo_tokenizer, "fitting_steps", lambda cfg, seconds: pytest.fail("probed again"))
+    assert photo_tokenizer.main(argv) == 0  # the run is reused with its recorded step count
+    assert json.loads((tmp_path / "r.json").read_text())["steps"] == first["steps"]
