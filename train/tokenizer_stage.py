@@ -107,13 +107,14 @@ PRESETS: dict[str, dict] = {
     },
     # Photographs (own data: --set data.source=FOLDER), 64 px, 16x16 codes of 1,024 (0.625 bits per pixel):
     # wider at full resolution than the shapes presets (base 64, [1, 2, 2]), L2, lr 1e-3, bf16 (2.6x the fp32
-    # steps on an AVX512-BF16 CPU in 5 minutes); ~3,600 steps fill 20 minutes on 2 cores. On two photographs it
-    # never saw: docs/RESULTS.md "Issue 23" (benchmarks/photo_tokenizer.py, which trains on random crops).
+    # steps on an AVX512-BF16 CPU in 5 minutes), a weight EMA (the one change of the pilots that helped); 3,600
+    # steps take ~18 minutes on 2 cores. On two photographs it never saw: docs/RESULTS.md "Issue 23"
+    # (benchmarks/photo_tokenizer.py, which trains on random crops).
     "cpu-photo": {
         "vq": {"resolution": 64, "base_channels": 64, "channel_mult": [1, 2, 2], "latent_dim": 64,
                "quantizer": "vq", "codebook_size": 1024, "codebook_dim": 8},
         "loop": {"steps": 3600, "batch_size": 16, "lr": 1e-3, "warmup_steps": 50, "ckpt_every": 500,
-                 "log_every": 25, "precision": "bf16-native"},
+                 "log_every": 25, "precision": "bf16-native", "ema_decay": 0.995},
     },
     # The 4x4 world at 48 px, 12x12 codes (3x3 per cell, aligned), wider nets and the PatchGAN
     # term: one H100/H200 (not yet run on one).
