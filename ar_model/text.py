@@ -27,7 +27,7 @@ def train_text_tokenizer(texts: Iterable[str], vocab_size: int = 512, min_freque
     `vocab_size` is an upper bound: a small corpus may yield fewer merges, so size
     the model's text vocabulary with `len(tokenizer)`, never with this argument.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     minimum = _BYTE_ALPHABET + len(SPECIAL_TOKENS)
@@ -43,7 +43,13 @@ def train_text_tokenizer(texts: Iterable[str], vocab_size: int = 512, min_freque
     # NFKC folds compatibility forms (full-width letters, ligatures) before lowercasing;
     # captions are case-insensitive for a generator, so "A Red" and "a red" share ids.
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # bytes -> printable symbols (GPT-2)
+    # Spelling: a string the image must show ('the word "taxi"', 'the number 427') is split into single characters
+    # before BPE, so that no merge hides its letters and a string never seen whole still encodes letter by
+    # letter (a merged "ta" would leave a model to learn what it spells). Captions without quotes or digits
+    # tokenize as before. The regex runs after lowercasing: alphanumerics followed, within the word, by a quote;
+    # every digit anywhere.
+    spell = pre_tokenizers.Split(Regex(r'[0-9a-z](?=[0-9a-z]*")|[0-9]'), behavior="isolated")
+    tok.pre_tokenizer = pre_tokenizers.Sequence([spell, pre_tokenizers.ByteLevel(add_prefix_space=False)])  # GPT-2 bytes
     tok.decoder = decoders.ByteLevel()  # and back, so decode(encode(s)) == normalised s
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

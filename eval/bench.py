@@ -69,6 +69,15 @@ PRESETS: dict[str, dict] = {
         "diffusion_points": [{"sampler": "ddim", "steps": 10}, {"sampler": "ddim", "steps": 50}],
         "sweep_n": 1, "sweep_fid_images": 100, "sweep_speed_images": 16,
     },
+    # the stages' cpu-text presets (strings and objects in the 4x4 world, an hour each side on 2 CPU cores); the
+    # suites are the run's defaults, the text suites first
+    "cpu-text": {
+        "stage_preset": "cpu-text",
+        "large_batch": 32,
+        "ar_points": [{"cfg_scale": 1.0}, {"cfg_scale": 3.0}],
+        "diffusion_points": [{"sampler": "ddim", "steps": 10}, {"sampler": "ddim", "steps": 50}],
+        "sweep_n": 1, "sweep_fid_images": 100, "sweep_speed_images": 16,
+    },
     # one H100/H200: the stages' gpu presets (the S generator, a wider UNet at 48 px, the 4x4 world)
     "gpu": {
         "stage_preset": "gpu",

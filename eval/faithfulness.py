@@ -44,19 +44,20 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from train.data import grammar, shapes
-from train.data.grammar import Description, Form, Mention, Relation
+from train.data.glyphs import Text
+from train.data.grammar import Description, Form, Mention, Relation, TextMention
 
 SINGLE_HELDOUT = "single_heldout"
 SINGLE_SEEN = "single_seen"
 TWO_OBJECT = "two_object"
 CATEGORIES: tuple[str, ...] = (SINGLE_HELDOUT, SINGLE_SEEN, TWO_OBJECT)
-KINDS: tuple[str, ...] = ("count", "colour", "shape", "size", "position", "relation")  # constraint kinds
+KINDS: tuple[str, ...] = ("count", "colour", "shape", "size", "position", "relation", "text")  # constraint kinds
 
 MAX_FAILURES = 50  # failures listed per category: enough to read, small enough for a JSON summary
 PROMPT_SIZE = "large"  # size of target scenes; any size is faithful, the larger renders more robustly
@@ -84,10 +85,13 @@ class PromptSpec:
     objects: tuple[Mention, ...] = ()  # the constraints; () = every object of `target` exactly
     relations: tuple[Relation, ...] = ()
     group: str = ""  # a finer class within the category, reported apart (the counting suite: "n=3")
+    texts: tuple[TextMention, ...] | None = None  # the strings asked for; None = the target's, exactly
 
     def __post_init__(self):
         if not self.objects:  # frozen: fill in once
             object.__setattr__(self, "objects", tuple(Mention.exact(o) for o in self.target.objects))
+        if self.texts is None:
+            object.__setattr__(self, "texts", tuple(TextMention.of(t, sign=True) for t in self.target.texts))
 
     @property
     def grid(self) -> int:
@@ -101,11 +105,11 @@ class PromptSpec:
     @classmethod
     def of(cls, desc: Description, target: shapes.Scene, category: str, form: Form = Form(), group: str = "") -> PromptSpec:
         """The prompt saying `desc` in `form`; `target` must satisfy it."""
-        return cls(grammar.realise(desc, form), target, category, desc.mentions, desc.relations, group)
+        return cls(grammar.realise(desc, form), target, category, desc.mentions, desc.relations, group, desc.texts)
 
     def kinds(self) -> tuple[str, ...]:
         """The kinds of constraint this prompt states, in KINDS order (count always)."""
-        named = {"count"} | {"relation" for _ in self.relations[:1]}
+        named = {"count"} | {"relation" for _ in self.relations[:1]} | {"text" for _ in self.texts[:1]}
         for o in self.objects:
             named |= {k for k in ("colour", "shape", "size") if getattr(o, k) is not None}
             named |= {"position"} if o.positioned() else set()
@@ -121,6 +125,10 @@ class Verdict:
     # named for an object that was found (a missing object's colour is neither right nor wrong)
     objects: int = 0  # objects the prompt names
     objects_right: int = 0  # of them, found with every named attribute right
+    chars: int = 0  # characters the prompt's strings hold
+    chars_right: int = 0  # of them, drawn in their place (the i-th character of the string matched to it)
+    texts_exact: int = 0  # strings found with exactly the characters asked for (placement aside)
+    texts_placed: int = 0  # strings found where the prompt puts them (characters aside)
 
 
 def wilson(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -142,6 +150,17 @@ def _objects(named: int, right: int) -> dict:
     lo, hi = wilson(right, named)
     return {"objects": named, "objects_right": right, "object_accuracy": right / named if named else 0.0,
             "object_ci95": [round(lo, 4), round(hi, 4)]}
+
+
+def _text(chars: int, right: int, strings: int, exact: int, placed: int) -> dict:
+    """Text metrics (only where prompts asked for strings): character accuracy, exact strings, strings in place."""
+    if not strings:
+        return {}
+    lo, hi = wilson(right, chars)
+    elo, ehi = wilson(exact, strings)
+    return {"chars": chars, "chars_right": right, "char_accuracy": right / chars, "char_ci95": [round(lo, 4), round(hi, 4)],
+            "strings": strings, "strings_exact": exact, "exact_rate": exact / strings,
+            "exact_ci95": [round(elo, 4), round(ehi, 4)], "strings_placed": placed, "placed_rate": placed / strings}
 
 
 def _counts(n: int, correct: int) -> dict:
@@ -178,6 +197,15 @@ class FaithfulnessReport:
         lines += [f"| {g} | {c['n']} | {c['correct']} | {c['accuracy']:.1%} | {c['ci95'][0]:.1%}-{c['ci95'][1]:.1%} | "
                   f"{c['object_accuracy']:.1%} |" for g, c in self.groups.get(category, {}).items()]
         return "\n".join(lines)
+
+    def text_markdown(self) -> str:
+        """Per category whose prompts asked for strings: strings exact, characters right, strings in place."""
+        lines = ["| category | strings | exact | 95% CI | characters right | 95% CI | in place |",
+                 "|---|---:|---:|---|---:|---|---:|"]
+        lines += [f"| {name} | {c['strings']} | {c['exact_rate']:.1%} | {c['exact_ci95'][0]:.1%}-{c['exact_ci95'][1]:.1%} | "
+                  f"{c['char_accuracy']:.1%} of {c['chars']} | {c['char_ci95'][0]:.1%}-{c['char_ci95'][1]:.1%} | "
+                  f"{c['placed_rate']:.1%} |" for name, c in self.categories.items() if c.get("strings")]
+        return "\n".join(lines) if len(lines) > 2 else ""
 
     def constraints_markdown(self) -> str:
         lines = ["| constraint | images where checked | held | rate |", "|---|---:|---:|---:|"]
@@ -280,10 +308,41 @@ def _best_match(spec: PromptSpec, found: list[shapes.Obj]) -> tuple[int | None, 
 
 def score_image(image: np.ndarray, spec: PromptSpec) -> Verdict:
     """Does uint8 (R, R, 3) `image` (R >= 8 px per cell) satisfy every constraint of `spec`?"""
-    parsed = shapes.parse(image, spec.grid).objects
+    scene = shapes.parse(image, spec.grid)
+    return score_scene(scene, spec)
+
+
+def score_scene(scene: shapes.Scene, spec: PromptSpec) -> Verdict:
+    """score_image on a parsed scene."""
+    parsed = scene.objects
     found = [o for o in parsed if o.shape != shapes.BLOB and shapes.placed(o)]  # what a mention may match
     unmatched = [o for o in parsed if o.shape == shapes.BLOB or not shapes.placed(o)]
-    return _verdict(spec, found, _best_match(spec, found), unmatched)
+    text_match = _match_texts(spec.texts, scene.texts)
+    if spec.relations and spec.texts:  # relations may name a string: index len(objects) + i
+        match = _best_match(replace(spec, relations=()), found)
+        items = [found[i] if i is not None else None for i in match] + [
+            scene.texts[j] if j is not None else None for j in text_match]
+        return _verdict(spec, found, match, unmatched, scene.texts, text_match, items)
+    return _verdict(spec, found, _best_match(spec, found), unmatched, scene.texts, text_match)
+
+
+def _chars_right(want: str, got: str) -> int:
+    return sum(a == b for a, b in zip(want, got))
+
+
+def _match_texts(wants: tuple[TextMention, ...], found: tuple[Text, ...]) -> tuple[int | None, ...]:
+    """Each wanted string's found Text (None: missing): the one with most characters right, then placed, greedily."""
+    out: list[int | None] = []
+    free = set(range(len(found)))
+    for want in wants:
+        scored = [((_chars_right(want.string, found[j].string), want.placed(found[j])), j) for j in sorted(free)]
+        best = max(scored, default=None, key=lambda x: x[0])
+        if best is None or best[0] == (0, False):
+            out.append(None)
+            continue
+        out.append(best[1])
+        free.discard(best[1])
+    return tuple(out)
 
 
 def _relation_holds(r: Relation, match: tuple[int | None, ...], found: list[shapes.Obj]) -> bool:
@@ -292,7 +351,10 @@ def _relation_holds(r: Relation, match: tuple[int | None, ...], found: list[shap
 
 
 def _verdict(spec: PromptSpec, found: list[shapes.Obj], match: tuple[int | None, ...],
-             unmatched: list[shapes.Obj]) -> Verdict:
+             unmatched: list[shapes.Obj], texts: tuple[Text, ...] = (), text_match: tuple[int | None, ...] = (),
+             items: list | None = None) -> Verdict:
+    """The verdict of a matching. With `items` (objects then strings, None where missing) relations are read
+    from it (a relation may name a string); else from found[match]."""
     reasons, failed, checked = [], set(), {"count"} | ({"relation"} if spec.relations else set())
     right = 0
     for want, o in zip(spec.objects, match):
@@ -313,11 +375,15 @@ def _verdict(spec: PromptSpec, found: list[shapes.Obj], match: tuple[int | None,
                 reasons.append(f"wrong position: want {want.describe()}, got {_at(got)}")
             else:
                 reasons.append(f"wrong {kind} at {_at(got)}: want {noun}, got {getattr(got, kind)}")
+    if items is None:
+        items = [found[i] if i is not None else None for i in match]
     for r in spec.relations:
-        if not _relation_holds(r, match, found):
-            a, b = (Mention(s.colour, s.shape).describe() for s in (spec.objects[r.a], spec.objects[r.b]))
-            where = ", ".join(_at(found[i]) if i is not None else "missing" for i in (match[r.a], match[r.b]))
-            reasons.append(f"relation: want {a} {grammar.RELATIONS[r.kind][0][0]} {b}, got {where}")
+        a, b = items[r.a], items[r.b]
+        if a is None or b is None or not r.holds(a, b):
+            names = [m.describe() if isinstance(m, TextMention) else Mention(m.colour, m.shape).describe()
+                     for m in (*spec.objects, *spec.texts)]
+            where = ", ".join("missing" if x is None else _at(x) for x in (a, b))
+            reasons.append(f"relation: want {names[r.a]} {grammar.RELATIONS[r.kind][0][0]} {names[r.b]}, got {where}")
             failed.add("relation")
     matched = {o for o in match if o is not None}
     extra = [o for i, o in enumerate(found) if i not in matched]
@@ -326,8 +392,36 @@ def _verdict(spec: PromptSpec, found: list[shapes.Obj], match: tuple[int | None,
                 else f"extra object: {o.colour} {o.shape} straddling cells near {_at(o)}" for o in unmatched]
     if extra or unmatched:
         failed.add("count")
+    chars = chars_right = exact = placed = 0
+    if spec.texts or texts:  # strings: exact characters, in place; a missing or an extra one fails "text" too
+        checked.add("text")
+        for want, j in zip(spec.texts, text_match):
+            chars += len(want.string)
+            if j is None:
+                reasons.append(f"missing {want.describe()}")
+                failed.add("text")
+                continue
+            got = texts[j]
+            chars_right += _chars_right(want.string, got.string)
+            exact += got.string == want.string
+            placed += want.placed(got)
+            if got.string != want.string:
+                reasons.append(f"wrong text at ({got.row},{got.col}): want {want.string!r}, got {got.string!r}")
+                failed.add("text")
+            if not want.placed(got):
+                reasons.append(f"wrong place: want {want.describe()}, got ({got.row},{got.col})")
+                failed.add("text")
+            if want.sign is not None and got.sign != want.sign:
+                reasons.append(f"wrong sign: want {want.describe()}, got {'a sign' if got.sign else 'no sign'}")
+                failed.add("text")
+        taken = {j for j in text_match if j is not None}
+        for j, t in enumerate(texts):
+            if j not in taken:
+                reasons.append(f"extra text {t.string!r} at ({t.row},{t.col})")
+                failed.add("text")
     return Verdict(not reasons, "; ".join(reasons), tuple(k for k in KINDS if k in failed),
-                   tuple(k for k in KINDS if k in checked), len(spec.objects), right)
+                   tuple(k for k in KINDS if k in checked), len(spec.objects), right, chars, chars_right, exact,
+                   placed)
 
 
 def score_images(
@@ -355,7 +449,8 @@ def aggregate(
         raise ValueError(f"{len(verdicts)} verdicts for {len(specs)} prompt specs")
     if sample_index is not None and len(sample_index) != len(specs):
         raise ValueError(f"{len(sample_index)} sample indices for {len(specs)} prompt specs")
-    tally: dict[str, list[int]] = {}  # category -> [n, correct, objects named, objects right]
+    tally: dict[str, list[int]] = {}  # category -> [n, correct, objects named, objects right, chars, chars right,
+    # strings asked, strings exact, strings placed]
     groups: dict[str, dict[str, list[int]]] = {}  # category -> group -> the same
     failed_by_cat: dict[str, dict[str, int]] = {}
     kinds = {k: [0, 0] for k in KINDS}  # kind -> [images where checked, images where it held]
@@ -365,12 +460,17 @@ def aggregate(
     for i, (verdict, spec) in enumerate(zip(verdicts, specs)):
         sample = seen.get(spec.text, 0) if sample_index is None else int(sample_index[i])
         seen[spec.text] = seen.get(spec.text, 0) + 1
-        for t in (tally.setdefault(spec.category, [0, 0, 0, 0]),
-                  *([groups.setdefault(spec.category, {}).setdefault(spec.group, [0, 0, 0, 0])] if spec.group else [])):
+        for t in (tally.setdefault(spec.category, [0] * 9),
+                  *([groups.setdefault(spec.category, {}).setdefault(spec.group, [0] * 9)] if spec.group else [])):
             t[0] += 1
             t[1] += int(verdict.ok)
             t[2] += verdict.objects
             t[3] += verdict.objects_right
+            t[4] += verdict.chars
+            t[5] += verdict.chars_right
+            t[6] += len(spec.texts)
+            t[7] += verdict.texts_exact
+            t[8] += verdict.texts_placed
         cat_failed = failed_by_cat.setdefault(spec.category, {})
         for k in verdict.checked:
             kinds[k][0] += 1
@@ -384,8 +484,10 @@ def aggregate(
     n, correct = sum(t[0] for t in tally.values()), sum(t[1] for t in tally.values())
     overall = _counts(n, correct)
     return FaithfulnessReport(
-        categories={c: {**_counts(*t[:2]), **_objects(*t[2:]), "failed": failed_by_cat[c]} for c, t in tally.items()},
-        groups={c: {g: {**_counts(*t[:2]), **_objects(*t[2:])} for g, t in gs.items()} for c, gs in groups.items()},
+        categories={c: {**_counts(*t[:2]), **_objects(*t[2:4]), **_text(*t[4:]), "failed": failed_by_cat[c]}
+                    for c, t in tally.items()},
+        groups={c: {g: {**_counts(*t[:2]), **_objects(*t[2:4]), **_text(*t[4:])} for g, t in gs.items()}
+                for c, gs in groups.items()},
         n=n,
         correct=correct,
         accuracy=overall["accuracy"],

@@ -141,6 +141,8 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out_dir: st
 
     own_data = run.recorded_data("generator").get("source", SHAPES) != SHAPES
     default = [editing.EDIT] if editor else ([] if own_data else list(suites.DEFAULT_SUITES))
+    if not editor and not own_data and run.recorded_data(cfg.model).get("text", 0):  # a run that learnt to write
+        default = [*suites.TEXT_SUITES, *default]
     names = cfg.suites if cfg.suites is not None else default
     if editing.EDIT in names and not editor:
         raise EvalConfigError(f"the {editing.EDIT} suite needs a run trained for editing (data.task edit); "
@@ -202,7 +204,9 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out_dir: st
         t = time.perf_counter()
         res = pipe.tokenizer.cfg.resolution
         tones = bool(run.recorded_data("tokenizer").get("tones", False))  # an editing world's tokenizer
-        tok = evaluate_tokenizer(pipe.tokenizer, heldout_images(cfg.tokenizer_images, res, grid=grid, tones=tones),
+        text = float(run.recorded_data("tokenizer").get("text", 0.0))  # a text world's: glyphs measured too
+        tok = evaluate_tokenizer(pipe.tokenizer, heldout_images(cfg.tokenizer_images, res, grid=grid, tones=tones,
+                                                                text=text),
                                  progress=cfg.progress, features=features, grid=grid).to_dict()
         seconds["tokenizer"] = time.perf_counter() - t
 
@@ -334,6 +338,11 @@ def render_markdown(result: EvalResult, report: faithfulness.FaithfulnessReport,
             "",
             report.constraints_markdown(),
         ]
+        if report.text_markdown():
+            lines += ["", "## Text (the strings prompts asked for)", "",
+                      "Exact: every character of a string right; characters right: the i-th character of each "
+                      "asked string matched in the string found for it (a missing string: none right); in place: "
+                      "found where the prompt puts it. 95% Wilson intervals.", "", report.text_markdown()]
     if result.editing:
         e = result.editing
         lines += ["## Editing (the edit suite)", "",
@@ -365,6 +374,9 @@ def render_markdown(result: EvalResult, report: faithfulness.FaithfulnessReport,
                   "|---:|---:|---:|---:|---:|---:|---:|",
                   f"| {t['images']} | {t['scene_preservation']:.1%} | {t['psnr']:.2f} | {t['ssim']:.4f} | {rfid} | "
                   f"{t['codebook_usage']:.1%} | {t['perplexity']:.1f} |"]
+        if t.get("glyph_preservation") is not None:
+            lines += ["", f"Glyphs: {t['glyph_preservation']:.1%} of the {t['chars']} characters written in these "
+                          "scenes read back as the same character in the same cell."]
     if result.speed:
         from eval.speed import SpeedReport, SpeedRow
 

@@ -20,10 +20,14 @@ and one target scene that satisfies them. Suites are built for a world's grid si
     phrasings      "a picture of a red circle above a blue square"  phrasings training never uses
                                                                     (grammar.HELDOUT_FORMS), all known words
     demo           the 48 prompts of `tessera demo`                 (faithfulness.demo_prompts)
+    text           'the word "K7QD" starting in the top left'       20 strings held out of training (spelling,
+                   'a sign that reads "XJ" in the bottom row'       not recall): start cell, row, sign, numbers
+    text_objects   'a red circle left of the word "XJ"'             16: held-out strings beside objects, and
+                                                                    relations between an object and a string
 
 Every target object avoids its pair's held-out cell, except in `heldout` (where one object
 is held out) and `demo`'s single_heldout; every prompt but `phrasings`' is in a phrasing
-training uses. Prompts and targets are a pure function of SUITE_VERSION and the grid:
+training uses. The text suites (TEXT_SUITES) are not among the defaults but for runs trained on text. Prompts and targets are a pure function of SUITE_VERSION and the grid:
 change the version whenever a suite changes, so results stay comparable.
 """
 
@@ -32,8 +36,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from eval.faithfulness import PAIRS, PromptSpec, demo_prompts, heldout_cell, make_obj, seen_cell
-from train.data import grammar, shapes
-from train.data.grammar import Description, Form, Mention, Relation
+import numpy as np
+
+from train.data import glyphs, grammar, shapes
+from train.data.grammar import Description, Form, Mention, Relation, TextMention
 
 SUITE_VERSION = 2
 _COLOURS = tuple(shapes.COLOURS)
@@ -50,6 +56,9 @@ class _World:
 
     def scene(self, *objs: shapes.Obj) -> shapes.Scene:
         return shapes.Scene(tuple(objs), self.grid)
+
+    def scene_with(self, *texts: glyphs.Text) -> shapes.Scene:
+        return shapes.Scene((), self.grid, tuple(texts))
 
     def seen(self, pair: tuple[str, str], start: int, taken: tuple[int, ...] = ()) -> int:
         return seen_cell(pair, start % self.cells, taken, self.grid)
@@ -213,6 +222,82 @@ def phrasings(w: _World) -> list[PromptSpec]:
     return out
 
 
+def _heldout_strings(w: _World, lengths: list[int], digits: bool = False, stream: int = 0) -> list[str]:
+    """Held-out strings (glyphs.heldout_string) of the given lengths, fixed by SUITE_VERSION, the grid and stream."""
+    rng = np.random.default_rng([SUITE_VERSION, 21, w.grid, int(digits), stream])
+    alphabet = "0123456789" if digits else glyphs.ALPHABET
+    out: list[str] = []
+    for n in lengths:
+        while True:
+            s = "".join(alphabet[i] for i in rng.integers(len(alphabet), size=n))
+            if glyphs.heldout_string(s) and s not in out and not (s.isdigit() and not digits):
+                out.append(s)
+                break
+    return out
+
+
+def _text_lengths(w: _World, k: int) -> list[int]:
+    top = min(glyphs.MAX_CHARS, w.grid)
+    return [2 + i % (top - 1) for i in range(k)]  # 2..top in turn
+
+
+def text(w: _World) -> list[PromptSpec]:
+    """20 strings held out of training: 8 at a start cell, 8 in a row (4 of them on a sign), 4 numbers."""
+    out, g = [], w.grid
+    words = _heldout_strings(w, _text_lengths(w, 16))
+    for j, s in enumerate(words):
+        row, col = j % g, (3 * j) % (g - len(s) + 1)
+        sign = j >= 12
+        t = glyphs.Text(row, col, s, sign)
+        mention = TextMention.of(t, "cell" if j < 8 else "row", sign=sign)
+        out.append(PromptSpec.of(Description((), (), g, (mention,)), w.scene_with(t), "text",
+                                 group="cell" if j < 8 else "sign" if sign else "row"))
+    for j, s in enumerate(_heldout_strings(w, _text_lengths(w, 4), digits=True)):
+        t = glyphs.Text((j + 1) % g, j % (g - len(s) + 1), s)
+        out.append(PromptSpec.of(Description((), (), g, (TextMention.of(t, "row"),)), w.scene_with(t), "text",
+                                 group="number"))
+    return out
+
+
+def text_objects(w: _World) -> list[PromptSpec]:
+    """16: 8 held-out strings at a start cell beside 1-2 objects at seen cells, and 8 relations between an
+    object and a held-out string ('a red circle left of the word "XJ"', 'the word "XJ" above a blue square')."""
+    out, g = [], w.grid
+    beside = _heldout_strings(w, _text_lengths(w, 8), stream=1)
+    related = _heldout_strings(w, [2 + i % (g - 2) for i in range(8)], stream=2)  # a free cell beside them
+    for j, s in enumerate(beside + related):
+        row = (j + 2) % g
+        if j < 8:  # objects and a string, each fully placed
+            t = glyphs.Text(row, (j % 2) * (g - len(s)), s)
+            cells: list[int] = [r * g + c for r, c in t.cells()]
+            objs = []
+            for k in range(1 + j % 2):
+                pair = PAIRS[(5 * j + 7 * k) % 18]
+                cell = w.seen(pair, 3 * j + 5 * k + 1, taken=tuple(cells))
+                cells.append(cell)
+                objs.append(w.obj(pair, cell))
+            desc = Description(tuple(Mention.exact(o) for o in objs), (), g, (TextMention.of(t, "cell"),))
+            target = shapes.Scene(tuple(objs), g, (t,))
+            out.append(PromptSpec.of(desc, target, "text_objects", Form(text_first=bool(j % 3 == 0)), group="and"))
+            continue
+        kind = ("above", "below", "left_of", "right_of")[j % 4]
+        if kind in ("above", "below"):  # the object above (below) a string in the bottom (top) row
+            t = glyphs.Text(g - 1 if kind == "above" else 0, 0, s)
+            cell = (0 if kind == "above" else g - 1) * g + (j % g)
+        else:  # the object left of the string; the string right of the object
+            t, cell = glyphs.Text(row, 1, s), row * g
+        pair = next(p for k in range(18) if w.held[p := PAIRS[(5 * j + k) % 18]] != cell)
+        o = w.obj(pair, cell)
+        a, b = (t, o) if kind == "right_of" else (o, t)
+        if not grammar.RELATIONS[kind][1](a, b):
+            raise AssertionError(f"text_objects: {kind} does not hold for {a} and {b}")
+        first_text = kind == "right_of"  # 'the word "XJ" right of a red circle'
+        rel = Relation(1, kind, 0) if first_text else Relation(0, kind, 1)
+        desc = Description((Mention(*pair),), (rel,), g, (TextMention(s),))
+        out.append(PromptSpec.of(desc, shapes.Scene((o,), g, (t,)), "text_objects", group="relation"))
+    return out
+
+
 SUITES: dict[str, Callable[[_World], list[PromptSpec]]] = {
     "single_object": single_object,
     "colour": colour,
@@ -225,8 +310,12 @@ SUITES: dict[str, Callable[[_World], list[PromptSpec]]] = {
     "heldout": heldout,
     "phrasings": phrasings,
     "demo": lambda w: demo_prompts(w.grid),
+    "text": text,
+    "text_objects": text_objects,
 }
-DEFAULT_SUITES: tuple[str, ...] = tuple(s for s in SUITES if s != "demo")  # the demo's prompts overlap position/heldout
+TEXT_SUITES: tuple[str, ...] = ("text", "text_objects")  # for runs trained on text (data.text > 0)
+# the demo's prompts overlap position / heldout; the text suites ask for what only a text run learns
+DEFAULT_SUITES: tuple[str, ...] = tuple(s for s in SUITES if s != "demo" and s not in TEXT_SUITES)
 
 
 def get_suites(names: list[str] | tuple[str, ...] | None = None, grid: int = shapes.GRID) -> dict[str, list[PromptSpec]]:
@@ -242,4 +331,4 @@ def get_suites(names: list[str] | tuple[str, ...] | None = None, grid: int = sha
     return {n: SUITES[n](w) for n in dict.fromkeys(names)}
 
 
-__all__ = ["DEFAULT_SUITES", "SUITES", "SUITE_VERSION", "get_suites"]
+__all__ = ["DEFAULT_SUITES", "SUITES", "SUITE_VERSION", "TEXT_SUITES", "get_suites"]

@@ -35,6 +35,9 @@ class TokenizerReport:
     device: str
     failures: list[int] = field(default_factory=list)  # indices (first 20) whose scene changed
     rfid: dict | None = None  # eval.fid.QualityReport of originals vs reconstructions, when features were given
+    chars: int = 0  # characters written in the originals (scenes with text)
+    # share of them read back as the same character in the same cell of the reconstruction; None without text
+    glyph_preservation: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,6 +67,7 @@ def evaluate_tokenizer(
     device = next(tokenizer.parameters()).device
     counts = torch.zeros(tokenizer.cfg.num_codes, dtype=torch.long)
     kept, psnrs, ssims, failures, recons = 0, [], [], [], []
+    chars = chars_kept = 0
     t_enc = t_dec = 0.0
     for start in tqdm(range(0, len(images), batch_size), desc="tokenizer eval", disable=not progress, leave=False):
         x8 = images[start : start + batch_size]  # (B, H, W, 3) uint8
@@ -85,10 +89,15 @@ def evaluate_tokenizer(
         if features is not None:
             recons.append(recon8)
         for i in range(len(x8)):
-            if shapes.parse(recon8[i].numpy(), grid) == shapes.parse(x8[i].numpy(), grid):
+            before, after = shapes.parse(x8[i].numpy(), grid), shapes.parse(recon8[i].numpy(), grid)
+            if before == after:
                 kept += 1
             elif len(failures) < 20:
                 failures.append(start + i)
+            read = _chars_by_cell(after)
+            for cell, ch in _chars_by_cell(before).items():
+                chars += 1
+                chars_kept += read.get(cell) == ch
     p = counts.float() / counts.sum()
     entropy = -(p[p > 0] * p[p > 0].log()).sum()
     n = len(images)
@@ -110,14 +119,22 @@ def evaluate_tokenizer(
         device=machine_description(device),
         failures=failures,
         rfid=rfid,
+        chars=chars,
+        glyph_preservation=chars_kept / chars if chars else None,
     )
 
 
+def _chars_by_cell(scene: shapes.Scene) -> dict[tuple[int, int], str]:
+    return {cell: ch for t in scene.texts for cell, ch in zip(t.cells(), t.string)}
+
+
 def heldout_images(n: int, resolution: int, seed: int = 1234, grid: int = shapes.GRID,
-                   tones: bool = False) -> torch.Tensor:
+                   tones: bool = False, text: float = 0.0) -> torch.Tensor:
     """`n` held-out images of the grid x grid world (compositions training never sees) as uint8 (N, H, W, 3);
-    with `tones` (a tokenizer for editing) objects bright or dim."""
+    with `tones` (a tokenizer for editing) objects bright or dim; with `text` that share of scenes holds a
+    string (any string, held-out ones among them)."""
     # up to 3 objects at 3x3 (the scenes every earlier figure used), up to 16 at 4x4
     max_objects = shapes.MAX_OBJECTS if grid == shapes.GRID else grid * grid
-    scenes = shapes.sample_scenes(n, seed=seed, split="heldout", max_objects=max_objects, grid=grid, tones=tones)
+    scenes = shapes.sample_scenes(n, seed=seed, split="heldout", max_objects=max_objects, grid=grid, tones=tones,
+                                  text=text)
     return torch.from_numpy(shapes.render_batch(scenes, resolution))

@@ -137,8 +137,9 @@ SET_HELP = {
 
 def _stage_args(sp: argparse.ArgumentParser, trains: bool = True) -> None:
     sp.add_argument("--preset", default="cpu", help="named preset: cpu (the 3x3 world, minutes on 2 cores), cpu-long "
-                    "(the 4x4 world of up to 16 objects, an hour on 2 cores), cpu-edit (editing on the 3x3 world with tones, "
-                    "docs/EDITING.md) or gpu (the 4x4 world, one H100/H200)")
+                    "(the 4x4 world of up to 16 objects, an hour on 2 cores), cpu-text (strings and objects in the 4x4 world, an "
+                    "hour on 2 cores), cpu-edit (editing on the 3x3 world with tones, docs/EDITING.md) or gpu (the 4x4 "
+                    "world, one H100/H200)")
     sp.add_argument("--config", help="a JSON file with the full stage config (replaces the preset)")
     sp.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help=SET_HELP["stage"])
     if trains:  # how the run executes (a resumed run may change these): docs/SCALE.md
@@ -341,8 +342,9 @@ def _eval_commands(sub, cli: ModuleType) -> None:
                   "and two PNG plots (faithfulness and FID vs images/s). The cpu preset takes about an hour on 2 "
                   "cores from nothing.")
     bn.add_argument("--run", default="runs/bench", type=OUT_DIR, help="run directory; trained parts are reused (default: runs/bench)")
-    bn.add_argument("--preset", choices=["cpu", "cpu-long", "gpu", "cpu-edit"], default="cpu",
-                    help="cpu: ~1 h on 2 cores; cpu-long: the 4x4 world, ~2.5 h on 2 cores; gpu: one H100/H200 "
+    bn.add_argument("--preset", choices=["cpu", "cpu-long", "cpu-text", "gpu", "cpu-edit"], default="cpu",
+                    help="cpu: ~1 h on 2 cores; cpu-long: the 4x4 world, ~2.5 h on 2 cores; cpu-text: strings and "
+                         "objects, the text suites first, ~2.5 h on 2 cores; gpu: one H100/H200 "
                          "(the stages' gpu presets); cpu-edit: the editor against regenerating and SDEdit on the "
                          "edit suite (~2.5 h on 2 cores, docs/EDITING.md)")
     bn.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP["bench"])

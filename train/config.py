@@ -215,5 +215,11 @@ def check_run_config(run: Run | str, cfg: StageConfig) -> None:
         write_atomic(path, json.dumps(new, indent=2))
 
 
-__all__ = ["EXECUTION_KEYS", "StageConfig", "check_run_config", "config_from_dict", "override_sections",
+def check_share(name: str, value: Any) -> None:
+    """Raise TrainConfigError unless `value` is a number in [0, 1] (a share of the data)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise TrainConfigError(f"{name} must be a number in [0, 1], got {value!r}")
+
+
+__all__ = ["EXECUTION_KEYS", "StageConfig", "check_run_config", "check_share", "config_from_dict", "override_sections",
            "parse_assignments", "preset", "split_assignments"]

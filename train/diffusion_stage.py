@@ -108,6 +108,15 @@ PRESETS: dict[str, dict] = {
                  "log_every": 25},
         "data": GENERATOR_PRESETS["cpu-long"]["data"],
     },
+    # the cpu-text generator preset's data (strings and objects in the 4x4 world) at the cpu-text tokenizer's
+    # 32 px; the cpu-long recipe; `tessera bench --preset cpu-text` sets the step count from the AR side's time
+    "cpu-text": {
+        "model": {"resolution": 32, "prediction_type": "v_prediction", "loss_weighting": "min_snr"},
+        "loop": {"steps": 2000, "batch_size": 32, "lr": 2e-3, "warmup_steps": 50, "weight_decay": 0.0,
+                 "betas": [0.9, 0.99], "min_lr_ratio": 0.1, "ema_decay": 0.995, "ckpt_every": 250,
+                 "log_every": 25},
+        "data": GENERATOR_PRESETS["cpu-text"]["data"],
+    },
     # the editing baselines' data (`tessera bench --preset cpu-edit`): the cpu-edit generator preset's edits'
     # results, each described completely (data.task edit-scenes), at the cpu-edit tokenizer's 24 px; the cpu
     # preset's UNet and recipe; the bench sets the step count from the editor's training time

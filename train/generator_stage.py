@@ -48,7 +48,7 @@ from ar_model.layout import build_sequences
 from train import distributed
 from train.data import edits, grammar, own, shapes
 from pipelines import Run, resolve_device, sampling_file
-from train.config import StageConfig, check_run_config, preset
+from train.config import StageConfig, check_run_config, check_share, preset
 from train.errors import TrainConfigError
 from train.loop import EpochOrder, LoopConfig, LossOutput, capped_steps, split_rows, steps_for_seconds, train_loop
 from train.pretokenize import (
@@ -90,6 +90,7 @@ class GeneratorDataConfig:
     min_objects: int = 1  # objects per scene are drawn from min_objects..max_objects,
     count_weights: list[float] | None = None  # ... uniformly, or with these weights (one per count)
     uniform_scenes: float = 0.0  # share of scenes whose objects all share a colour and/or shape (counting data)
+    text: float = 0.0  # share of scenes holding a string (train.data.glyphs; held-out strings never drawn)
     # phrasings drawn from: "all" (every true description in a training phrasing), or "complete" (each
     # object's colour, shape and cell only); train.data.grammar.CAPTION_SETS
     captions: str = "all"
@@ -135,9 +136,8 @@ class GeneratorDataConfig:
             shapes.check_counts(int(self.min_objects), int(self.max_objects), self.count_weights, self.grid)
         except ValueError as e:
             raise TrainConfigError(f"data.grid / min_objects / max_objects / count_weights: {e}") from None
-        if isinstance(self.uniform_scenes, bool) or not isinstance(self.uniform_scenes, (int, float)) or not (
-                0 <= self.uniform_scenes <= 1):
-            raise TrainConfigError(f"data.uniform_scenes must be a number in [0, 1], got {self.uniform_scenes!r}")
+        check_share("data.uniform_scenes", self.uniform_scenes)
+        check_share("data.text", self.text)
         for name in ("train_images", "text_len", "encode_batch_size", "shard_size", "max_turns"):
             if int(getattr(self, name)) < 1:
                 raise TrainConfigError(f"data.{name} must be >= 1, got {getattr(self, name)!r}")
@@ -207,6 +207,18 @@ PRESETS: dict[str, dict] = {
         "data": {"train_images": 100000, "grid": 4, "max_objects": 16,
                  "count_weights": [0.1, 0.14, 0.08] + [0.05] * 6 + [0.054] * 7, "uniform_scenes": 0.25,
                  "captions": "all", "row_tokens": True, "mask_padding": True, "text_len": 160},
+    },
+    # Text in the 4x4 world on 2 cores in at most an hour with the tokenizer's cpu-text preset (8x8 codes, a
+    # character 2x2 of them): 80% of scenes hold a string of 1-4 characters (never a held-out one,
+    # train.data.glyphs) beside 0-3 objects, the rest 1-3 objects; every kind of description. Strings are
+    # tokenized a character each (ar_model.text), so a model can spell what it never saw whole. The longest
+    # caption is ~47 BPE tokens, hence 56.
+    "cpu-text": {
+        "model": {"size": "tiny"},
+        "loop": {"steps": 8000, "batch_size": 64, "lr": 3e-3, "warmup_steps": 300, "weight_decay": 0.05,
+                 "betas": [0.9, 0.95], "min_lr_ratio": 0.05, "ema_decay": 0.999, "ckpt_every": 500, "log_every": 50},
+        "data": {"train_images": 100000, "grid": 4, "max_objects": 3, "text": 0.8, "captions": "all",
+                 "row_tokens": True, "mask_padding": True, "text_len": 56},
     },
     # Editing on 2 cores in at most an hour with the tokenizer's cpu-edit preset (3x3 world, 24 px, tones):
     # single edits from chains of 1-5 turns on scenes of 1-5 objects (train.data.edits), the source image
@@ -334,7 +346,7 @@ def training_rows(cfg: GeneratorStageConfig, resolution: int) -> Any:
         cfg.data.train_images, resolution=resolution, split="train",
         seed=cfg.data.seed, max_objects=cfg.data.max_objects, captions=cfg.data.captions,
         min_objects=cfg.data.min_objects, count_weights=cfg.data.count_weights, grid=cfg.data.grid,
-        uniform=cfg.data.uniform_scenes,
+        uniform=cfg.data.uniform_scenes, text=cfg.data.text,
     )
 
 
@@ -353,7 +365,8 @@ def data_source(data: GeneratorDataConfig) -> dict:
             **({"min_objects": data.min_objects} if data.min_objects != 1 else {}),
             **({"count_weights": data.count_weights} if data.count_weights is not None else {}),
             **({"grid": data.grid} if data.grid != shapes.GRID else {}),
-            **({"uniform_scenes": data.uniform_scenes} if data.uniform_scenes else {})}
+            **({"uniform_scenes": data.uniform_scenes} if data.uniform_scenes else {}),
+            **({"text": data.text} if data.text else {})}
 
 
 def prepare_text_tokenizer(cfg: GeneratorStageConfig, run: Run | str | Path, captions: Any) -> Any:

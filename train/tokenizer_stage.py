@@ -18,7 +18,7 @@ from train import distributed
 from train.data import own, shapes
 from train.data.images import dataset_images
 from pipelines import Run, resolve_device
-from train.config import StageConfig, check_run_config, preset
+from train.config import StageConfig, check_run_config, check_share, preset
 from train.errors import TrainConfigError
 from train.loop import EpochOrder, LoopConfig, LossOutput, split_rows, train_loop
 from vqtok import TokenizerLoss, VQConfig, VQTokenizer, images_to_tensor, save_tokenizer
@@ -35,6 +35,7 @@ class TokenizerDataConfig:
     grid: int = shapes.GRID  # the world's grid (3 or 4): keep each cell a whole number of codes
     max_objects: int = shapes.MAX_OBJECTS  # objects per scene, 1..max
     tones: bool = False  # objects bright or dim (shapes.TONES): the editing world's identity detail
+    text: float = 0.0  # share of scenes holding a string (train.data.glyphs; never a held-out one)
     seed: int = 0  # scene sampling seed (independent of the loop's seed)
     # images held out of training for the validation metrics (loop.val_every): a fraction < 1 or a count; which
     # images is fixed by data.seed (train.loop.split_rows); 0 = none
@@ -50,6 +51,7 @@ class TokenizerDataConfig:
             shapes.check_counts(1, int(self.max_objects), None, shapes.check_grid(self.grid))
         except ValueError as e:
             raise TrainConfigError(f"data.grid / max_objects: {e}") from None
+        check_share("data.text", self.text)
 
 
 @dataclass
@@ -104,6 +106,16 @@ PRESETS: dict[str, dict] = {
         "loop": {"steps": 4000, "batch_size": 16, "lr": 2e-3, "warmup_steps": 50, "ckpt_every": 500,
                  "log_every": 25, "precision": "fp32"},
         "data": {"train_images": 20000, "grid": 4, "max_objects": 16},
+    },
+    # Text in the 4x4 world (train.data.glyphs): cpu-long's net at 32 px, 8 px a cell, so a character is exactly
+    # 2x2 codes; 70% of scenes hold a string of 1-4 characters beside up to 4 objects, so the codebook learns the
+    # glyphs' quarters as well as the shapes.
+    "cpu-text": {
+        "vq": {"resolution": 32, "base_channels": 16, "channel_mult": [1, 2, 4], "latent_dim": 64,
+               "quantizer": "vq", "codebook_size": 1024, "codebook_dim": 8},
+        "loop": {"steps": 4000, "batch_size": 16, "lr": 2e-3, "warmup_steps": 50, "ckpt_every": 500,
+                 "log_every": 25, "precision": "fp32"},
+        "data": {"train_images": 20000, "grid": 4, "max_objects": 4, "text": 0.7},
     },
     # Photographs (own data: --set data.source=FOLDER), 64 px, 16x16 codes of 1,024 (0.625 bits per pixel):
     # wider at full resolution than the shapes presets (base 64, [1, 2, 2]), L2, lr 1e-3, bf16 (2.6x the fp32
@@ -208,6 +220,7 @@ def training_images(cfg: TokenizerStageConfig, progress: bool = True) -> torch.T
     ds = shapes.shapes_dataset(
         cfg.data.train_images, resolution=cfg.vq.resolution, split="train",
         seed=cfg.data.seed, max_objects=cfg.data.max_objects, grid=cfg.data.grid, tones=cfg.data.tones,
+        text=cfg.data.text,
     )
     return dataset_images(ds, cfg.vq.resolution, progress=progress)
 

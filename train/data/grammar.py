@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from train.data.glyphs import Text
 from train.data.shapes import COL_NAMES, NUMBERS, ROW_NAMES, Obj, Scene
 
 
@@ -85,28 +86,59 @@ class Mention:
             f" in column {self.col}" if self.col is not None else "")
 
 
-def _next_to(a: Obj, b: Obj) -> bool:
-    return a.row == b.row and abs(a.col - b.col) == 1
+@dataclass(frozen=True)
+class TextMention:
+    """What a description says of one string: its exact characters, and optionally where it starts and its sign.
+
+    `row` alone: "in the top row"; `row` and `col`: its first character's cell; `sign` True: "a sign that reads",
+    None: a sign or not."""
+
+    string: str
+    row: int | None = None
+    col: int | None = None
+    sign: bool | None = None
+
+    @classmethod
+    def of(cls, t: Text, position: str = "cell", sign: bool = False) -> TextMention:
+        """A true mention of `t`; position "cell", "row" or "none"; `sign` names the plate (only true of a sign)."""
+        return cls(t.string, t.row if position != "none" else None, t.col if position == "cell" else None,
+                   True if sign and t.sign else None)
+
+    def placed(self, t: Text) -> bool:
+        return (self.row is None or t.row == self.row) and (self.col is None or t.col == self.col)
+
+    def describe(self) -> str:
+        where = f" at ({self.row},{self.col})" if self.col is not None else f" in row {self.row}" if self.row is not None else ""
+        return f"{'sign ' if self.sign else 'text '}{self.string!r}{where}"
 
 
-# Relations between two objects' cells: kind -> (the words for it, training's first; holds(a, b)).
-# "next to" is horizontal: the same row, neighbouring columns.
-RELATIONS: dict[str, tuple[tuple[str, ...], Callable[[Obj, Obj], bool]]] = {
+def _end(x) -> int:
+    """The last column a thing covers: an object its cell's, a Text its last character's."""
+    return x.end if isinstance(x, Text) else x.col
+
+
+def _next_to(a, b) -> bool:
+    return a.row == b.row and (_end(a) + 1 == b.col or _end(b) + 1 == a.col)
+
+
+# Relations between two things' cells (objects, or a string's run of cells): kind -> (the words for it,
+# training's first; holds(a, b)). "next to" is horizontal: the same row, neighbouring cells.
+RELATIONS: dict[str, tuple[tuple[str, ...], Callable[[Obj | Text, Obj | Text], bool]]] = {
     "above": (("above", "over"), lambda a, b: a.row < b.row),
     "below": (("below", "under"), lambda a, b: a.row > b.row),
-    "left_of": (("to the left of", "left of"), lambda a, b: a.col < b.col),
-    "right_of": (("to the right of", "right of"), lambda a, b: a.col > b.col),
+    "left_of": (("to the left of", "left of"), lambda a, b: _end(a) < b.col),
+    "right_of": (("to the right of", "right of"), lambda a, b: a.col > _end(b)),
     "next_to": (("next to", "beside"), _next_to),
 }
 
 
 @dataclass(frozen=True)
 class Relation:
-    a: int  # index of a Mention of the description
+    a: int  # index of a Mention of the description (or, from len(mentions) on, of its TextMentions)
     kind: str  # a key of RELATIONS
     b: int
 
-    def holds(self, a: Obj, b: Obj) -> bool:
+    def holds(self, a: Obj | Text, b: Obj | Text) -> bool:
         return RELATIONS[self.kind][1](a, b)
 
 
@@ -117,9 +149,12 @@ class Description:
     mentions: tuple[Mention, ...]
     relations: tuple[Relation, ...] = ()
     grid: int = 3
+    texts: tuple[TextMention, ...] = ()  # exactly these strings (none: no text at all)
 
     def kind(self) -> str:
         """Which of DESCRIPTION_KINDS this is (for a description built by hand: the closest)."""
+        if self.texts:
+            return "text"
         if self.relations:
             return "relation"
         if all(m.colour and m.shape and m.cell for m in self.mentions):
@@ -151,6 +186,8 @@ class Form:
     place_first: bool = False  # "in the top left, a red circle" (descriptions of at most two mentions)
     word: int = 0  # which of the relation's words (RELATIONS[kind][0])
     copula: bool = False  # "a red circle is above a blue square"
+    text_word: int = 0  # which of TEXT_WORDS names a string (0 for a string of digits: "the number 42")
+    text_first: bool = False  # strings before objects ("the word "OK" and a red circle")
 
 
 # Combinations training never uses, each a recombination of words it does use (see the module docstring)
@@ -206,6 +243,25 @@ def _noun(m: Mention, n: int = 1) -> str:
     return with_article(words) if n == 1 else f"{NUMBERS[n]} {words}s"
 
 
+TEXT_WORDS = ("the word", "the text", "the string")
+SIGN_WORDS = ("a sign that reads", "a sign saying")
+
+
+def _text_phrase(t: TextMention, grid: int, word: int = 0) -> str:
+    """'the word "TAXI" in the top row', 'a sign that reads "OK" starting in the upper left', 'the number 42'."""
+    if t.sign:
+        noun = f'{SIGN_WORDS[word % len(SIGN_WORDS)]} "{t.string}"'
+    elif t.string.isdigit() and word == 0:
+        noun = f"the number {t.string}"
+    else:
+        noun = f'{TEXT_WORDS[word % len(TEXT_WORDS)]} "{t.string}"'
+    if t.row is not None and t.col is not None:
+        return f"{noun} {'in' if len(t.string) == 1 else 'starting in'} the {cell_words(t.row, t.col, grid)}"
+    if t.row is not None:
+        return f"{noun} in the {ROW_NAMES[grid][t.row]} row"
+    return noun
+
+
 def _mention_phrase(m: Mention, grid: int, place_first: bool, n: int = 1) -> str:
     where = _place(m, grid)
     if not where:
@@ -215,15 +271,15 @@ def _mention_phrase(m: Mention, grid: int, place_first: bool, n: int = 1) -> str
 
 def realise(desc: Description, form: Form = Form()) -> str:
     """The text of `desc` in `form`. Identical position-free mentions are counted ("three red circles")."""
-    if not desc.mentions:
+    if not desc.mentions and not desc.texts:
         return "nothing"
     first_plural = False
+    texts = [_text_phrase(t, desc.grid, form.text_word) for t in desc.texts]
     if desc.relations:  # one relation between two mentions: "A [is] above B"
         (r,) = desc.relations
-        a, b = desc.mentions[r.a], desc.mentions[r.b]
+        items = [_mention_phrase(m, desc.grid, False) for m in desc.mentions] + texts  # sampled ones name no place
         word = RELATIONS[r.kind][0][form.word]
-        a_text, b_text = (_mention_phrase(m, desc.grid, False) for m in (a, b))  # sampled ones name no place
-        body = f"{a_text} {'is ' if form.copula else ''}{word} {b_text}"
+        body = f"{items[r.a]} {'is ' if form.copula else ''}{word} {items[r.b]}"
     else:
         groups: dict[Mention, int] = {}
         for m in desc.mentions:
@@ -235,9 +291,10 @@ def realise(desc: Description, form: Form = Form()) -> str:
             elif m not in done:
                 done.add(m)
                 parts.append(_noun(m, groups[m]))
-        first = desc.mentions[0]
-        first_plural = not first.positioned() and groups[first] > 1
-        body = join_phrases(parts)
+        if desc.mentions:
+            first = desc.mentions[0]
+            first_plural = not first.positioned() and groups[first] > 1 and not (texts and form.text_first)
+        body = join_phrases(texts + parts if form.text_first else parts + texts)
     return FRAMES[form.frame][int(first_plural)].format(body)
 
 
@@ -245,8 +302,9 @@ def realise(desc: Description, form: Form = Form()) -> str:
 
 
 def complete(scene: Scene, size: bool = False) -> Description:
-    """Every object's colour, shape and cell (and size), in the scene's (row, col) order."""
-    return Description(tuple(Mention.of(o, size=size) for o in scene.objects), (), scene.grid)
+    """Every object's colour, shape and cell (and size), in the scene's (row, col) order; every string and its start."""
+    return Description(tuple(Mention.of(o, size=size) for o in scene.objects), (), scene.grid,
+                       tuple(TextMention.of(t, sign=True) for t in scene.texts))
 
 
 def describe(scene: Scene) -> str:
@@ -280,6 +338,8 @@ def _partial(o: Obj, rng: np.random.Generator, level: tuple | None) -> Mention:
 
 def sample_description(scene: Scene, rng: np.random.Generator, kinds: dict[str, float] | None = None) -> Description:
     """A random true description of `scene`, of a kind drawn from `kinds` (default DESCRIPTION_KINDS)."""
+    if scene.texts:
+        return _text_description(scene, rng)
     objs = list(scene.objects)
     weights = dict(kinds or DESCRIPTION_KINDS)
     if len(objs) != 2:  # two objects in distinct cells always stand in some relation
@@ -316,6 +376,33 @@ def sample_description(scene: Scene, rng: np.random.Generator, kinds: dict[str, 
     return Description(tuple(mentions), (), scene.grid)
 
 
+_TEXT_POSITIONS = ("cell", "row", "none")
+_TEXT_POSITION_P = (0.5, 0.3, 0.2)
+
+
+def _text_description(scene: Scene, rng: np.random.Generator) -> Description:
+    """A true description of a scene with strings: each string exactly (its start cell, its row or no place,
+    its sign named or not), its objects completely or partly, or, with one object and one string, a relation."""
+    objs, texts = list(scene.objects), list(scene.texts)
+    if len(objs) == 1 and len(texts) == 1 and rng.random() < 0.3:
+        a, b = (objs[0], texts[0]) if rng.random() < 0.5 else (texts[0], objs[0])
+        kind = _choice(rng, [k for k in RELATIONS if RELATIONS[k][1](a, b)])
+        level = _choice(rng, _ATTRS, (0.8, 0.07, 0.13, 0.0))
+        mention = Mention.of(objs[0], *level, "none")
+        text = TextMention.of(texts[0], "none", sign=bool(rng.random() < 0.7))
+        rel = Relation(0, kind, 1) if a is objs[0] else Relation(1, kind, 0)
+        return Description((mention,), (rel,), scene.grid, (text,))
+    if rng.random() < 0.5:
+        mentions = [Mention.of(o, size=bool(rng.random() < 0.3)) for o in objs]
+    else:
+        mentions = [_partial(o, rng, None) for o in objs]
+    if rng.random() < 0.5:
+        mentions = [mentions[i] for i in rng.permutation(len(mentions))]
+    said = [TextMention.of(t, _choice(rng, _TEXT_POSITIONS, _TEXT_POSITION_P), sign=bool(rng.random() < 0.7))
+            for t in texts]
+    return Description(tuple(mentions), (), scene.grid, tuple(said))
+
+
 def sample_form(desc: Description, rng: np.random.Generator, heldout: bool = False) -> Form:
     """A random phrasing of `desc` that training uses (heldout=False) or that it never does (True: None if none)."""
     for _ in range(64):
@@ -325,6 +412,7 @@ def sample_form(desc: Description, rng: np.random.Generator, heldout: bool = Fal
                              and rng.random() < 0.3),
             word=int(bool(desc.relations) and rng.random() < 0.4),
             copula=bool(desc.relations) and bool(rng.random() < 0.4),
+            **({"text_word": int(rng.integers(3)), "text_first": bool(rng.random() < 0.5)} if desc.texts else {}),
         )
         if (heldout_form(form, desc) is not None) == heldout:
             return form
@@ -361,6 +449,6 @@ def caption(scene: Scene, rng: np.random.Generator, which: str = "all") -> str:
 
 __all__ = [
     "CAPTION_SETS", "DESCRIPTION_KINDS", "Description", "FRAMES", "Form", "HELDOUT_FORMS", "Mention", "RELATIONS",
-    "Relation", "caption", "cell_phrase", "complete", "complete_captions", "describe", "heldout_form", "join_phrases",
+    "Relation", "TextMention", "caption", "cell_phrase", "complete", "complete_captions", "describe", "heldout_form", "join_phrases",
     "random_caption", "realise", "sample_description", "sample_form", "with_article",
 ]

@@ -40,6 +40,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.special import ndtr
 
+from train.data.glyphs import MAX_CHARS, Text, draw_texts, read_texts, sample_string
+
 if TYPE_CHECKING:
     import datasets
 
@@ -129,6 +131,7 @@ def placed(o: Obj) -> bool:
 class Scene:
     objects: tuple[Obj, ...]  # canonical order: sorted by (row, col), then by attributes
     grid: int = GRID  # the scene's grid is grid x grid cells
+    texts: tuple[Text, ...] = ()  # strings written along rows (train.data.glyphs), sorted by (row, col)
 
     def __post_init__(self):
         check_grid(self.grid)
@@ -138,7 +141,11 @@ class Scene:
                 raise ValueError(f"unknown attribute in {o}")
             if not (0 <= o.row < self.grid and 0 <= o.col < self.grid):
                 raise ValueError(f"cell out of the {self.grid}x{self.grid} grid in {o}")
+        texts = tuple(sorted(self.texts))
+        for t in texts:
+            t.check(self.grid, readable=False)  # parse may read an unreadable character; render refuses it
         object.__setattr__(self, "objects", objs)  # frozen: canonicalise in place once
+        object.__setattr__(self, "texts", texts)
 
     def crowded(self) -> bool:
         """Two objects in one cell (only parse() makes such scenes)."""
@@ -147,11 +154,13 @@ class Scene:
     def to_dict(self) -> dict:
         # the grid and tone only when not the default, so scenes recorded before they existed read back equal
         objects = [{k: v for k, v in asdict(o).items() if k != "tone" or v != "bright"} for o in self.objects]
-        return {"objects": objects, **({"grid": self.grid} if self.grid != GRID else {})}
+        return {"objects": objects, **({"grid": self.grid} if self.grid != GRID else {}),
+                **({"texts": [t.to_dict() for t in self.texts]} if self.texts else {})}
 
     @classmethod
     def from_dict(cls, d: dict) -> Scene:
-        return cls(tuple(Obj(**o) for o in d["objects"]), int(d.get("grid", GRID)))
+        return cls(tuple(Obj(**o) for o in d["objects"]), int(d.get("grid", GRID)),
+                   tuple(Text(**t) for t in d.get("texts", ())))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"))
@@ -235,6 +244,7 @@ def check_counts(
 def sample_scene(
     rng: np.random.Generator, split: str = "train", max_objects: int = MAX_OBJECTS, min_objects: int = 1,
     count_weights: tuple[float, ...] | None = None, grid: int = GRID, uniform: float = 0.0, tones: bool = False,
+    text: float = 0.0,
 ) -> Scene:
     """A random scene of min_objects..max_objects objects in distinct cells of a grid x grid grid.
 
@@ -242,6 +252,8 @@ def sample_scene(
     With probability `uniform` (splits train and all) every object shares one colour and shape,
     or one colour, or one shape (a third each): the scenes "seven red circles" or "five squares"
     describe, which independent objects almost never make. `tones`: objects get a random tone (editing).
+    With probability `text` the scene holds one string (train.data.glyphs; split "train" never a held-out
+    string) and its objects (as many as fit) take the other cells.
     """
     if split not in ("train", "heldout", "all"):
         raise ValueError(f"split must be train, heldout or all, not {split!r}")
@@ -254,6 +266,8 @@ def sample_scene(
     else:
         p = np.asarray(count_weights, dtype=float)
         n = min_objects + int(rng.choice(len(p), p=p / p.sum()))
+    if text > 0 and rng.random() < text:
+        return _text_scene(rng, split, n, grid, tones)
     if split != "heldout" and uniform > 0 and rng.random() < uniform:
         return _uniform_scene(rng, n, split == "train", grid, tones)
     if split != "heldout":
@@ -267,6 +281,20 @@ def sample_scene(
     others = [k for k in range(cells_n) if k != cell]
     cells = rng.choice(others, size=n - 1, replace=False)
     return Scene((first, *(_random_obj(rng, k, False, grid, tones=tones) for k in cells)), grid)
+
+
+SIGN_P = 0.3  # share of sampled strings written on a sign
+
+
+def _text_scene(rng: np.random.Generator, split: str, n: int, grid: int, tones: bool = False) -> Scene:
+    """One string (train split: never a held-out one) along a row, and n objects (as many as fit) in other cells."""
+    string = sample_string(rng, min(MAX_CHARS, grid), "train" if split == "train" else "all")
+    row, col = int(rng.integers(grid)), int(rng.integers(grid - len(string) + 1))
+    t = Text(row, col, string, bool(rng.random() < SIGN_P))
+    free = [k for k in range(grid * grid) if divmod(k, grid) not in t.cells()]
+    cells = rng.choice(free, size=min(n, len(free)), replace=False)
+    objs = tuple(_random_obj(rng, k, split != "all", grid, tones=tones) for k in cells)
+    return Scene(objs, grid, (t,))
 
 
 def _uniform_scene(rng: np.random.Generator, n: int, avoid_heldout: bool, grid: int, tones: bool = False) -> Scene:
@@ -284,10 +312,12 @@ def _uniform_scene(rng: np.random.Generator, n: int, avoid_heldout: bool, grid: 
 def sample_scenes(
     n: int, seed: int = 0, split: str = "train", max_objects: int = MAX_OBJECTS, min_objects: int = 1,
     count_weights: tuple[float, ...] | None = None, grid: int = GRID, uniform: float = 0.0, tones: bool = False,
+    text: float = 0.0,
 ) -> list[Scene]:
     """n scenes, deterministic in seed; sample_scenes(n, s) is a prefix of sample_scenes(n + k, s)."""
     rng = np.random.default_rng(seed)
-    return [sample_scene(rng, split, max_objects, min_objects, count_weights, grid, uniform, tones) for _ in range(n)]
+    return [sample_scene(rng, split, max_objects, min_objects, count_weights, grid, uniform, tones, text)
+            for _ in range(n)]
 
 
 # ---------------------------------------------------------------- rendering
@@ -325,6 +355,7 @@ def render(scene: Scene, resolution: int = 32) -> np.ndarray:
             raise ValueError(f"a {BLOB} (what parse reports for an unreadable component) cannot be rendered")
         m = _mask(o.shape, SIZE_FRACTION[o.size], o.col + 0.5 + o.dx, o.row + 0.5 + o.dy, u, v)  # (R, R)
         img[m] = _paint(o)
+    draw_texts(img, scene.texts, scene.grid)
     return img
 
 
@@ -479,9 +510,10 @@ def parse(image, grid: int = GRID) -> Scene:
     alpha = alpha_table[flat]  # (R, R) percent
     blur = TEMPLATE_BLUR * _edge_blur(alpha, cls >= 0)  # px
     blur = blur if blur >= MIN_BLUR else 0.0  # crisp templates for crisp images: keeps parse exact
+    texts = read_texts(img, grid)  # white glyphs (and grey plates) lie on no palette segment: cls never sees them
     present = np.flatnonzero(np.bincount(cls.ravel() + 1, minlength=len(COLOURS) + 1)[1:])  # colours seen
     if len(present) == 0:
-        return Scene((), grid)
+        return Scene((), grid, texts)
     planes = cls[None] == present[:, None, None]  # (P, R, R), one plane per colour present
     labels, _ = ndimage.label(planes, structure=_PLANES)  # (P, R, R)
     areas = np.bincount(labels.ravel())
@@ -502,7 +534,7 @@ def parse(image, grid: int = GRID) -> Scene:
         strength = np.percentile(alpha[ys, xs][mask], TONE_QUANTILE) / 100  # blur only lowers the rim
         tone = TONES[0] if strength >= TONE_SPLIT else TONES[1]
         found.append(Obj(shape, _NAMES[present[k.start]], size, row, col, float(dx), float(dy), tone))
-    return Scene(tuple(found), grid)
+    return Scene(tuple(found), grid, texts)
 
 
 # ---------------------------------------------------------------- datasets
@@ -511,7 +543,7 @@ def parse(image, grid: int = GRID) -> Scene:
 def shapes_dataset(
     n: int, resolution: int = 32, split: str = "train", seed: int = 0, max_objects: int = MAX_OBJECTS,
     captions: str = "all", min_objects: int = 1, count_weights: tuple[float, ...] | None = None, grid: int = GRID,
-    uniform: float = 0.0, tones: bool = False,
+    uniform: float = 0.0, tones: bool = False, text: float = 0.0,
 ) -> datasets.Dataset:
     """A datasets.Dataset with columns image (PIL RGB), text, scene (JSON), n_objects; deterministic in seed.
 
@@ -522,7 +554,7 @@ def shapes_dataset(
 
     from train.data.grammar import caption  # the grammar builds on this module
 
-    scenes = sample_scenes(n, seed, split, max_objects, min_objects, count_weights, grid, uniform, tones)
+    scenes = sample_scenes(n, seed, split, max_objects, min_objects, count_weights, grid, uniform, tones, text)
     text_rng = np.random.default_rng([seed, 1])  # own stream: captions never shift the scenes
     features = datasets.Features(
         {
