@@ -298,7 +298,7 @@ def _sampling_commands(sub, cli: ModuleType) -> None:
 
 
 def _eval_commands(sub, cli: ModuleType) -> None:
-    from eval.suites import DEFAULT_SUITES, SUITES
+    from eval.suites import DEFAULT_SUITES, SUITES, TEXT_SUITES
 
     v = _command(sub, "eval", cli.cmd_eval, "measure a trained run: faithfulness per category, FID, tokenizer, speed",
                  "Sample every prompt of the chosen suites N times with fixed seeds and score each image against its "
@@ -314,7 +314,7 @@ def _eval_commands(sub, cli: ModuleType) -> None:
                    help="what to measure: the autoregressive generator, or the diffusion baseline")
     v.add_argument("--suite", action="append", dest="suites", choices=[*SUITES, "edit"],
                    help=f"a suite to run (repeat for several; default: {' '.join(DEFAULT_SUITES)}; for a run trained "
-                        "for editing: edit)")
+                        f"with text (data.text): {' '.join(TEXT_SUITES)} first; for a run trained for editing: edit)")
     v.add_argument("--n", type=POSITIVE, default=4, help="samples per prompt (the edit suite: n x 8 single edits of "
                                                         "each kind and n x 24 chains, one sample each)")
     _sampling_args(v, "sampling seed; the same seed gives the same numbers", diffusion=True, image=True)

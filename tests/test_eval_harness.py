@@ -171,3 +171,25 @@ def test_a_4x4_run_is_scored_on_its_own_world(tmp_path, capsys):
     assert f["categories"]["many_objects"]["objects"] == sum(range(10, 17)) + sum(range(10, 15))
     report = (out / "report.md").read_text()
     assert "## counting by group" in report and "| n=10 |" in report and "objects right" in report
+
+
+def test_a_text_run_is_scored_on_the_text_suites_first(tmp_path, capsys):
+    """A run trained with strings (data.text) is evaluated on the text suites by default; the report and the
+    tokenizer's metrics say how the strings and the glyphs fared."""
+    path = tmp_path / "text"
+    world = {"data.grid": 4, "data.max_objects": 3, "data.text": 0.8}
+    assert main(["train-tokenizer", "--run", str(path), "--no-progress",
+                 *set_args({**TOK, **world, "vq.resolution": 32})]) == 0
+    gen = {**GEN, **world, "data.count_weights": None, "data.captions": "all", "data.text_len": 56}
+    assert main(["train", "--run", str(path), "--no-progress", *set_args(gen)]) == 0
+    out = tmp_path / "evt"
+    assert main(["eval", "--run", str(path), "--out", str(out), "--n", "1", "--no-fid", "--no-speed",
+                 "--tokenizer-images", "20", "--no-progress"]) == 0
+    result = json.loads((out / "result.json").read_text())
+    cats = result["faithfulness"]["categories"]
+    assert list(cats)[:2] == ["text", "text_objects"] and "single_object" in cats  # then the usual suites
+    assert cats["text"]["strings"] == 20 and 0 <= cats["text"]["char_accuracy"] <= 1
+    tok = result["tokenizer"]
+    assert tok["chars"] > 0 and 0 <= tok["glyph_preservation"] <= 1
+    report = (out / "report.md").read_text()
+    assert "## Text (the strings prompts asked for)" in report and "Glyphs:" in report
