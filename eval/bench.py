@@ -69,10 +69,11 @@ PRESETS: dict[str, dict] = {
         "diffusion_points": [{"sampler": "ddim", "steps": 10}, {"sampler": "ddim", "steps": 50}],
         "sweep_n": 1, "sweep_fid_images": 100, "sweep_speed_images": 16,
     },
-    # the stages' cpu-text presets (strings and objects in the 4x4 world, an hour each side on 2 CPU cores); the
-    # suites are the run's defaults, the text suites first
+    # the stages' cpu-text presets (strings and objects in the 4x4 world, an hour each side on 2 CPU cores), scored
+    # on the text suites (held-out strings alone and beside objects)
     "cpu-text": {
         "stage_preset": "cpu-text",
+        "suites": ["text", "text_objects"],
         "large_batch": 32,
         "ar_points": [{"cfg_scale": 1.0}, {"cfg_scale": 3.0}],
         "diffusion_points": [{"sampler": "ddim", "steps": 10}, {"sampler": "ddim", "steps": 50}],
@@ -134,6 +135,7 @@ class BenchConfig:
     ar_points: list[dict] = field(default_factory=list)  # SampleConfig fields: cfg_scale, top_k, top_p, temperature
     diffusion_points: list[dict] = field(default_factory=list)  # sampler, steps (cfg_scale optional)
     n: int = 4  # the main evaluations' samples per prompt
+    suites: list[str] | None = None  # the suites both sides are scored on; None: the run's defaults (eval.harness)
     fid_images: int = 500
     speed_images: int = 64
     large_batch: int = 32
@@ -285,7 +287,7 @@ def _eval_config(model: str, p: dict, cfg: BenchConfig, sweep: bool) -> Any:
     from eval.harness import EvalConfig
 
     return EvalConfig(model=model, sampling=dict(p), seed=cfg.seed, device=cfg.device, progress=cfg.progress,
-                      n=cfg.sweep_n if sweep else cfg.n,
+                      suites=None if cfg.suites is None else list(cfg.suites), n=cfg.sweep_n if sweep else cfg.n,
                       fid_images=cfg.sweep_fid_images if sweep else cfg.fid_images,
                       speed_images=cfg.sweep_speed_images if sweep else cfg.speed_images,
                       speed_batch_sizes=[1, cfg.large_batch], tokenizer=not sweep,
@@ -299,6 +301,9 @@ def _summarise(result: Any, flops: float, large_batch: int) -> dict:
     return {
         "faithfulness": f["accuracy"], "faithfulness_ci": f["ci95"],
         "categories": {k: v["accuracy"] for k, v in f["categories"].items()},
+        # the text suites: strings exactly right, and characters right (eval.faithfulness._text)
+        "text": {k: {"exact": v["exact_rate"], "chars": v["char_accuracy"]} for k, v in f["categories"].items()
+                 if v.get("strings")},
         "images": f["n"],
         "fid": result.fid["fid"] if result.fid else None,
         "precision": result.fid["precision"] if result.fid else None,
@@ -399,6 +404,10 @@ def render_markdown(report: dict, plots: list[str]) -> str:
     for cat in cats:
         lines.append(f"| faithfulness: {cat} (%) | {_pct(ar['categories'].get(cat))} | "
                      f"{_pct(df['categories'].get(cat))} |")
+    for cat in dict.fromkeys([*ar.get("text", {}), *df.get("text", {})]):  # reports written before text: none
+        for key, what in (("exact", "strings exact"), ("chars", "characters right")):
+            lines.append(f"| {cat}: {what} (%) | {_pct(ar.get('text', {}).get(cat, {}).get(key))} | "
+                         f"{_pct(df.get('text', {}).get(cat, {}).get(key))} |")
     lines += [
         f"| **faithfulness: all (%)** | **{_pct(ar['faithfulness'])}** ({_pct(ar['faithfulness_ci'][0])}–"
         f"{_pct(ar['faithfulness_ci'][1])}) | **{_pct(df['faithfulness'])}** ({_pct(df['faithfulness_ci'][0])}–"

@@ -11,7 +11,10 @@ one to one with the prompt's mentions so that every constraint holds:
     shape     each object's shape, where the prompt names one
     size      each object's size, where the prompt names one
     position  each object's cell (or row, or column), where the prompt names one
-    relation  above / below / left of / right of / next to between two named objects
+    relation  above / below / left of / right of / next to between two named objects (or an
+              object and a string)
+    text      each string the prompt asks for (train.data.glyphs): exactly its characters, where
+              the prompt puts it, on a sign when it says so; a missing or an extra string fails it
 
 A prompt that names no cell ("a red circle") leaves the position free, one that names
 no colour ("a circle in the top left") leaves the colour free, and so on. Jitter is never

@@ -282,6 +282,7 @@ def _generation_fid(pipe: Any, cfg: EvalConfig, sc: Any, features: Any, data: di
     scenes = shapes.sample_scenes(
         cfg.fid_images, seed=cfg.fid_seed, split="train", max_objects=data.get("max_objects", shapes.MAX_OBJECTS),
         min_objects=data.get("min_objects", 1), count_weights=data.get("count_weights"), grid=data.get("grid", 3),
+        text=data.get("text", 0.0),  # a text run's scenes hold strings as often as its training scenes
     )
     real = shapes.render_batch(scenes, pipe.resolution)
     fake = pipe.sample([grammar.describe(s) for s in scenes], n=1, settings=sc, batch_size=cfg.batch_size,

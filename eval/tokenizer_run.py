@@ -12,13 +12,16 @@ from pipelines import Run, resolve_device, save_grid, write_atomic
 
 def evaluate_run_tokenizer(run_dir: str | Path, n: int = 1000, seed: int = 1234, batch_size: int = 100,
                            device: str | None = "cpu", out: str | Path | None = None) -> dict:
-    """Scene preservation, PSNR, SSIM, codebook usage and speed on `n` held-out images (also written to `out`)."""
+    """Scene preservation, PSNR, SSIM, codebook usage and speed on `n` held-out images of the tokenizer's world
+    (and glyph preservation where it was trained with text); also written to `out`."""
     from eval.tokenizer_metrics import evaluate_tokenizer, heldout_images
 
     run = Run(run_dir)
     tok = run.load_tokenizer(device=resolve_device(device))
-    grid = int(run.recorded_data("tokenizer").get("grid", 3))  # the world the tokenizer was trained on
-    images = heldout_images(n, tok.cfg.resolution, seed=seed, grid=grid)
+    data = run.recorded_data("tokenizer")  # the world the tokenizer was trained on: grid, tones, text
+    grid = int(data.get("grid", 3))
+    images = heldout_images(n, tok.cfg.resolution, seed=seed, grid=grid, tones=bool(data.get("tones", False)),
+                            text=float(data.get("text", 0.0)))
     report = evaluate_tokenizer(tok, images, batch_size=batch_size, grid=grid).to_dict()
     if out:
         write_atomic(Path(out), json.dumps(report, indent=2) + "\n")

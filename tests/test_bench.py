@@ -77,6 +77,16 @@ def test_bench_trains_both_on_one_budget_and_writes_the_report(tmp_path, quick_c
     again = json.loads((tmp_path / "again" / "bench.json").read_text())
     assert again["training"]["steps"] == tr["steps"]
 
+    # bench.suites chooses what both sides are scored on (the cpu-text preset: the text suites)
+    args3 = ["bench", "--run", str(run), "--out", str(tmp_path / "text"), "--no-progress", "--device", "cpu",
+             *set_args({**SMALL, "ar_points": [], "diffusion_points": [{"steps": 1}], "suites": ["text"]}, "bench.")]
+    assert main(args3) == 0
+    text = json.loads((tmp_path / "text" / "bench.json").read_text())
+    assert [set(m["categories"]) for m in text["main"]] == [{"text"}, {"text"}]
+    assert all(0 <= m["text"]["text"]["chars"] <= 1 for m in text["main"])
+    md = (tmp_path / "text" / "report.md").read_text()
+    assert "| text: strings exact (%) |" in md and "| text: characters right (%) |" in md
+
 
 def test_bad_bench_options_are_clear_errors(tmp_path, capsys):
     assert main(["bench", "--run", str(tmp_path / "r"), "--set", "bench.nn=2"]) == 2
