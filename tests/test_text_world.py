@@ -19,10 +19,10 @@ def test_the_font_has_every_character_and_they_differ():
     assert worst >= 3  # B and 8 are the closest pair
 
 
-@pytest.mark.parametrize("grid,resolution", [(3, 24), (4, 32), (4, 48), (3, 40)])
-def test_parse_reads_back_scenes_with_text_exactly(grid, resolution):
-    scenes = shapes.sample_scenes(1000, seed=resolution, grid=grid, max_objects=grid * grid - 2, text=0.8)
-    assert sum(bool(s.texts) for s in scenes) > 700 and any(t.sign for s in scenes for t in s.texts)
+@pytest.mark.parametrize("grid,resolution,n", [(3, 24, 1000), (4, 32, 1000), (4, 48, 500), (3, 40, 500)])
+def test_parse_reads_back_scenes_with_text_exactly(grid, resolution, n):
+    scenes = shapes.sample_scenes(n, seed=resolution, grid=grid, max_objects=grid * grid - 2, text=0.8)
+    assert sum(bool(s.texts) for s in scenes) > 0.7 * n and any(t.sign for s in scenes for t in s.texts)
     for s in scenes:
         assert shapes.parse(shapes.render(s, resolution), grid) == s, s
 
