@@ -82,6 +82,11 @@ class BaselineStageConfig(StageConfig):
             raise TrainConfigError(f"baseline model config: {e}") from e
 
 
+# the cpu preset's recipe with more steps and a slower EMA, for the presets whose step count `tessera bench` sets
+# from the AR side's training time (cpu-long, cpu-text, cpu-edit); 2,000 when trained on their own
+_CPU_LOOP = {"steps": 2000, "batch_size": 32, "lr": 2e-3, "warmup_steps": 50, "weight_decay": 0.0,
+             "betas": [0.9, 0.99], "min_lr_ratio": 0.1, "ema_decay": 0.995, "ckpt_every": 250, "log_every": 25}
+
 PRESETS: dict[str, dict] = {
     # the cpu generator preset's data (20,000 scenes, complete captions, 18 text tokens, 1-2 objects, 15% single)
     # at the tokenizer's 24 px; the default UNet (1.16M parameters, the tiny generator's 1.14M).
@@ -103,18 +108,14 @@ PRESETS: dict[str, dict] = {
     # cpu-long` sets the step count from the AR side's training time.
     "cpu-long": {
         "model": {"resolution": 32, "prediction_type": "v_prediction", "loss_weighting": "min_snr"},
-        "loop": {"steps": 2000, "batch_size": 32, "lr": 2e-3, "warmup_steps": 50, "weight_decay": 0.0,
-                 "betas": [0.9, 0.99], "min_lr_ratio": 0.1, "ema_decay": 0.995, "ckpt_every": 250,
-                 "log_every": 25},
+        "loop": _CPU_LOOP,
         "data": GENERATOR_PRESETS["cpu-long"]["data"],
     },
     # the cpu-text generator preset's data (strings and objects in the 4x4 world) at the cpu-text tokenizer's
     # 32 px; the cpu-long recipe; `tessera bench --preset cpu-text` sets the step count from the AR side's time
     "cpu-text": {
         "model": {"resolution": 32, "prediction_type": "v_prediction", "loss_weighting": "min_snr"},
-        "loop": {"steps": 2000, "batch_size": 32, "lr": 2e-3, "warmup_steps": 50, "weight_decay": 0.0,
-                 "betas": [0.9, 0.99], "min_lr_ratio": 0.1, "ema_decay": 0.995, "ckpt_every": 250,
-                 "log_every": 25},
+        "loop": _CPU_LOOP,
         "data": GENERATOR_PRESETS["cpu-text"]["data"],
     },
     # the editing baselines' data (`tessera bench --preset cpu-edit`): the cpu-edit generator preset's edits'
@@ -122,9 +123,7 @@ PRESETS: dict[str, dict] = {
     # preset's UNet and recipe; the bench sets the step count from the editor's training time
     "cpu-edit": {
         "model": {"resolution": 24, "prediction_type": "v_prediction", "loss_weighting": "min_snr"},
-        "loop": {"steps": 2000, "batch_size": 32, "lr": 2e-3, "warmup_steps": 50, "weight_decay": 0.0,
-                 "betas": [0.9, 0.99], "min_lr_ratio": 0.1, "ema_decay": 0.995, "ckpt_every": 250,
-                 "log_every": 25},
+        "loop": _CPU_LOOP,
         "data": {**GENERATOR_PRESETS["cpu-edit"]["data"], "task": "edit-scenes", "text_len": 48},  # descriptions: <= 44 tokens
     },
     # the gpu generator preset's data (the 4x4 world, 160 text tokens) at the gpu tokenizer's 48 px;
