@@ -32,6 +32,7 @@ from ar_model.layout import (
     loss_targets,
     padding_mask,
     scored_positions,
+    text_lengths,
     trim_padding,
     unconditional_text,
 )
@@ -98,6 +99,7 @@ __all__ = [
     "scored_positions",
     "save_generator",
     "train_text_tokenizer",
+    "text_lengths",
     "trim_padding",
     "unconditional_text",
     "unwrap_model",

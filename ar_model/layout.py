@@ -60,6 +60,7 @@ with an end-of-line token for the same reason; one id per row is our variant.)
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -72,6 +73,9 @@ IGNORE_INDEX = -100  # the label transformers' causal-LM loss skips
 NUM_SPECIALS = 4  # [BOS] [BOI] [EOI] [PAD]
 MAX_CONTEXT_IMAGES = 8
 ABSENT = -1  # the code that marks a context image as absent (dropped, or a text-to-image prompt)
+GLYPH_CHARS = 4  # glyph slots per string: a string's first 4 characters (the shapes world's strings are 1-4)
+# what encode_text spells into the glyph slots: each quoted string, and each run of digits outside quotes
+_SPELLED = re.compile(r'"([^"]*)"|([0-9]+)')
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,7 @@ class SequenceLayout:
     row_tokens: bool = False  # a [ROW r] token before each row of codes (see the module docstring)
     mask_padding: bool = False  # the text's [PAD]s are masked out of attention (see the module docstring)
     context_images: int = 0  # images before the text (editing); 0 = text-to-image (see the module docstring)
+    glyph_slots: int = 0  # text positions, before the caption, that spell its quoted strings (see encode_text)
 
     def __post_init__(self) -> None:
         if isinstance(self.grid, list):  # JSON brings lists back; the layout keeps a tuple
@@ -105,6 +110,10 @@ class SequenceLayout:
         for name in ("row_tokens", "mask_padding"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"SequenceLayout.{name} must be true or false, got {getattr(self, name)!r}")
+        g = self.glyph_slots
+        if isinstance(g, bool) or not isinstance(g, int) or not 0 <= g < max(self.text_len, 1) or g % GLYPH_CHARS:
+            raise ConfigError(f"SequenceLayout.glyph_slots must be a multiple of {GLYPH_CHARS} in [0, text_len), "
+                              f"got {g!r}")
         k = self.context_images
         if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= MAX_CONTEXT_IMAGES:
             raise ConfigError(f"SequenceLayout.context_images must be an integer in [0, {MAX_CONTEXT_IMAGES}], got {k!r}")
@@ -210,18 +219,19 @@ class SequenceLayout:
             if key not in known:
                 raise ConfigError(f"unknown SequenceLayout key {key!r} (known: {', '.join(known)})")
         for key in known:
-            if key not in d and key not in ("row_tokens", "mask_padding", "context_images"):  # saved before these existed
+            if key not in d and key not in ("row_tokens", "mask_padding", "context_images", "glyph_slots"):  # saved before these existed
                 raise ConfigError(f"SequenceLayout key {key!r} is missing (required: {', '.join(known)})")
         return cls(**dict(d))
 
     @classmethod
     def for_tokenizer(
         cls, tokenizer: Any, codebook_size: int, grid: Sequence[int], text_len: int = 24, row_tokens: bool = False,
-        mask_padding: bool = False, context_images: int = 0,
+        mask_padding: bool = False, context_images: int = 0, glyph_slots: int = 0,
     ) -> "SequenceLayout":
         """The layout for a text tokenizer (text_vocab = len(tokenizer)) and a VQ codebook / grid."""
         return cls(text_len=text_len, text_vocab=len(tokenizer), codebook_size=codebook_size, grid=tuple(grid),
-                   row_tokens=row_tokens, mask_padding=mask_padding, context_images=context_images)
+                   row_tokens=row_tokens, mask_padding=mask_padding, context_images=context_images,
+                   glyph_slots=glyph_slots)
 
 
 @dataclass
@@ -239,15 +249,26 @@ def encode_text(tokenizer: Any, prompts: Sequence[str], layout: SequenceLayout) 
     [BOS] / [BOI] frame the text. An empty or whitespace-only prompt gives all
     [PAD], i.e. the unconditional form (training skips such captions, so spaces
     alone never meant anything to a model).
+
+    With `layout.glyph_slots` the text block opens with that many slots that spell the prompt's strings
+    (each quoted string and each run of digits outside quotes, in the prompt's order, as many as fit;
+    GLYPH_CHARS slots a string, a character a slot, [PAD] where a string is shorter or absent), and the caption follows them. A string's
+    i-th character then always sits at the same distance from the image, whatever words come before it in
+    the caption: a model that writes it looks it up by position (after the glyph-aware text encoders of
+    Glyph-ByT5 / TextDiffuser, which give the quoted text its own encoding; here it is the same tokenizer's
+    single-character tokens, so nothing is added to the vocabulary).
     """
     if isinstance(prompts, str):
         raise TypeError("encode_text takes a list of prompts, got a single string (wrap it in a list)")
     prompts = [p if p.strip() else "" for p in prompts]
     ids = torch.full((len(prompts), layout.text_len), layout.pad_id, dtype=torch.long)
     truncated = []
+    start, room = layout.glyph_slots, layout.text_len - layout.glyph_slots
     if prompts:
         encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
         for row, tokens in enumerate(encoded):  # setup, not a hot path: one small list per prompt
+            if start and prompts[row]:
+                tokens = _spelled(tokenizer, prompts[row], start) + tokens  # slots (start,) then the caption
             if tokens and max(tokens) >= layout.text_vocab:
                 raise ConfigError(
                     f"the text tokenizer produced id {max(tokens)} >= layout.text_vocab={layout.text_vocab}: the "
@@ -257,7 +278,34 @@ def encode_text(tokenizer: Any, prompts: Sequence[str], layout: SequenceLayout) 
             tokens = tokens[: layout.text_len]
             if tokens:
                 ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            if start:  # an unused slot is padding (masked with mask_padding), whatever id stood in for it
+                ids[row, :start][ids[row, :start] < 0] = layout.pad_id
     return TextBatch(ids=ids, truncated=truncated)
+
+
+def _spelled(tokenizer: Any, prompt: str, slots: int) -> list[int]:
+    """The glyph slots of one prompt: `slots` ids, -1 where a slot is empty (encode_text pads it)."""
+    out = [-1] * slots
+    strings = [quoted if quoted is not None and quoted != "" else digits
+               for quoted, digits in _SPELLED.findall(prompt)]
+    strings = [s for s in strings if s][: slots // GLYPH_CHARS]
+    chars = [c for s in strings for c in s[:GLYPH_CHARS]]
+    if not chars:
+        return out
+    # a character alone, as the tokenizer reads it inside quotes (ar_model.text spells quoted strings a character
+    # a token); one that does not come out as one token (a tokenizer without that rule) takes its first id
+    encoded = iter([t[0] if t else -1 for t in tokenizer(chars, add_special_tokens=False)["input_ids"]])
+    for j, s in enumerate(strings):
+        for i, _ in enumerate(s[:GLYPH_CHARS]):
+            out[j * GLYPH_CHARS + i] = next(encoded)
+    return out
+
+
+def text_lengths(text_ids: torch.Tensor, layout: SequenceLayout) -> torch.Tensor:
+    """(B,) the text columns each row needs: one past its last non-[PAD] (glyph slots may leave [PAD]s inside)."""
+    used = text_ids != layout.pad_id  # (B, T)
+    cols = torch.arange(1, text_ids.shape[1] + 1, device=text_ids.device)
+    return (used * cols).amax(1) if text_ids.shape[1] else torch.zeros(len(text_ids), dtype=torch.long)
 
 
 def unconditional_text(batch_size: int, layout: SequenceLayout, device: torch.device | str | None = None) -> torch.Tensor:
@@ -413,13 +461,13 @@ def trim_padding(input_ids: torch.Tensor, layout: SequenceLayout) -> tuple[torch
     """Full sequences (B, seq_len) without the text columns that are [PAD] in every row.
 
     Text is left-aligned, so those are the last columns of the text block (an absent context
-    image's [PAD]s are kept: the mask hides them). Returns the kept
+    image's [PAD]s, and empty glyph slots, are kept: the mask hides them). Returns the kept
     ids (B, L'), their attention mask (B, L') and their original positions (B, L'), which
     the model must be given so that every kept token sits where it does in the full sequence.
     """
     start = layout.text_start
     text = input_ids[:, start : start + layout.text_len]  # (B, T)
-    longest = int((text != layout.pad_id).sum(1).max()) if len(text) else 0  # no caption has a [PAD] inside
+    longest = int(text_lengths(text, layout).max()) if len(text) else 0
     keep = torch.cat([torch.arange(start + longest), torch.arange(start + layout.text_len, input_ids.shape[1])])
     keep = keep.to(input_ids.device)
     ids = input_ids[:, keep]  # (B, L')

@@ -148,6 +148,47 @@ def test_encode_text_refuses_a_layout_for_another_tokenizer(tok):
         encode_text(tok, ["a red circle"], small)
 
 
+def test_glyph_slots_spell_each_string_at_fixed_positions(tok):
+    """With glyph slots the text block opens with the prompt's strings a character a slot (quoted strings and
+    digit runs, in order, 4 slots each), then the caption: a string's i-th character sits at the same position
+    whatever the caption says around it; prompts without strings leave the slots [PAD]."""
+    from ar_model.layout import text_lengths
+
+    layout = SequenceLayout.for_tokenizer(tok, codebook_size=16, grid=(2, 2), text_len=48, mask_padding=True,
+                                          glyph_slots=8)
+    prompts = ['the word "TAXI" left of a red circle', 'a sign saying "TAXI" in the top row',
+               'the number 42 and the word "A7"', 'a red circle', '', 'a sign that reads "OK"']
+    ids = encode_text(tok, prompts, layout).ids
+    pad = layout.pad_id
+
+    def spell(s):
+        out = [tok(c, add_special_tokens=False)["input_ids"] for c in s]
+        assert all(len(t) == 1 for t in out)
+        return [t[0] for t in out]
+
+    assert ids[0, :8].tolist() == spell("taxi") + [pad] * 4
+    assert torch.equal(ids[0, :4], ids[1, :4])  # the same string, other words around it: the same slots
+    assert ids[2, :8].tolist() == spell("42") + [pad, pad] + spell("a7") + [pad, pad]
+    assert ids[5, :8].tolist() == spell("ok") + [pad] * 6
+    for row, p in enumerate(prompts[:4] + prompts[5:]):
+        caption = tok(p, add_special_tokens=False)["input_ids"]
+        k = row if row < 4 else 5
+        assert ids[k, 8 : 8 + len(caption)].tolist() == caption  # the caption follows, whole
+        assert int(text_lengths(ids[k : k + 1], layout)) == 8 + len(caption)
+    assert ids[3, :8].eq(pad).all() and ids[4].eq(pad).all()  # no string: empty slots; empty prompt: unconditional
+    # the caption has text_len - glyph_slots positions: one token more is cut and flagged
+    room = layout.text_len - layout.glyph_slots
+    words = " ".join(["circle"] * (room + 1))
+    assert len(tok(words, add_special_tokens=False)["input_ids"]) > room
+    assert encode_text(tok, [words], layout).truncated == [True]
+    # a layout saved before the setting loads with none; a bad value is refused
+    old = {k: v for k, v in layout.to_dict().items() if k != "glyph_slots"}
+    assert SequenceLayout.from_dict(old) == dataclasses.replace(layout, glyph_slots=0)
+    for bad in (3, -4, 48, True):
+        with pytest.raises(ConfigError, match="glyph_slots"):
+            dataclasses.replace(layout, glyph_slots=bad)
+
+
 # --------------------------------------------------------------------------- layout
 def test_layout_ids_and_serialization(layout):
     tv = layout.text_vocab
@@ -327,14 +368,18 @@ def test_row_token_sampling_agrees_with_training_sequences(tok, row_layout):
     assert torch.equal((uncond + (cond - uncond) * 2.0).argmax(-1), ids[:, pos] - row_layout.image_offset)
 
 
-def test_masked_padding_is_exact_when_trimmed_and_sampled(tok, row_layout):
+@pytest.mark.parametrize("glyph_slots", [0, 4])
+def test_masked_padding_is_exact_when_trimmed_and_sampled(tok, row_layout, glyph_slots):
     """With mask_padding the padding adds nothing: training's trimmed batch gives the same logits and
-    loss as the full masked sequence, and the sampler (cache or not) picks the training argmax."""
+    loss as the full masked sequence, and the sampler (cache or not) picks the training argmax. With glyph
+    slots the empty ones are [PAD]s inside the text, masked the same way."""
     from ar_model.layout import padding_mask, trim_padding
 
-    layout = dataclasses.replace(row_layout, mask_padding=True)
+    layout = dataclasses.replace(row_layout, mask_padding=True, text_len=row_layout.text_len + glyph_slots,
+                                 glyph_slots=glyph_slots)
     model = build_model(GeneratorConfig(layout), seed=0).double().eval()
-    text = _text(tok, layout, ["a red circle", "two green stars", ""])  # short, shorter, unconditional
+    prompts = ["a red circle", "two green stars", ""] if not glyph_slots else ['a red "ok"', "two green stars", ""]
+    text = _text(tok, layout, prompts)  # short, shorter, unconditional
     codes = torch.randint(0, layout.codebook_size, (3, *layout.grid))
     ids = build_sequences(text, codes, layout)
     kept, mask, positions = trim_padding(ids, layout)
@@ -362,6 +407,8 @@ def test_masked_padding_is_exact_when_trimmed_and_sampled(tok, row_layout):
     img = logits[:, pos - 1, layout.image_offset : layout.image_offset + layout.codebook_size]
     cond, uncond = img.chunk(2)
     assert torch.equal((uncond + (cond - uncond) * 2.0).argmax(-1), ids[:, pos] - layout.image_offset)
+    if glyph_slots:  # the empty slots of "two green stars" are [PAD]s inside the kept columns
+        assert (kept[1, 1 : 1 + glyph_slots] == layout.pad_id).all() and (mask[1, 1 : 1 + glyph_slots] == 0).all()
     # a layout saved before the setting existed loads with it off
     old = {k: v for k, v in row_layout.to_dict().items() if k != "mask_padding"}
     assert SequenceLayout.from_dict(old) == row_layout and not row_layout.mask_padding

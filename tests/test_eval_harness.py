@@ -180,8 +180,10 @@ def test_a_text_run_is_scored_on_the_text_suites_first(tmp_path, capsys):
     world = {"data.grid": 4, "data.max_objects": 3, "data.text": 0.8}
     assert main(["train-tokenizer", "--run", str(path), "--no-progress",
                  *set_args({**TOK, **world, "vq.resolution": 32})]) == 0
-    gen = {**GEN, **world, "data.count_weights": None, "data.captions": "all", "data.text_len": 56}
+    gen = {**GEN, **world, "data.count_weights": None, "data.captions": "all", "data.text_len": 56,
+           "data.glyph_slots": 4}
     assert main(["train", "--run", str(path), "--no-progress", *set_args(gen)]) == 0
+    assert json.loads((path / "generator" / "tessera_layout.json").read_text())["glyph_slots"] == 4
     out = tmp_path / "evt"
     assert main(["eval", "--run", str(path), "--out", str(out), "--n", "1", "--no-fid", "--no-speed",
                  "--tokenizer-images", "20", "--no-progress"]) == 0

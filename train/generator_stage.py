@@ -44,7 +44,7 @@ from ar_model import (
     save_generator,
     train_text_tokenizer,
 )
-from ar_model.layout import build_sequences
+from ar_model.layout import GLYPH_CHARS, build_sequences, text_lengths
 from train import distributed
 from train.data import edits, grammar, own, shapes
 from pipelines import Run, resolve_device, sampling_file
@@ -100,6 +100,9 @@ class GeneratorDataConfig:
     # mask the text's padding out of attention, drop the columns a batch pads everywhere, and batch captions of
     # similar lengths together (ar_model.layout): a batch costs its longest caption, not data.text_len
     mask_padding: bool = False
+    # text positions before the caption that spell its quoted strings and digits, 4 a string (ar_model.layout's
+    # encode_text): a string's i-th character sits at a fixed distance from the image; 0 = none
+    glyph_slots: int = 0
     text_vocab: int = 512  # BPE vocabulary bound when the stage trains its own text tokenizer
     text_tokenizer: str | None = None  # a local HF tokenizer directory to use instead of training one
     encode_batch_size: int = 256  # images per tokenizer forward pass when pre-tokenizing
@@ -141,6 +144,10 @@ class GeneratorDataConfig:
         for name in ("train_images", "text_len", "encode_batch_size", "shard_size", "max_turns"):
             if int(getattr(self, name)) < 1:
                 raise TrainConfigError(f"data.{name} must be >= 1, got {getattr(self, name)!r}")
+        g = self.glyph_slots
+        if isinstance(g, bool) or not isinstance(g, int) or g < 0 or g % GLYPH_CHARS or g >= int(self.text_len):
+            raise TrainConfigError(f"data.glyph_slots must be a multiple of {GLYPH_CHARS} below data.text_len "
+                                   f"({self.text_len}), got {g!r}")
 
 
 @dataclass
@@ -166,7 +173,8 @@ class GeneratorStageConfig(StageConfig):
         self.generator_config(SequenceLayout(text_len=int(self.data.text_len), text_vocab=64, codebook_size=16,
                                              grid=(2, 2), row_tokens=bool(self.data.row_tokens),
                                              mask_padding=bool(self.data.mask_padding),
-                                             context_images=self.data.context_images))
+                                             context_images=self.data.context_images,
+                                             glyph_slots=self.data.glyph_slots))
 
     def recommended_sampling(self) -> SampleConfig:
         return SampleConfig.from_dict(self.sample)
@@ -212,13 +220,14 @@ PRESETS: dict[str, dict] = {
     # character 2x2 of them): 80% of scenes hold a string of 1-4 characters (never a held-out one,
     # train.data.glyphs) beside 0-3 objects, the rest 1-3 objects; every kind of description. Strings are
     # tokenized a character each (ar_model.text), so a model can spell what it never saw whole. The longest
-    # caption is ~47 BPE tokens, hence 56.
+    # caption is ~47 BPE tokens, hence 56: 4 glyph slots that spell the string at a fixed distance from the
+    # image (ar_model.layout.encode_text), then the caption.
     "cpu-text": {
         "model": {"size": "tiny"},
-        "loop": {"steps": 8000, "batch_size": 64, "lr": 3e-3, "warmup_steps": 300, "weight_decay": 0.05,
+        "loop": {"steps": 7800, "batch_size": 64, "lr": 3e-3, "warmup_steps": 300, "weight_decay": 0.05,
                  "betas": [0.9, 0.95], "min_lr_ratio": 0.05, "ema_decay": 0.999, "ckpt_every": 500, "log_every": 50},
         "data": {"train_images": 100000, "grid": 4, "max_objects": 3, "text": 0.8, "captions": "all",
-                 "row_tokens": True, "mask_padding": True, "text_len": 56},
+                 "row_tokens": True, "mask_padding": True, "text_len": 56, "glyph_slots": 4},
     },
     # Editing on 2 cores in at most an hour with the tokenizer's cpu-edit preset (3x3 world, 24 px, tones):
     # single edits from chains of 1-5 turns on scenes of 1-5 objects (train.data.edits), the source image
@@ -271,7 +280,7 @@ class GeneratorTask:
         if not len(self.val_rows):
             self.validate = None  # train.loop: no rows held out
         # with masked padding a batch costs its longest caption: batches of similar lengths (EpochOrder's buckets)
-        lengths = (text_ids != self.layout.pad_id).sum(1) if self.layout.mask_padding else None
+        lengths = text_lengths(text_ids, self.layout) if self.layout.mask_padding else None
         self.order = EpochOrder(len(self.codes), cfg.loop.seed, cfg.loop.grad_accum, lengths=lengths,
                                 block=cfg.loop.batch_size, rows=train_rows if len(self.val_rows) else None)
         self.seed = cfg.loop.seed
@@ -431,6 +440,7 @@ def prepare_codes(
     layout = SequenceLayout.for_tokenizer(
         text_tok, codebook_size=vq_cfg.num_codes, grid=(vq_cfg.grid_size, vq_cfg.grid_size), text_len=cfg.data.text_len,
         row_tokens=cfg.data.row_tokens, mask_padding=cfg.data.mask_padding, context_images=cfg.data.context_images,
+        glyph_slots=cfg.data.glyph_slots,
     )
     if not codes_dir.is_dir():
         check_devices(devices)  # before the tokenizer is loaded onto one of them
