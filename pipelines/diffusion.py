@@ -34,7 +34,8 @@ class DiffusionPipeline:
         self.recommended = DiffusionSampleConfig()
         self.recommended = self.settings(**(recommended or {}))
         # the generator's text ids (ar_model.encode_text); the layout's image part is unused
-        self.text_layout = SequenceLayout.for_tokenizer(text_tokenizer, 1, (1, 1), model.cfg.text_len)
+        self.text_layout = SequenceLayout.for_tokenizer(text_tokenizer, 1, (1, 1), model.cfg.text_len,
+                                                        glyph_slots=model.cfg.glyph_slots)
 
     @classmethod
     def from_run(cls, run: str | Path | Run, device: str | None = None, progress: bool = True) -> "DiffusionPipeline":

@@ -282,3 +282,33 @@ def test_own_data_skips_bad_rows_and_keeps_images_and_captions_aligned(tmp_path,
     # decode_rows is dataset_images' one implementation: the same images, plus their rows
     images, kept = decode_rows(rows, 8, progress=False)
     assert torch.equal(images, dataset_images(rows, 8, progress=False)) and len(kept) == 5
+
+
+def test_the_baseline_reads_the_same_text_ids_with_glyph_slots():
+    """A preset whose generator spells strings into glyph slots gives its baseline the same text ids: the
+    slots go into the baseline's config, and its pipeline encodes prompts with them."""
+    from ar_model import SequenceLayout, encode_text, train_text_tokenizer
+    from pipelines.diffusion import DiffusionPipeline
+    from train.diffusion_stage import preset_config, text_layout
+    from train.errors import TrainConfigError
+
+    cfg = preset_config("cpu-text")
+    assert cfg.data.glyph_slots == 4
+    tok = train_text_tokenizer(['the word "ok" in the top row', "a red circle"], vocab_size=300)
+    layout = text_layout(tok, cfg.data.text_len, cfg.data.glyph_slots)
+    dcfg = cfg.diffusion_config(layout)
+    assert dcfg.glyph_slots == 4 and dcfg.text_len == cfg.data.text_len
+    model = DiffusionBaseline(DiffusionConfig(**{**TINY, "text_vocab": layout.pad_id + 1, "pad_id": layout.pad_id,
+                                                 "text_len": 12, "glyph_slots": 4}))
+    pipe = DiffusionPipeline(model, tok, torch.device("cpu"))
+    prompt = ['the word "OK" in the top row']
+    ids = encode_text(tok, prompt, pipe.text_layout).ids
+    assert pipe.text_layout.glyph_slots == 4
+    assert ids[0, :2].tolist() == [tok(c, add_special_tokens=False)["input_ids"][0] for c in "ok"]
+    assert torch.equal(ids, encode_text(tok, prompt, SequenceLayout.for_tokenizer(tok, 1, (1, 1), 12,
+                                                                                   glyph_slots=4)).ids)
+    # a baseline saved before the setting loads without slots; the setting is the data's, not the model's
+    old = {k: v for k, v in DiffusionConfig(**TINY).to_dict().items() if k != "glyph_slots"}
+    assert DiffusionConfig.from_dict(old).glyph_slots == 0
+    with pytest.raises(TrainConfigError, match="glyph_slots"):
+        preset_config("cpu-text").override({"model.glyph_slots": 4})

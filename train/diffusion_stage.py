@@ -63,7 +63,7 @@ class BaselineStageConfig(StageConfig):
         self.recommended_sampling()  # a bad sample.* setting fails here, before any work
         # and so does a bad model.* one: checked with stand-in text sizes (the real ones need the text tokenizer)
         self.diffusion_config(SequenceLayout(text_len=int(self.data.text_len), text_vocab=64, codebook_size=1,
-                                             grid=(1, 1)))
+                                             grid=(1, 1), glyph_slots=self.data.glyph_slots))
 
     def recommended_sampling(self) -> DiffusionSampleConfig:
         try:
@@ -72,12 +72,13 @@ class BaselineStageConfig(StageConfig):
             raise TrainConfigError(f"sample: {e}") from None
 
     def diffusion_config(self, layout: SequenceLayout) -> DiffusionConfig:
-        taken = {"text_vocab", "pad_id", "text_len"} & set(self.model)
+        taken = {"text_vocab", "pad_id", "text_len", "glyph_slots"} & set(self.model)
         if taken:
-            raise TrainConfigError(f"model.{sorted(taken)[0]} comes from the text tokenizer and data.text_len")
+            raise TrainConfigError(f"model.{sorted(taken)[0]} comes from the text tokenizer and data.text_len / "
+                                   "data.glyph_slots")
         try:
             return DiffusionConfig.from_dict({**self.model, "text_vocab": layout.pad_id + 1, "pad_id": layout.pad_id,
-                                              "text_len": layout.text_len})
+                                              "text_len": layout.text_len, "glyph_slots": layout.glyph_slots})
         except (TypeError, ValueError) as e:
             raise TrainConfigError(f"baseline model config: {e}") from e
 
@@ -146,9 +147,10 @@ def preset_config(name: str) -> BaselineStageConfig:
     return preset(BaselineStageConfig, PRESETS, name)
 
 
-def text_layout(text_tok: Any, text_len: int) -> SequenceLayout:
+def text_layout(text_tok: Any, text_len: int, glyph_slots: int = 0) -> SequenceLayout:
     """The generator's text ids for this tokenizer (ar_model.encode_text); the image part is unused."""
-    return SequenceLayout.for_tokenizer(text_tok, codebook_size=1, grid=(1, 1), text_len=text_len)
+    return SequenceLayout.for_tokenizer(text_tok, codebook_size=1, grid=(1, 1), text_len=text_len,
+                                        glyph_slots=glyph_slots)
 
 
 class BaselineData(NamedTuple):
@@ -267,7 +269,7 @@ def train_baseline(cfg: BaselineStageConfig, run_dir: str | Path, seconds: float
         prepare_text_tokenizer(cfg, run, rows["text"])
     distributed.barrier()
     text_tok = prepare_text_tokenizer(cfg, run, rows["text"])
-    layout = text_layout(text_tok, cfg.data.text_len)
+    layout = text_layout(text_tok, cfg.data.text_len, cfg.data.glyph_slots)
     dcfg = cfg.diffusion_config(layout)
     data = baseline_data(rows, resolution, text_tok, layout, progress=cfg.loop.progress)  # aligned, bad rows skipped
     images = data.images  # (N, R, R, 3) uint8
