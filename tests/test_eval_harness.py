@@ -183,7 +183,8 @@ def test_a_text_run_is_scored_on_the_text_suites_first(tmp_path, capsys):
     gen = {**GEN, **world, "data.count_weights": None, "data.captions": "all", "data.text_len": 56,
            "data.glyph_slots": 4}
     assert main(["train", "--run", str(path), "--no-progress", *set_args(gen)]) == 0
-    assert json.loads((path / "generator" / "tessera_layout.json").read_text())["glyph_slots"] == 4
+    saved = json.loads((path / "generator" / "tessera_layout.json").read_text())
+    assert saved["generator"]["layout"]["glyph_slots"] == 4
     out = tmp_path / "evt"
     assert main(["eval", "--run", str(path), "--out", str(out), "--n", "1", "--no-fid", "--no-speed",
                  "--tokenizer-images", "20", "--no-progress"]) == 0
