@@ -55,6 +55,16 @@ is the identity of the last [ROW r] it saw and the column its distance from it
 (docs/RESULTS.md measures what that is worth on the shapes world). The row tokens are fixed, never sampled and never
 scored; they cost h extra positions. (Lumina-mGPT and Chameleon mark image rows
 with an end-of-line token for the same reason; one id per row is our variant.)
+
+Glyph slots (`glyph_slots=S`, a multiple of 4): the text block opens with S slots that
+spell the prompt's strings (quoted, or runs of digits) a character a slot, 4 slots a
+string, [PAD] where empty; the caption follows in the remaining T - S positions:
+
+    [BOS] "T" "A" "X" "I" [PAD] .. caption (padded) [BOI] image codes [EOI]
+
+so the i-th character of a string sits at the same distance from the image whatever
+words come before it in the caption (see `encode_text`; docs/RESULTS.md "Issue 21"
+measures what that is worth). S = 0 is the layout without slots (every run before them).
 """
 
 from __future__ import annotations
