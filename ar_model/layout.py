@@ -178,6 +178,11 @@ class SequenceLayout:
         return self.num_image_tokens + (self.grid[0] if self.row_tokens else 0)
 
     @property
+    def caption_len(self) -> int:
+        """Text tokens a caption may take: the text block less its glyph slots."""
+        return self.text_len - self.glyph_slots
+
+    @property
     def text_start(self) -> int:
         """Position of the first text token: after [BOS] and the context images' `[BOI] image [EOI]` blocks."""
         return 1 + self.context_images * (self.image_len + 2)
@@ -273,7 +278,7 @@ def encode_text(tokenizer: Any, prompts: Sequence[str], layout: SequenceLayout) 
     prompts = [p if p.strip() else "" for p in prompts]
     ids = torch.full((len(prompts), layout.text_len), layout.pad_id, dtype=torch.long)
     truncated = []
-    start, room = layout.glyph_slots, layout.text_len - layout.glyph_slots
+    start = layout.glyph_slots
     if prompts:
         encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
         for row, tokens in enumerate(encoded):  # setup, not a hot path: one small list per prompt

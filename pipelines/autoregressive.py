@@ -128,7 +128,7 @@ class ARPipeline:
                 warnings.append("empty prompt: sampling unconditionally")
             elif cut:
                 warnings.append(
-                    f"prompt longer than the model's {self.layout.text_len} text tokens, truncated: {p[:60]!r}"
+                    f"prompt longer than the model's {self.layout.caption_len} text tokens, truncated: {p[:60]!r}"
                 )
         for w in warnings:
             log.warning(w)
@@ -181,7 +181,7 @@ class ARPipeline:
         if len({len(c) for c in chains}) > 1:
             raise EditError("every chain needs the same number of turns")
         batch = encode_text(self.generator.tokenizer, flat, self.layout)
-        warnings = [f"instruction longer than the model's {self.layout.text_len} text tokens, truncated: {t[:60]!r}"
+        warnings = [f"instruction longer than the model's {self.layout.caption_len} text tokens, truncated: {t[:60]!r}"
                     for t, cut in zip(flat, batch.truncated) if cut]
         for w in warnings:
             log.warning(w)

@@ -88,7 +88,7 @@ class DiffusionPipeline:
         if isinstance(prompts, str):
             raise TypeError("prompts must be a list of strings, got one string")
         batch = encode_text(self.text_tokenizer, list(prompts), self.text_layout)
-        warnings = [f"prompt longer than the model's {self.text_layout.text_len} text tokens, truncated: {p[:60]!r}"
+        warnings = [f"prompt longer than the model's {self.text_layout.caption_len} text tokens, truncated: {p[:60]!r}"
                     for p, cut in zip(prompts, batch.truncated) if cut]
         for w in warnings:
             log.warning(w)

@@ -177,7 +177,7 @@ def test_glyph_slots_spell_each_string_at_fixed_positions(tok):
         assert int(text_lengths(ids[k : k + 1], layout)) == 8 + len(caption)
     assert ids[3, :8].eq(pad).all() and ids[4].eq(pad).all()  # no string: empty slots; empty prompt: unconditional
     # the caption has text_len - glyph_slots positions: one token more is cut and flagged
-    room = layout.text_len - layout.glyph_slots
+    room = layout.caption_len
     words = " ".join(["circle"] * (room + 1))
     assert len(tok(words, add_special_tokens=False)["input_ids"]) > room
     assert encode_text(tok, [words], layout).truncated == [True]
