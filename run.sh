@@ -41,7 +41,7 @@ case "$cmd" in
         pip install -q -c constraints.txt -e ".[dev,metrics,baseline]"
         export HF_HUB_OFFLINE=1 WANDB_MODE=disabled
         lint-imports  # the import contracts in pyproject.toml ([tool.importlinter])
-        exec python -m pytest -q "$@"
+        exec python -m pytest -q --durations=15 "$@"  # the slowest tests, to keep the suite near 10 minutes
         ;;
     *)
         echo "usage: ./run.sh demo|test|bench [args...]" >&2
