@@ -203,10 +203,11 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out_dir: st
 
         t = time.perf_counter()
         res = pipe.tokenizer.cfg.resolution
-        tones = bool(run.recorded_data("tokenizer").get("tones", False))  # an editing world's tokenizer
-        text = float(run.recorded_data("tokenizer").get("text", 0.0))  # a text world's: glyphs measured too
+        world = run.recorded_data("tokenizer")  # the scenes the tokenizer was trained on
+        tones = bool(world.get("tones", False))  # an editing world's tokenizer
+        text = float(world.get("text", 0.0))  # a text world's: glyphs measured too
         tok = evaluate_tokenizer(pipe.tokenizer, heldout_images(cfg.tokenizer_images, res, grid=grid, tones=tones,
-                                                                text=text),
+                                                                text=text, max_objects=world.get("max_objects")),
                                  progress=cfg.progress, features=features, grid=grid).to_dict()
         seconds["tokenizer"] = time.perf_counter() - t
 

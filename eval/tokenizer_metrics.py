@@ -129,12 +129,13 @@ def _chars_by_cell(scene: shapes.Scene) -> dict[tuple[int, int], str]:
 
 
 def heldout_images(n: int, resolution: int, seed: int = 1234, grid: int = shapes.GRID,
-                   tones: bool = False, text: float = 0.0) -> torch.Tensor:
+                   tones: bool = False, text: float = 0.0, max_objects: int | None = None) -> torch.Tensor:
     """`n` held-out images of the grid x grid world (compositions training never sees) as uint8 (N, H, W, 3);
     with `tones` (a tokenizer for editing) objects bright or dim; with `text` that share of scenes holds a
-    string (any string, held-out ones among them)."""
-    # up to 3 objects at 3x3 (the scenes every earlier figure used), up to 16 at 4x4
-    max_objects = shapes.MAX_OBJECTS if grid == shapes.GRID else grid * grid
+    string (any string, held-out ones among them); scenes of 1..max_objects objects (a tokenizer's own
+    data.max_objects: the world it was trained on)."""
+    if max_objects is None:  # up to 3 objects at 3x3 (the scenes every earlier figure used), up to 16 at 4x4
+        max_objects = shapes.MAX_OBJECTS if grid == shapes.GRID else grid * grid
     scenes = shapes.sample_scenes(n, seed=seed, split="heldout", max_objects=max_objects, grid=grid, tones=tones,
                                   text=text)
     return torch.from_numpy(shapes.render_batch(scenes, resolution))

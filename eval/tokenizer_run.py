@@ -18,10 +18,10 @@ def evaluate_run_tokenizer(run_dir: str | Path, n: int = 1000, seed: int = 1234,
 
     run = Run(run_dir)
     tok = run.load_tokenizer(device=resolve_device(device))
-    data = run.recorded_data("tokenizer")  # the world the tokenizer was trained on: grid, tones, text
+    data = run.recorded_data("tokenizer")  # the world the tokenizer was trained on: grid, objects, tones, text
     grid = int(data.get("grid", 3))
     images = heldout_images(n, tok.cfg.resolution, seed=seed, grid=grid, tones=bool(data.get("tones", False)),
-                            text=float(data.get("text", 0.0)))
+                            text=float(data.get("text", 0.0)), max_objects=data.get("max_objects"))
     report = evaluate_tokenizer(tok, images, batch_size=batch_size, grid=grid).to_dict()
     if out:
         write_atomic(Path(out), json.dumps(report, indent=2) + "\n")

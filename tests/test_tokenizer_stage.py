@@ -152,3 +152,16 @@ def test_every_command_has_help(capsys):
             main([*cmd, "--help"])
         assert e.value.code == 0
         assert "usage: tessera" in capsys.readouterr().out
+
+
+def test_heldout_images_keep_to_the_tokenizers_world():
+    """The tokenizer is measured on scenes like those it was trained on: its data.max_objects, not 16 at 4x4."""
+    from eval.tokenizer_metrics import heldout_images
+    from train.data import shapes
+
+    def counts(images):
+        return [len(shapes.parse(img.numpy(), 4).objects) for img in images]
+
+    few = counts(heldout_images(40, 32, grid=4, max_objects=2))
+    assert 1 <= min(few) and max(few) == 2
+    assert max(counts(heldout_images(40, 32, grid=4))) > 2  # no max_objects given: up to 16 at 4x4, as before
