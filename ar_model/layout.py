@@ -65,6 +65,8 @@ string, [PAD] where empty; the caption follows in the remaining T - S positions:
 so the i-th character of a string sits at the same distance from the image whatever
 words come before it in the caption (see `encode_text`; docs/RESULTS.md "Issue 21"
 measures what that is worth). S = 0 is the layout without slots (every run before them).
+With `glyph_end` the slot after a string's last character holds the quote mark's id, so
+where the string stops is visible (an empty slot is [PAD], which masked padding hides).
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ class SequenceLayout:
     mask_padding: bool = False  # the text's [PAD]s are masked out of attention (see the module docstring)
     context_images: int = 0  # images before the text (editing); 0 = text-to-image (see the module docstring)
     glyph_slots: int = 0  # text positions, before the caption, that spell its quoted strings (see encode_text)
+    glyph_end: bool = False  # a string shorter than its slots is followed by a visible end mark (see encode_text)
 
     def __post_init__(self) -> None:
         if isinstance(self.grid, list):  # JSON brings lists back; the layout keeps a tuple
@@ -117,13 +120,15 @@ class SequenceLayout:
         ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in g)
         if not ok:
             raise ConfigError(f"SequenceLayout.grid must be two integers [h, w] >= 1, got {g!r}")
-        for name in ("row_tokens", "mask_padding"):
+        for name in ("row_tokens", "mask_padding", "glyph_end"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"SequenceLayout.{name} must be true or false, got {getattr(self, name)!r}")
         g = self.glyph_slots
         if isinstance(g, bool) or not isinstance(g, int) or not 0 <= g < max(self.text_len, 1) or g % GLYPH_CHARS:
             raise ConfigError(f"SequenceLayout.glyph_slots must be a multiple of {GLYPH_CHARS} in [0, text_len), "
                               f"got {g!r}")
+        if self.glyph_end and not self.glyph_slots:
+            raise ConfigError("SequenceLayout.glyph_end marks where a string ends in the glyph slots: set glyph_slots")
         k = self.context_images
         if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= MAX_CONTEXT_IMAGES:
             raise ConfigError(f"SequenceLayout.context_images must be an integer in [0, {MAX_CONTEXT_IMAGES}], got {k!r}")
@@ -234,19 +239,20 @@ class SequenceLayout:
             if key not in known:
                 raise ConfigError(f"unknown SequenceLayout key {key!r} (known: {', '.join(known)})")
         for key in known:
-            if key not in d and key not in ("row_tokens", "mask_padding", "context_images", "glyph_slots"):  # saved before these existed
+            optional = ("row_tokens", "mask_padding", "context_images", "glyph_slots", "glyph_end")  # saved before them
+            if key not in d and key not in optional:
                 raise ConfigError(f"SequenceLayout key {key!r} is missing (required: {', '.join(known)})")
         return cls(**dict(d))
 
     @classmethod
     def for_tokenizer(
         cls, tokenizer: Any, codebook_size: int, grid: Sequence[int], text_len: int = 24, row_tokens: bool = False,
-        mask_padding: bool = False, context_images: int = 0, glyph_slots: int = 0,
+        mask_padding: bool = False, context_images: int = 0, glyph_slots: int = 0, glyph_end: bool = False,
     ) -> "SequenceLayout":
         """The layout for a text tokenizer (text_vocab = len(tokenizer)) and a VQ codebook / grid."""
         return cls(text_len=text_len, text_vocab=len(tokenizer), codebook_size=codebook_size, grid=tuple(grid),
                    row_tokens=row_tokens, mask_padding=mask_padding, context_images=context_images,
-                   glyph_slots=glyph_slots)
+                   glyph_slots=glyph_slots, glyph_end=glyph_end)
 
 
 @dataclass
@@ -271,7 +277,9 @@ def encode_text(tokenizer: Any, prompts: Sequence[str], layout: SequenceLayout) 
     i-th character then always sits at the same distance from the image, whatever words come before it in
     the caption: a model that writes it looks it up by position (after the glyph-aware text encoders of
     Glyph-ByT5 / TextDiffuser, which give the quoted text its own encoding; here it is the same tokenizer's
-    single-character tokens, so nothing is added to the vocabulary).
+    single-character tokens, so nothing is added to the vocabulary). With `layout.glyph_end` the slot after a
+    string's last character (when it has one) holds the quote mark's id: with masked padding an empty slot
+    is invisible, so without the mark a model must count the slots it sees to know where the string stops.
     """
     if isinstance(prompts, str):
         raise TypeError("encode_text takes a list of prompts, got a single string (wrap it in a list)")
@@ -283,7 +291,7 @@ def encode_text(tokenizer: Any, prompts: Sequence[str], layout: SequenceLayout) 
         encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
         for row, tokens in enumerate(encoded):  # setup, not a hot path: one small list per prompt
             if start and prompts[row]:
-                tokens = _spelled(tokenizer, prompts[row], start) + tokens  # slots (start,) then the caption
+                tokens = _spelled(tokenizer, prompts[row], start, layout.glyph_end) + tokens  # slots, caption
             if tokens and max(tokens) >= layout.text_vocab:
                 raise ConfigError(
                     f"the text tokenizer produced id {max(tokens)} >= layout.text_vocab={layout.text_vocab}: the "
@@ -298,7 +306,7 @@ def encode_text(tokenizer: Any, prompts: Sequence[str], layout: SequenceLayout) 
     return TextBatch(ids=ids, truncated=truncated)
 
 
-def _spelled(tokenizer: Any, prompt: str, slots: int) -> list[int]:
+def _spelled(tokenizer: Any, prompt: str, slots: int, end: bool = False) -> list[int]:
     """The glyph slots of one prompt: `slots` ids, -1 where a slot is empty (encode_text pads it)."""
     out = [-1] * slots
     strings = [quoted if quoted is not None and quoted != "" else digits
@@ -309,10 +317,15 @@ def _spelled(tokenizer: Any, prompt: str, slots: int) -> list[int]:
         return out
     # a character alone, as the tokenizer reads it inside quotes (ar_model.text spells quoted strings a character
     # a token); one that does not come out as one token (a tokenizer without that rule) takes its first id
-    encoded = iter([t[0] if t else -1 for t in tokenizer(chars, add_special_tokens=False)["input_ids"]])
+    encoded = iter([t[0] if t else -1 for t in tokenizer([*chars, '"'], add_special_tokens=False)["input_ids"]])
+    ids = [next(encoded) for _ in chars]
+    quote = next(encoded)
     for j, s in enumerate(strings):
-        for i, _ in enumerate(s[:GLYPH_CHARS]):
-            out[j * GLYPH_CHARS + i] = next(encoded)
+        n = min(len(s), GLYPH_CHARS)
+        out[j * GLYPH_CHARS : j * GLYPH_CHARS + n] = ids[:n]
+        ids = ids[n:]
+        if end and n < GLYPH_CHARS:
+            out[j * GLYPH_CHARS + n] = quote
     return out
 
 

@@ -60,6 +60,7 @@ class DiffusionConfig:
     pad_id: int  # the text tokenizer's [PAD]: an all-pad caption is the unconditional one
     text_len: int = 18  # the generator's text length, so both read the same ids
     glyph_slots: int = 0  # the generator's glyph slots (ar_model.layout.encode_text): the same ids again
+    glyph_end: bool = False  # and its end marks
     resolution: int = 24  # pixels; must be divisible by 2 ** (levels - 1)
     # 1.16M parameters with the text encoder at the demo's 342-token BPE, the tiny generator's 1.14M
     # (kept within 25% of it, so the comparison is at equal size); three levels 24 -> 12 -> 6 px,

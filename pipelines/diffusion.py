@@ -35,7 +35,8 @@ class DiffusionPipeline:
         self.recommended = self.settings(**(recommended or {}))
         # the generator's text ids (ar_model.encode_text); the layout's image part is unused
         self.text_layout = SequenceLayout.for_tokenizer(text_tokenizer, 1, (1, 1), model.cfg.text_len,
-                                                        glyph_slots=model.cfg.glyph_slots)
+                                                        glyph_slots=model.cfg.glyph_slots,
+                                                        glyph_end=model.cfg.glyph_end)
 
     @classmethod
     def from_run(cls, run: str | Path | Run, device: str | None = None, progress: bool = True) -> "DiffusionPipeline":

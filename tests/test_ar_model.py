@@ -181,8 +181,19 @@ def test_glyph_slots_spell_each_string_at_fixed_positions(tok):
     words = " ".join(["circle"] * (room + 1))
     assert len(tok(words, add_special_tokens=False)["input_ids"]) > room
     assert encode_text(tok, [words], layout).truncated == [True]
-    # a layout saved before the setting loads with none; a bad value is refused
-    old = {k: v for k, v in layout.to_dict().items() if k != "glyph_slots"}
+    # with end marks a string shorter than its slots is followed by the quote mark's id (visible: not [PAD]);
+    # a 4-character string has none, and nothing else moves
+    ended = encode_text(tok, prompts, dataclasses.replace(layout, glyph_end=True)).ids
+    quote = tok('"', add_special_tokens=False)["input_ids"]
+    assert len(quote) == 1
+    assert ended[0, :8].tolist() == spell("taxi") + [pad] * 4  # four characters: no room, none needed
+    assert ended[2, :8].tolist() == spell("42") + quote + [pad] + spell("a7") + quote + [pad]
+    assert ended[5, :4].tolist() == spell("ok") + quote + [pad]
+    assert torch.equal(ended[:, 8:], ids[:, 8:]) and torch.equal(ended[3:5], ids[3:5])
+    with pytest.raises(ConfigError, match="glyph_end"):
+        dataclasses.replace(layout, glyph_slots=0, glyph_end=True)
+    # a layout saved before the settings loads with none; a bad value is refused
+    old = {k: v for k, v in layout.to_dict().items() if k not in ("glyph_slots", "glyph_end")}
     assert SequenceLayout.from_dict(old) == dataclasses.replace(layout, glyph_slots=0)
     for bad in (3, -4, 48, True):
         with pytest.raises(ConfigError, match="glyph_slots"):

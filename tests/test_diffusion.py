@@ -303,7 +303,11 @@ def test_the_baseline_reads_the_same_text_ids_with_glyph_slots():
     pipe = DiffusionPipeline(model, tok, torch.device("cpu"))
     prompt = ['the word "OK" in the top row']
     ids = encode_text(tok, prompt, pipe.text_layout).ids
-    assert pipe.text_layout.glyph_slots == 4
+    assert pipe.text_layout.glyph_slots == 4 and not pipe.text_layout.glyph_end
+    ended = DiffusionBaseline(DiffusionConfig(**{**model.cfg.to_dict(), "glyph_end": True}))
+    assert DiffusionPipeline(ended, tok, torch.device("cpu")).text_layout.glyph_end
+    assert preset_config("cpu-text").override({"data.glyph_end": True}).diffusion_config(
+        text_layout(tok, 56, 4, True)).glyph_end
     assert ids[0, :2].tolist() == [tok(c, add_special_tokens=False)["input_ids"][0] for c in "ok"]
     assert torch.equal(ids, encode_text(tok, prompt, SequenceLayout.for_tokenizer(tok, 1, (1, 1), 12,
                                                                                    glyph_slots=4)).ids)

@@ -219,6 +219,8 @@ def test_the_world_grid_is_a_checked_setting(caplog):
     for bad in (6, 56, -4):  # 4 slots a string, and room left for the caption
         with pytest.raises(TrainConfigError, match="glyph_slots"):
             preset_config("cpu-text").override({"data.glyph_slots": bad})
+    with pytest.raises(TrainConfigError, match="glyph_end"):
+        preset_config("cpu-text").override({"data.glyph_slots": 0, "data.glyph_end": True})
     with pytest.raises(TrainConfigError, match="grid"):
         tokenizer_preset("cpu").override({"data.grid": 4, "data.max_objects": 17})
     four = GeneratorDataConfig(grid=4, max_objects=16)

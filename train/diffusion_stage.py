@@ -63,7 +63,8 @@ class BaselineStageConfig(StageConfig):
         self.recommended_sampling()  # a bad sample.* setting fails here, before any work
         # and so does a bad model.* one: checked with stand-in text sizes (the real ones need the text tokenizer)
         self.diffusion_config(SequenceLayout(text_len=int(self.data.text_len), text_vocab=64, codebook_size=1,
-                                             grid=(1, 1), glyph_slots=self.data.glyph_slots))
+                                             grid=(1, 1), glyph_slots=self.data.glyph_slots,
+                                             glyph_end=self.data.glyph_end))
 
     def recommended_sampling(self) -> DiffusionSampleConfig:
         try:
@@ -72,13 +73,14 @@ class BaselineStageConfig(StageConfig):
             raise TrainConfigError(f"sample: {e}") from None
 
     def diffusion_config(self, layout: SequenceLayout) -> DiffusionConfig:
-        taken = {"text_vocab", "pad_id", "text_len", "glyph_slots"} & set(self.model)
+        taken = {"text_vocab", "pad_id", "text_len", "glyph_slots", "glyph_end"} & set(self.model)
         if taken:
             raise TrainConfigError(f"model.{sorted(taken)[0]} comes from the text tokenizer and data.text_len / "
-                                   "data.glyph_slots")
+                                   "data.glyph_slots / data.glyph_end")
         try:
             return DiffusionConfig.from_dict({**self.model, "text_vocab": layout.pad_id + 1, "pad_id": layout.pad_id,
-                                              "text_len": layout.text_len, "glyph_slots": layout.glyph_slots})
+                                              "text_len": layout.text_len, "glyph_slots": layout.glyph_slots,
+                                              "glyph_end": layout.glyph_end})
         except (TypeError, ValueError) as e:
             raise TrainConfigError(f"baseline model config: {e}") from e
 
@@ -147,10 +149,10 @@ def preset_config(name: str) -> BaselineStageConfig:
     return preset(BaselineStageConfig, PRESETS, name)
 
 
-def text_layout(text_tok: Any, text_len: int, glyph_slots: int = 0) -> SequenceLayout:
+def text_layout(text_tok: Any, text_len: int, glyph_slots: int = 0, glyph_end: bool = False) -> SequenceLayout:
     """The generator's text ids for this tokenizer (ar_model.encode_text); the image part is unused."""
     return SequenceLayout.for_tokenizer(text_tok, codebook_size=1, grid=(1, 1), text_len=text_len,
-                                        glyph_slots=glyph_slots)
+                                        glyph_slots=glyph_slots, glyph_end=glyph_end)
 
 
 class BaselineData(NamedTuple):
@@ -269,7 +271,7 @@ def train_baseline(cfg: BaselineStageConfig, run_dir: str | Path, seconds: float
         prepare_text_tokenizer(cfg, run, rows["text"])
     distributed.barrier()
     text_tok = prepare_text_tokenizer(cfg, run, rows["text"])
-    layout = text_layout(text_tok, cfg.data.text_len, cfg.data.glyph_slots)
+    layout = text_layout(text_tok, cfg.data.text_len, cfg.data.glyph_slots, cfg.data.glyph_end)
     dcfg = cfg.diffusion_config(layout)
     data = baseline_data(rows, resolution, text_tok, layout, progress=cfg.loop.progress)  # aligned, bad rows skipped
     images = data.images  # (N, R, R, 3) uint8

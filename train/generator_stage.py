@@ -103,6 +103,7 @@ class GeneratorDataConfig:
     # text positions before the caption that spell its quoted strings and digits, 4 a string (ar_model.layout's
     # encode_text): a string's i-th character sits at a fixed distance from the image; 0 = none
     glyph_slots: int = 0
+    glyph_end: bool = False  # a visible end mark after a string shorter than its 4 slots (needs glyph_slots)
     text_vocab: int = 512  # BPE vocabulary bound when the stage trains its own text tokenizer
     text_tokenizer: str | None = None  # a local HF tokenizer directory to use instead of training one
     encode_batch_size: int = 256  # images per tokenizer forward pass when pre-tokenizing
@@ -127,9 +128,11 @@ class GeneratorDataConfig:
                 raise TrainConfigError(f"data.{name} must be a non-empty string, got {getattr(self, name)!r}")
         if self.captions not in grammar.CAPTION_SETS:
             raise TrainConfigError(f"data.captions must be one of {', '.join(grammar.CAPTION_SETS)}, got {self.captions!r}")
-        for name in ("row_tokens", "mask_padding"):
+        for name in ("row_tokens", "mask_padding", "glyph_end"):
             if not isinstance(getattr(self, name), bool):
                 raise TrainConfigError(f"data.{name} must be true or false, got {getattr(self, name)!r}")
+        if self.glyph_end and not self.glyph_slots:
+            raise TrainConfigError("data.glyph_end marks where a string ends in the glyph slots: set data.glyph_slots")
         try:
             if int(self.min_objects) < 1:
                 raise ValueError(f"min_objects must be >= 1, got {self.min_objects!r}")
@@ -174,7 +177,7 @@ class GeneratorStageConfig(StageConfig):
                                              grid=(2, 2), row_tokens=bool(self.data.row_tokens),
                                              mask_padding=bool(self.data.mask_padding),
                                              context_images=self.data.context_images,
-                                             glyph_slots=self.data.glyph_slots))
+                                             glyph_slots=self.data.glyph_slots, glyph_end=self.data.glyph_end))
 
     def recommended_sampling(self) -> SampleConfig:
         return SampleConfig.from_dict(self.sample)
@@ -440,7 +443,7 @@ def prepare_codes(
     layout = SequenceLayout.for_tokenizer(
         text_tok, codebook_size=vq_cfg.num_codes, grid=(vq_cfg.grid_size, vq_cfg.grid_size), text_len=cfg.data.text_len,
         row_tokens=cfg.data.row_tokens, mask_padding=cfg.data.mask_padding, context_images=cfg.data.context_images,
-        glyph_slots=cfg.data.glyph_slots,
+        glyph_slots=cfg.data.glyph_slots, glyph_end=cfg.data.glyph_end,
     )
     if not codes_dir.is_dir():
         check_devices(devices)  # before the tokenizer is loaded onto one of them
