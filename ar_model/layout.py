@@ -273,9 +273,9 @@ def encode_text(tokenizer: Any, prompts: Sequence[str], layout: SequenceLayout) 
 
     With `layout.glyph_slots` the text block opens with that many slots that spell the prompt's strings
     (each quoted string and each run of digits outside quotes, in the prompt's order, as many as fit;
-    GLYPH_CHARS slots a string, a character a slot, [PAD] where a string is shorter or absent), and the caption follows them. A string's
-    i-th character then always sits at the same distance from the image, whatever words come before it in
-    the caption: a model that writes it looks it up by position (after the glyph-aware text encoders of
+    GLYPH_CHARS slots a string, a character a slot, [PAD] where a string is shorter or absent), and the
+    caption follows them. A string's i-th character then always sits at the same distance from the image,
+    whatever words come before it in the caption: a model that writes it looks it up by position (after the glyph-aware text encoders of
     Glyph-ByT5 / TextDiffuser, which give the quoted text its own encoding; here it is the same tokenizer's
     single-character tokens, so nothing is added to the vocabulary). With `layout.glyph_end` the slot after a
     string's last character (when it has one) holds the quote mark's id: with masked padding an empty slot
@@ -309,8 +309,7 @@ def encode_text(tokenizer: Any, prompts: Sequence[str], layout: SequenceLayout) 
 def _spelled(tokenizer: Any, prompt: str, slots: int, end: bool = False) -> list[int]:
     """The glyph slots of one prompt: `slots` ids, -1 where a slot is empty (encode_text pads it)."""
     out = [-1] * slots
-    strings = [quoted if quoted is not None and quoted != "" else digits
-               for quoted, digits in _SPELLED.findall(prompt)]
+    strings = [quoted or digits for quoted, digits in _SPELLED.findall(prompt)]  # an unmatched group is ""
     strings = [s for s in strings if s][: slots // GLYPH_CHARS]
     chars = [c for s in strings for c in s[:GLYPH_CHARS]]
     if not chars:
