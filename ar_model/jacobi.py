@@ -49,7 +49,7 @@ def _probs(logits: torch.Tensor, sc: Any) -> torch.Tensor:
     if sc.is_greedy:
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
     flat = logits.reshape(-1, logits.shape[-1])
-    return filter_logits(flat / sc.temperature, sc.top_k, sc.top_p).softmax(-1).reshape(logits.shape)
+    return filter_logits(flat / sc.temperature, sc.top_k, sc.top_p, sc.min_p).softmax(-1).reshape(logits.shape)
 
 
 def _draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -61,6 +61,10 @@ class SampleConfig:
     temperature: float = 0.5  # 1 = the model's distribution; 0 = greedy (argmax)
     top_k: int = 0  # keep the k most likely codes; 0 = off, 1 = greedy
     top_p: float = 1.0  # nucleus: keep the smallest set with mass >= top_p; 1.0 = off
+    # min-p: keep the codes at least min_p times as likely as the best one (after temperature); 0 = off.
+    # Unlike top-p it keeps a legitimately spread choice (an object's start cell when the prompt leaves it
+    # free: 1 / 16 against 15 / 16) while cutting the long tail a temperature of 1 would draw from.
+    min_p: float = 0.0
     seed: int | None = 0  # seeds the sampler's own torch.Generator; None = a fresh random seed
     use_cache: bool = True  # KV cache; False recomputes the whole prefix each step (slow reference)
     # "plain": one code per forward pass; "jacobi": speculative Jacobi decoding (ar_model.jacobi), several codes
@@ -88,6 +92,7 @@ class SampleConfig:
         _number(self, "temperature", lambda v: v == 0 or v >= MIN_TEMPERATURE,
                 f"0 (greedy) or a number >= {MIN_TEMPERATURE}")
         _number(self, "top_p", lambda v: 0 < v <= 1, "a number in (0, 1]")
+        _number(self, "min_p", lambda v: 0 <= v < 1, "a number in [0, 1) (0 = off)")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
             raise ConfigError(f"SampleConfig.top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
@@ -144,8 +149,8 @@ def _number(sc: SampleConfig, name: str, ok: Any, rule: str) -> None:
 
 
 # --------------------------------------------------------------------------- logits -> codes
-def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Set logits outside the top-k / nucleus (top-p) set to -inf; (B, K) -> (B, K). Always keeps the best."""
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0) -> torch.Tensor:
+    """Set logits outside the top-k / nucleus (top-p) / min-p set to -inf; (B, K) -> (B, K). Always keeps the best."""
     if 0 < top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1) the k-th largest
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -157,6 +162,11 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
         drop_sorted = mass_before >= top_p  # the first code has mass_before 0 and is always kept
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)  # back to code order
         logits = logits.masked_fill(drop, float("-inf"))
+    if min_p > 0.0:
+        # transformers' warper (Nguyen et al. 2024, min-p sampling); it ignores input_ids
+        from transformers import MinPLogitsWarper
+
+        logits = MinPLogitsWarper(min_p)(None, logits)
     return logits
 
 
@@ -164,7 +174,7 @@ def sample_from_logits(logits: torch.Tensor, sc: SampleConfig, generator: torch.
     """Draw one code per row from (already guided) image logits (B, K) -> (B,) long."""
     if sc.is_greedy:
         return logits.argmax(dim=-1)
-    logits = filter_logits(logits / sc.temperature, sc.top_k, sc.top_p)
+    logits = filter_logits(logits / sc.temperature, sc.top_k, sc.top_p, sc.min_p)
     probs = logits.softmax(dim=-1)  # (B, K)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (B,)
 

@@ -121,8 +121,8 @@ def split_assignments(assignments: dict[str, Any], stages: tuple[str, ...]) -> t
 
 
 # the generator's sampling fields a bench point may set (ar_model.SampleConfig): guidance, filtering, the decoder
-AR_FIELDS = {"cfg_scale", "top_k", "top_p", "temperature", "decoder", "jacobi_window", "jacobi_init", "zipar_window",
-             "cache", "compile"}
+AR_FIELDS = {"cfg_scale", "top_k", "top_p", "min_p", "temperature", "decoder", "jacobi_window", "jacobi_init",
+             "zipar_window", "cache", "compile"}
 
 
 @dataclass
@@ -272,14 +272,15 @@ def _point_name(model: str, p: dict, sc: Any) -> str:
     if model == "generator":
         decoder = "" if sc.decoder == "plain" and sc.cache == "dynamic" else "_" + re.sub(r"[^a-z0-9]+", "-", _decoder(sc))
         return f"ar_cfg{sc.cfg_scale:g}" + "".join(f"_{k.replace('_', '')}{p[k]:g}"
-                                                   for k in ("top_k", "top_p", "temperature") if k in p) + decoder
+                                                   for k in ("top_k", "top_p", "min_p", "temperature") if k in p) + decoder
     return f"{sc.sampler.replace('+', 'p')}_{sc.steps}steps" + (f"_cfg{sc.cfg_scale:g}" if "cfg_scale" in p else "")
 
 
 def _point_label(model: str, p: dict, sc: Any) -> str:
     if model == "generator":
         decoder = "" if sc.decoder == "plain" and sc.cache == "dynamic" else f", {_decoder(sc)}"
-        return f"guidance {sc.cfg_scale:g}" + (f", top-k {sc.top_k}" if sc.top_k else "") + decoder
+        other = "".join(f", {k.replace('_', '-')} {p[k]:g}" for k in ("top_p", "min_p", "temperature") if k in p)
+        return f"guidance {sc.cfg_scale:g}" + (f", top-k {sc.top_k}" if sc.top_k else "") + other + decoder
     return f"{sc.sampler.upper()} {sc.steps}" + (f", guidance {sc.cfg_scale:g}" if "cfg_scale" in p else "")
 
 

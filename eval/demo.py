@@ -141,7 +141,7 @@ def render_markdown(summary: dict, tok: dict, faithfulness_table: str) -> str:
         f"{t['images']} held-out images scene preserved {t['scene_preservation']:.1%}, PSNR {t['psnr']:.2f} dB, "
         f"codebook usage {t['codebook_usage']:.1%}\n"
         f"- generator: {g['size']}, {g['steps']} steps; sampled with guidance {sp['cfg_scale']}, "
-        f"temperature {sp['temperature']}, top-k {sp['top_k']}, top-p {sp['top_p']}, seed {sp['seed']}\n\n"
+        f"temperature {sp['temperature']}, top-k {sp['top_k']}, top-p {sp['top_p']}, min-p {sp.get('min_p', 0.0)}, seed {sp['seed']}\n\n"
         "## Samples that match their prompt (shape, colour and cell of every object; nothing extra)\n\n"
         f"{faithfulness_table}\n\n"
         "Grids: samples/<category>.png (one row per prompt), samples/reconstructions.png.\n"

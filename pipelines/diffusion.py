@@ -65,7 +65,7 @@ class DiffusionPipeline:
         unknown = sorted(set(overrides) - known)
         if unknown:
             ar_only = {"decoder", "jacobi_window", "jacobi_init", "zipar_window", "cache", "compile", "top_k", "top_p",
-                       "temperature", "image_cfg_scale"}
+                       "min_p", "temperature", "image_cfg_scale"}
             what = " (a setting of the autoregressive generator's sampler)" if unknown[0] in ar_only else ""
             raise BaselineError(f"unknown diffusion sampling setting {unknown[0]!r}{what}; the diffusion baseline's "
                                 f"are {', '.join(sorted(known))}")

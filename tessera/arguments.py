@@ -80,6 +80,7 @@ SEED = _number(int, 0, MAX_SEED, name=f"an integer from 0 to {MAX_SEED}")
 GUIDANCE = _number(float, 0, 1000, name="a guidance scale from 0 to 1000 (1 = none)")
 TEMPERATURE = _number(float, 0, name="a temperature >= 0 (0 = greedy)")  # ar_model.SampleConfig bounds it further
 TOP_P = _number(float, 0, 1, low_open=True, name="a probability mass in (0, 1]")
+MIN_P = _number(float, 0, 0.999, name="a fraction from 0 to 0.999 (0 = off)")
 
 
 def DEVICE(text: str) -> str:
@@ -166,6 +167,8 @@ def _sampling_args(sp: argparse.ArgumentParser, seed_help: str, diffusion: bool 
     sp.add_argument("--temperature", type=TEMPERATURE, help="sampling temperature (0 = greedy; default: the run's recorded)")
     sp.add_argument("--top-k", type=NONNEGATIVE, help="keep the k most likely codes (0 = all; default: the run's recorded)")
     sp.add_argument("--top-p", type=TOP_P, help="nucleus sampling mass (1 = off; default: the run's recorded)")
+    sp.add_argument("--min-p", type=MIN_P, help="keep the codes at least this fraction as likely as the best one "
+                    "(min-p sampling; 0 = off; default: the run's recorded)")
     sp.add_argument("--decoder", choices=["plain", "jacobi", "zipar"], help="the generator's decoder: plain (one "
                     "code per forward pass), jacobi (speculative Jacobi decoding: several per pass, the same "
                     "distribution) or zipar (parallel rows: a row starts before the one above ends; changes the "

@@ -20,7 +20,7 @@ LOOP_FLAGS = {"steps": "steps", "device": "device", "log": "log", "parallel": "p
               "activation_checkpointing": "activation_checkpointing", "resume_intact": "resume_intact"}
 # sampling flags -> fields of the model's sampling settings (ar_model.SampleConfig / baseline.DiffusionSampleConfig)
 SAMPLING_FLAGS = {"cfg": "cfg_scale", "image_cfg": "image_cfg_scale", "temperature": "temperature", "top_k": "top_k",
-                  "top_p": "top_p", "decoder": "decoder", "jacobi_window": "jacobi_window",
+                  "top_p": "top_p", "min_p": "min_p", "decoder": "decoder", "jacobi_window": "jacobi_window",
                   "jacobi_init": "jacobi_init", "zipar_window": "zipar_window", "kv_cache": "cache",
                   "compile_sampler": "compile", "sampler": "sampler", "diffusion_steps": "steps"}
 

@@ -6,6 +6,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # nothing is ever downloaded; a stray hub id
 
 import ast
 import itertools
+import math
 import dataclasses
 import json
 from pathlib import Path
@@ -501,11 +502,22 @@ def test_filters_and_greedy():
     kept = torch.isfinite(filter_logits(logits, top_p=float(p[0] + p[1]) - 1e-3)).tolist()
     assert kept == [[True, True, False, False, False]]
     assert torch.isfinite(filter_logits(logits, top_p=1e-6)).tolist() == [[True, False, False, False, False]]
+    # min-p keeps what is at least min_p times the best: p / p[0] ~ [1, .37, .14, .05, .02]
+    assert torch.isfinite(filter_logits(logits, min_p=0.1)).tolist() == [[True, True, True, False, False]]
+    assert torch.isfinite(filter_logits(logits, min_p=0.5)).tolist() == [[True, False, False, False, False]]
+    # a spread choice top-p would cut survives min-p: 1 in 16 against 15 in 16
+    spread = torch.tensor([[0.0, math.log(15.0)]])
+    assert torch.isfinite(filter_logits(spread, top_p=0.9)).tolist() == [[False, True]]
+    assert torch.isfinite(filter_logits(spread, min_p=0.05)).tolist() == [[True, True]]
     gen = torch.Generator().manual_seed(0)
+    draws = [sample_from_logits(logits, SampleConfig(temperature=1.0, min_p=0.1), gen).item() for _ in range(200)]
+    assert set(draws) == {0, 1, 2}
     assert sample_from_logits(logits, SampleConfig(temperature=0.0), gen).tolist() == [0]
     assert sample_from_logits(logits, SampleConfig(top_k=1), gen).tolist() == [0]
     with pytest.raises(ConfigError, match="top_p"):
         SampleConfig(top_p=0.0)
+    with pytest.raises(ConfigError, match="min_p"):
+        SampleConfig(min_p=1.0)
     with pytest.raises(ConfigError, match="'topk'"):
         SampleConfig.from_dict({"topk": 3})
 

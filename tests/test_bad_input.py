@@ -46,7 +46,8 @@ def one_line_error(capsys, *needles: str) -> str:
 @pytest.mark.parametrize("flags, needle", [
     (["--n", "0"], "--n"), (["--n", "-1"], "--n"), (["--batch-size", "0"], "--batch-size"),
     (["--cfg", "-5"], "--cfg"), (["--cfg", "nan"], "--cfg"), (["--temperature", "-1"], "--temperature"),
-    (["--top-p", "0"], "--top-p"), (["--top-k", "-3"], "--top-k"), (["--seed", "-1"], "--seed"),
+    (["--top-p", "0"], "--top-p"), (["--min-p", "1"], "--min-p"), (["--top-k", "-3"], "--top-k"),
+    (["--seed", "-1"], "--seed"),
     (["--device", "banana"], "banana"), (["--device", "cuda:99"], "cuda:99"),
 ])
 def test_bad_sampling_arguments_fail_before_loading(run, tmp_path, capsys, flags, needle):

@@ -72,7 +72,8 @@ def test_any_prompt_gives_images(run, tmp_path, capsys, prompts):
     assert len([f for f in out.glob("*.png") if f.name != "grid.png"]) == len(prompts)
 
 
-SAMPLE_FLAGS = ["--n", "--batch-size", "--cfg", "--temperature", "--top-k", "--top-p", "--seed", "--device"]
+SAMPLE_FLAGS = ["--n", "--batch-size", "--cfg", "--temperature", "--top-k", "--top-p", "--min-p", "--seed",
+                "--device"]
 values = st.one_of(st.integers(-10, 10).map(str), st.floats(allow_nan=True, allow_infinity=True).map(str),
                    st.text(alphabet=string.printable, max_size=12), st.sampled_from(["cpu", "cuda", "1e400", "", "-"]))
 
