@@ -110,6 +110,22 @@ def test_config_roundtrip_and_properties():
     assert VQConfig(quantizer="lfq", codebook_size=512).num_codes == 512
 
 
+def test_decoder_width_and_depth_are_its_own():
+    """decoder_channels / decoder_res_blocks widen and deepen the decoder alone; 0 keeps it the encoder's mirror."""
+    from vqtok.model import Decoder, Encoder
+
+    def n_params(m):
+        return sum(p.numel() for p in m.parameters())
+
+    base = VQConfig(base_channels=16, norm_groups=4)
+    wide = base.replace(decoder_channels=32, decoder_res_blocks=2)
+    assert n_params(Encoder(wide)) == n_params(Encoder(base))
+    assert n_params(Decoder(wide)) > 3 * n_params(Decoder(base))
+    assert n_params(Decoder(base.replace(decoder_channels=16, decoder_res_blocks=1))) == n_params(Decoder(base))
+    z = torch.randn(2, base.latent_dim, 8, 8)
+    assert Decoder(wide)(z).shape == Decoder(base)(z).shape == (2, 3, 32, 32)
+
+
 def test_replace_returns_validated_copy():
     cfg = VQConfig()
     new = cfg.replace(codebook_size=512)
@@ -133,6 +149,9 @@ def test_replace_returns_validated_copy():
         ({"resolution": "32"}, ["resolution", "'32'"]),
         ({"fsq_levels": [8, 1]}, ["fsq_levels"]),
         ({"fsq_levels": [8, 2]}, ["fsq_levels", "3"]),  # the library asserts on a level of 2
+        ({"decoder_channels": 12}, ["norm_groups=8", "decoder_channels * channel_mult = 12"]),
+        ({"decoder_res_blocks": -1}, ["decoder_res_blocks", "-1"]),
+        ({"architecture": "patch", "decoder_channels": 64}, ["decoder_channels", "conv"]),
     ],
 )
 def test_config_errors_name_the_field(bad, words):

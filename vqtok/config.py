@@ -47,6 +47,11 @@ class VQConfig:
     num_res_blocks: int = 1  # residual blocks per level; 1 is enough for flat shapes, taming uses 2
     norm_groups: int = 8  # GroupNorm groups; must divide every level's width (32 would be 1 channel/group here)
     latent_dim: int = 64  # channels of the encoder output / decoder input (the quantizer's `dim`)
+    # conv only: the decoder's own first-level width and residual blocks per level (0 = the same as the
+    # encoder's base_channels / num_res_blocks). A heavier decoder than encoder is the usual asymmetry
+    # (MaskGIT / MAGVIT tokenizers): reconstruction is the harder half, and the codes stay what they were.
+    decoder_channels: int = 0
+    decoder_res_blocks: int = 0
 
     # --- quantizer (vector-quantize-pytorch) ---
     quantizer: str = "vq"  # "vq" (l2-normalised low-dim codes, LlamaGen recipe), "fsq" or "lfq"
@@ -92,12 +97,15 @@ class VQConfig:
         _int(self, "num_res_blocks", 1)
         _int(self, "norm_groups", 1)
         _int(self, "latent_dim", 1)
-        for m in self.channel_mult:
-            if (self.base_channels * m) % self.norm_groups:
-                raise ConfigError(
-                    f"VQConfig.norm_groups={self.norm_groups} must divide every level's width "
-                    f"(base_channels * channel_mult = {self.base_channels} * {m} = {self.base_channels * m})"
-                )
+        _int(self, "decoder_channels", 0)
+        _int(self, "decoder_res_blocks", 0)
+        for name, base in (("base_channels", self.base_channels), ("decoder_channels", self.decoder_channels)):
+            for m in self.channel_mult:
+                if (base * m) % self.norm_groups:
+                    raise ConfigError(
+                        f"VQConfig.norm_groups={self.norm_groups} must divide every level's width "
+                        f"({name} * channel_mult = {base} * {m} = {base * m})"
+                    )
         if self.resolution % self.downsample:
             raise ConfigError(
                 f"VQConfig.resolution={self.resolution} is not divisible by the downsample factor "
@@ -107,6 +115,9 @@ class VQConfig:
         if self.architecture not in ARCHITECTURES:
             raise ConfigError(f"VQConfig.architecture must be one of {', '.join(ARCHITECTURES)}, got "
                               f"{self.architecture!r}")
+        if self.architecture != "conv" and (self.decoder_channels or self.decoder_res_blocks):
+            raise ConfigError("VQConfig.decoder_channels / decoder_res_blocks are for the conv architecture "
+                              f"(architecture {self.architecture!r}: set them to 0)")
         _int(self, "patch_context", 0)
         if self.quantizer not in QUANTIZERS:
             raise ConfigError(f"VQConfig.quantizer must be one of {', '.join(QUANTIZERS)}, got {self.quantizer!r}")

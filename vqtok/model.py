@@ -186,13 +186,13 @@ class Decoder(nn.Module):
 
     def __init__(self, cfg: VQConfig):
         super().__init__()
-        widths = [cfg.base_channels * m for m in cfg.channel_mult]
+        widths = [(cfg.decoder_channels or cfg.base_channels) * m for m in cfg.channel_mult]
         ch = widths[-1]
         self.conv_in = nn.Conv2d(cfg.latent_dim, ch, 3, padding=1)
         self.levels = nn.ModuleList()
         for i in reversed(range(len(widths))):
             blocks: list[nn.Module] = []
-            for _ in range(cfg.num_res_blocks):
+            for _ in range(cfg.decoder_res_blocks or cfg.num_res_blocks):
                 blocks.append(ResBlock(ch, widths[i], cfg.norm_groups))
                 ch = widths[i]
             if i > 0:  # every level but the first (in image order) doubles the grid
