@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from ar_model.errors import CheckpointError, ConfigError
 
@@ -21,13 +21,20 @@ SPECIAL_TOKENS = ("[PAD]", "[BOS]", "[EOS]", "[UNK]")  # ids 0..3 of a tokenizer
 _BYTE_ALPHABET = 256
 
 
-def train_text_tokenizer(texts: Iterable[str], vocab_size: int = 512, min_frequency: int = 1) -> Any:
+def train_text_tokenizer(texts: Iterable[str], vocab_size: int = 512, min_frequency: int = 1,
+                         phrases: Sequence[str] = ()) -> Any:
     """Train a lowercasing byte-level BPE on `texts`; returns a `transformers.PreTrainedTokenizerFast`.
 
     `vocab_size` is an upper bound: a small corpus may yield fewer merges, so size
     the model's text vocabulary with `len(tokenizer)`, never with this argument.
+
+    `phrases`: multi-word names that become one token each wherever they stand as whole words,
+    in any case ("upper center left": three BPE words for one cell of a 4x4 world). They are the
+    library's added tokens (matched longest first, before BPE; ids after the BPE vocabulary), so
+    `len(tokenizer)` grows by their number; a decoder step puts back the space before each, so
+    decode(encode(s)) still gives the normalised s (with one leading space where s opens with a phrase).
     """
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     minimum = _BYTE_ALPHABET + len(SPECIAL_TOKENS)
@@ -38,6 +45,9 @@ def train_text_tokenizer(texts: Iterable[str], vocab_size: int = 512, min_freque
         )
     if isinstance(min_frequency, bool) or not isinstance(min_frequency, int) or min_frequency < 1:
         raise ConfigError(f"min_frequency must be an integer >= 1, got {min_frequency!r}")
+    if isinstance(phrases, str) or any(not isinstance(p, str) or len(p.split()) < 2 or p != " ".join(p.split())
+                                       for p in phrases):
+        raise ConfigError(f"phrases must be a list of names of two or more words, single-spaced, got {phrases!r}")
 
     tok = Tokenizer(models.BPE(unk_token="[UNK]"))  # [UNK] is never produced: every byte is in the alphabet
     # NFKC folds compatibility forms (full-width letters, ligatures) before lowercasing;
@@ -59,6 +69,14 @@ def train_text_tokenizer(texts: Iterable[str], vocab_size: int = 512, min_freque
         show_progress=False,
     )
     tok.train_from_iterator((t for t in texts), trainer=trainer)
+    if phrases:
+        # lstrip: the token takes the space before it (else a lone "Ġ" token would precede every phrase);
+        # single_word: "center left" does not match inside "center leftmost"; normalized: matched after
+        # lowercasing. Decoding: an added token is decoded as its content, so the space it took is put back
+        # before every token with a space inside (no BPE token has one: ByteLevel writes spaces as "Ġ").
+        tok.add_tokens([AddedToken(p.lower(), single_word=True, lstrip=True, normalized=True)
+                        for p in dict.fromkeys(phrases)])
+        tok.decoder = decoders.Sequence([decoders.Replace(Regex(r"^(?=\S+ )"), " "), decoders.ByteLevel()])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token="[PAD]",

@@ -105,6 +105,9 @@ class GeneratorDataConfig:
     glyph_slots: int = 0
     glyph_end: bool = False  # a visible end mark after a string shorter than its 4 slots (needs glyph_slots)
     text_vocab: int = 512  # BPE vocabulary bound when the stage trains its own text tokenizer
+    # the shapes world: each place name of two or more words ("upper center left") one token of the text tokenizer
+    # the stage trains (grammar.place_phrases; ar_model.text's phrases), so a cell is one id, not three words
+    place_tokens: bool = False
     text_tokenizer: str | None = None  # a local HF tokenizer directory to use instead of training one
     encode_batch_size: int = 256  # images per tokenizer forward pass when pre-tokenizing
     shard_size: int = SHARD_SIZE  # rows per pre-tokenizing shard: what a killed `tessera tokenize` may redo
@@ -128,11 +131,14 @@ class GeneratorDataConfig:
                 raise TrainConfigError(f"data.{name} must be a non-empty string, got {getattr(self, name)!r}")
         if self.captions not in grammar.CAPTION_SETS:
             raise TrainConfigError(f"data.captions must be one of {', '.join(grammar.CAPTION_SETS)}, got {self.captions!r}")
-        for name in ("row_tokens", "mask_padding", "glyph_end"):
+        for name in ("row_tokens", "mask_padding", "glyph_end", "place_tokens"):
             if not isinstance(getattr(self, name), bool):
                 raise TrainConfigError(f"data.{name} must be true or false, got {getattr(self, name)!r}")
         if self.glyph_end and not self.glyph_slots:
             raise TrainConfigError("data.glyph_end marks where a string ends in the glyph slots: set data.glyph_slots")
+        if self.place_tokens and (self.source != own.SHAPES or self.text_tokenizer):
+            raise TrainConfigError("data.place_tokens names the shapes world's places in a text tokenizer the stage "
+                                   "trains: it needs data.source shapes and no data.text_tokenizer")
         try:
             if int(self.min_objects) < 1:
                 raise ValueError(f"min_objects must be >= 1, got {self.min_objects!r}")
@@ -389,7 +395,8 @@ def prepare_text_tokenizer(cfg: GeneratorStageConfig, run: Run | str | Path, cap
             tok = load_text_tokenizer(cfg.data.text_tokenizer)
         else:  # empty captions are skipped when pre-tokenizing; they must not shape the vocabulary either
             tok = train_text_tokenizer([t for t in captions if isinstance(t, str) and t.strip()],
-                                       vocab_size=cfg.data.text_vocab)
+                                       vocab_size=cfg.data.text_vocab,
+                                       phrases=grammar.place_phrases(cfg.data.grid) if cfg.data.place_tokens else ())
         tmp = path.with_name(path.name + ".tmp")
         tok.save_pretrained(str(tmp))
         tmp.rename(path)

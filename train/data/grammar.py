@@ -221,6 +221,13 @@ def cell_words(row: int, col: int, grid: int = 3) -> str:
     return f"{ROW_NAMES[grid][row]} {COL_NAMES[grid][col]}"
 
 
+def place_phrases(grid: int = 3) -> list[str]:
+    """The world's place names of two or more words: every cell's ('upper center left') and column's ('center
+    left'). A text tokenizer may make each one token (`data.place_tokens`, ar_model.text's `phrases`)."""
+    names = [cell_words(r, c, grid) for r in range(grid) for c in range(grid)] + list(COL_NAMES[grid]) + list(ROW_NAMES[grid])
+    return [n for n in dict.fromkeys(names) if len(n.split()) > 1]
+
+
 def cell_phrase(o: Obj, grid: int = 3) -> str:
     """The exact cell: 'in the top left', 'in the center', 'in the middle right'."""
     return f"in the {cell_words(o.row, o.col, grid)}"
@@ -448,6 +455,7 @@ def caption(scene: Scene, rng: np.random.Generator, which: str = "all") -> str:
 
 
 __all__ = [
+    "place_phrases",
     "CAPTION_SETS", "DESCRIPTION_KINDS", "Description", "FRAMES", "Form", "HELDOUT_FORMS", "Mention", "RELATIONS",
     "Relation", "TextMention", "caption", "cell_phrase", "complete", "complete_captions", "describe", "heldout_form", "join_phrases",
     "random_caption", "realise", "sample_description", "sample_form", "with_article",
