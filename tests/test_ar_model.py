@@ -129,6 +129,34 @@ def test_tokenizer_vocab_size_is_checked():
         train_text_tokenizer(["a"], vocab_size=100)
 
 
+def test_place_phrases_are_one_token_each():
+    """data.place_tokens: each multi-word place name is one id wherever it stands as whole words, in any case;
+    the longest name wins over one inside it; a name inside a longer word is not matched; the text decodes
+    back with its spaces, and the tokenizer saves and loads with its phrases."""
+    from train.data.grammar import place_phrases
+
+    caps = _captions()
+    phrases = place_phrases(4)
+    assert {"upper center left", "center left", "bottom right"} <= set(phrases)
+    assert all(len(p.split()) > 1 for p in phrases)
+    plain = train_text_tokenizer(caps, vocab_size=300)
+    placed = train_text_tokenizer(caps, vocab_size=300, phrases=phrases)
+    assert len(placed) == len(plain) + len(phrases)
+    ids = placed("A red circle in the Upper Center Left, a square in the center left column",
+                 add_special_tokens=False)["input_ids"]
+    pieces = placed.convert_ids_to_tokens(ids)
+    assert "upper center left" in pieces and "center left" in pieces
+    assert "Ġupper" not in pieces and "Ġcenter" not in pieces
+    assert placed.decode(ids) == "a red circle in the upper center left, a square in the center left column"
+    assert "center left" not in placed.tokenize("the center leftmost")  # whole words only
+    assert placed("a red circle", add_special_tokens=False)["input_ids"] == plain("a red circle",
+                                                                                  add_special_tokens=False)["input_ids"]
+    with pytest.raises(ConfigError, match="phrases"):
+        train_text_tokenizer(caps, vocab_size=300, phrases=["left"])  # one word: BPE's job
+    with pytest.raises(ConfigError, match="phrases"):
+        train_text_tokenizer(caps, vocab_size=300, phrases="top left")
+
+
 def test_encode_text_pads_truncates_and_flags(tok, layout):
     long = " ".join(["a red circle above a blue square"] * 4)
     batch = encode_text(tok, ["a red circle", "", long, "ß✓"], layout)

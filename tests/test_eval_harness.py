@@ -175,16 +175,23 @@ def test_a_4x4_run_is_scored_on_its_own_world(tmp_path, capsys):
 
 def test_a_text_run_is_scored_on_the_text_suites_first(tmp_path, capsys):
     """A run trained with strings (data.text) is evaluated on the text suites by default; the report and the
-    tokenizer's metrics say how the strings and the glyphs fared."""
+    tokenizer's metrics say how the strings and the glyphs fared. (Trained with data.place_tokens: the run's text
+    tokenizer names each cell with one token, and sampling from the run reads it.)"""
     path = tmp_path / "text"
     world = {"data.grid": 4, "data.max_objects": 3, "data.text": 0.8}
     assert main(["train-tokenizer", "--run", str(path), "--no-progress",
                  *set_args({**TOK, **world, "vq.resolution": 32})]) == 0
     gen = {**GEN, **world, "data.count_weights": None, "data.captions": "all", "data.text_len": 56,
-           "data.glyph_slots": 4}
+           "data.glyph_slots": 4, "data.place_tokens": True}
     assert main(["train", "--run", str(path), "--no-progress", *set_args(gen)]) == 0
     saved = json.loads((path / "generator" / "tessera_layout.json").read_text())
     assert saved["generator"]["layout"]["glyph_slots"] == 4
+    from ar_model import load_text_tokenizer
+    from pipelines import Run
+
+    text_tok = load_text_tokenizer(Run(path).text_tokenizer)
+    ids = text_tok("the word \"OK\" starting in the upper center left", add_special_tokens=False)["input_ids"]
+    assert text_tok.convert_ids_to_tokens(ids)[-1] == "upper center left"
     out = tmp_path / "evt"
     assert main(["eval", "--run", str(path), "--out", str(out), "--n", "1", "--no-fid", "--no-speed",
                  "--tokenizer-images", "20", "--no-progress"]) == 0

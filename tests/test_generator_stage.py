@@ -221,6 +221,10 @@ def test_the_world_grid_is_a_checked_setting(caplog):
             preset_config("cpu-text").override({"data.glyph_slots": bad})
     with pytest.raises(TrainConfigError, match="glyph_end"):
         preset_config("cpu-text").override({"data.glyph_slots": 0, "data.glyph_end": True})
+    with pytest.raises(TrainConfigError, match="place_tokens"):  # names the shapes world's places: not own data
+        preset_config("cpu").override({"data.place_tokens": True, "data.text_tokenizer": "some/dir"})
+    with pytest.raises(TrainConfigError, match="place_tokens"):
+        preset_config("cpu").override({"data.place_tokens": "yes"})
     with pytest.raises(TrainConfigError, match="grid"):
         tokenizer_preset("cpu").override({"data.grid": 4, "data.max_objects": 17})
     four = GeneratorDataConfig(grid=4, max_objects=16)
