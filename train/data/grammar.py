@@ -224,7 +224,7 @@ def cell_words(row: int, col: int, grid: int = 3) -> str:
 def place_phrases(grid: int = 3) -> list[str]:
     """The world's place names of two or more words: every cell's ('upper center left') and column's ('center
     left'). A text tokenizer may make each one token (`data.place_tokens`, ar_model.text's `phrases`)."""
-    names = [cell_words(r, c, grid) for r in range(grid) for c in range(grid)] + list(COL_NAMES[grid]) + list(ROW_NAMES[grid])
+    names = [cell_words(r, c, grid) for r in range(grid) for c in range(grid)] + [*COL_NAMES[grid], *ROW_NAMES[grid]]
     return [n for n in dict.fromkeys(names) if len(n.split()) > 1]
 
 
@@ -455,8 +455,7 @@ def caption(scene: Scene, rng: np.random.Generator, which: str = "all") -> str:
 
 
 __all__ = [
-    "place_phrases",
     "CAPTION_SETS", "DESCRIPTION_KINDS", "Description", "FRAMES", "Form", "HELDOUT_FORMS", "Mention", "RELATIONS",
     "Relation", "TextMention", "caption", "cell_phrase", "complete", "complete_captions", "describe", "heldout_form", "join_phrases",
-    "random_caption", "realise", "sample_description", "sample_form", "with_article",
+    "place_phrases", "random_caption", "realise", "sample_description", "sample_form", "with_article",
 ]
