@@ -239,3 +239,13 @@ def test_the_world_grid_is_a_checked_setting(caplog):
     assert caplog.text == ""
     long = preset_config("cpu-long")
     assert long.data.grid == tokenizer_preset("cpu-long").data.grid == 4 and long.data.captions == "all"
+    mix = long.override({"data.caption_kinds": {"relation": 2, "partial": 1}})
+    assert mix.data.caption_kinds == {"relation": 2.0, "partial": 1.0}
+    from train.generator_stage import data_source
+    assert data_source(mix.data)["caption_kinds"] == mix.data.caption_kinds  # codes of another mix are not reused
+    assert "caption_kinds" not in data_source(long.data)  # codes made before the setting existed still match
+    for changes in ({"data.caption_kinds": {"pose": 1}}, {"data.caption_kinds": {"count": 0}},
+                    {"data.caption_kinds": {"count": 1}, "data.captions": "complete"},
+                    {"data.caption_kinds": {"count": 1}, "data.source": "some/folder"}):
+        with pytest.raises(TrainConfigError, match="caption_kinds"):
+            long.override(changes)

@@ -282,6 +282,36 @@ def test_random_descriptions_are_true_of_their_scene(grid):
     assert set(kinds) == set(G.DESCRIPTION_KINDS) and min(kinds.values()) >= 5, kinds  # relation: 2 objects only
 
 
+def test_caption_kinds_reweigh_the_mix_and_stay_true():
+    """`kinds` draws only the kinds given, in about their weights; a scene no given kind fits is described
+    completely; every caption is still true of its scene; bad weights are refused."""
+    from eval.faithfulness import PromptSpec, score_image
+
+    rng = np.random.default_rng(0)
+    scenes = S.sample_scenes(600, seed=8, split="all", max_objects=4, grid=4)
+    related = Counter()
+    for scene in scenes:
+        desc = G.sample_description(scene, rng, {"relation": 3.0, "partial": 1.0, "count": 0.0})
+        if len(scene.objects) == 2:
+            related[bool(desc.relations)] += 1
+        else:  # relation needs two objects: partial is the only kind left
+            assert not desc.relations
+        spec = PromptSpec(G.realise(desc), scene, "x", desc.mentions, desc.relations)
+        assert score_image(S.render(scene, 32), spec).ok
+        assert G.sample_description(scene, rng, {"complete": 1.0}).kind() == "complete"
+    assert related[True] > 2 * related[False] > 0, related  # 3 : 1 drawn
+    one = Scene((Obj("circle", "red", "large", 0, 0),), grid=4)
+    assert G.sample_description(one, rng, {"relation": 1.0}) == G.complete(one)  # nothing else fits one object
+    again = S.shapes_dataset(30, resolution=32, seed=3, grid=4, caption_kinds={"binding": 1.0})
+    assert again["text"] != S.shapes_dataset(30, resolution=32, seed=3, grid=4)["text"]
+    for bad, match in [({"pose": 1.0}, "unknown description kind"), ({"count": -1.0}, ">= 0"),
+                       ({"count": 0.0}, "above 0"), ({}, "non-empty"), ({"count": True}, ">= 0")]:
+        with pytest.raises(ValueError, match=match):
+            G.caption(one, rng, "all", bad)
+    with pytest.raises(ValueError, match="all"):
+        G.caption(one, rng, "complete", {"count": 1.0})
+
+
 def test_grammar_phrasings():
     red = Obj("circle", "red", "large", 0, 0)
     blue = Obj("square", "blue", "small", 0, 1)

@@ -94,6 +94,9 @@ class GeneratorDataConfig:
     # phrasings drawn from: "all" (every true description in a training phrasing), or "complete" (each
     # object's colour, shape and cell only); train.data.grammar.CAPTION_SETS
     captions: str = "all"
+    # the "all" set's kinds of description and their weights, e.g. {"partial": 0.4, "relation": 0.3}: a kind
+    # left out is not drawn; null = train.data.grammar.DESCRIPTION_KINDS (scenes with strings: their own mix)
+    caption_kinds: dict[str, float] | None = None
     seed: int = 1  # scene / caption seed; 1, not the tokenizer stage's 0: other scenes, same world
     text_len: int = 32  # text tokens per sequence; the longest shapes-world captions take ~26 with a small BPE
     row_tokens: bool = False  # a [ROW r] token before each row of codes (ar_model.layout): tells the model where it is
@@ -131,6 +134,14 @@ class GeneratorDataConfig:
                 raise TrainConfigError(f"data.{name} must be a non-empty string, got {getattr(self, name)!r}")
         if self.captions not in grammar.CAPTION_SETS:
             raise TrainConfigError(f"data.captions must be one of {', '.join(grammar.CAPTION_SETS)}, got {self.captions!r}")
+        if self.caption_kinds is not None:
+            if self.source != own.SHAPES or self.captions != "all" or self.task != "text-to-image":
+                raise TrainConfigError("data.caption_kinds weighs the shapes world's kinds of description: it needs "
+                                       "data.source shapes, data.captions all and data.task text-to-image")
+            try:
+                self.caption_kinds = grammar.check_kinds(self.caption_kinds)
+            except ValueError as e:
+                raise TrainConfigError(f"data.caption_kinds: {e}") from None
         for name in ("row_tokens", "mask_padding", "glyph_end", "place_tokens"):
             if not isinstance(getattr(self, name), bool):
                 raise TrainConfigError(f"data.{name} must be true or false, got {getattr(self, name)!r}")
@@ -364,7 +375,7 @@ def training_rows(cfg: GeneratorStageConfig, resolution: int) -> Any:
         cfg.data.train_images, resolution=resolution, split="train",
         seed=cfg.data.seed, max_objects=cfg.data.max_objects, captions=cfg.data.captions,
         min_objects=cfg.data.min_objects, count_weights=cfg.data.count_weights, grid=cfg.data.grid,
-        uniform=cfg.data.uniform_scenes, text=cfg.data.text,
+        uniform=cfg.data.uniform_scenes, text=cfg.data.text, caption_kinds=cfg.data.caption_kinds,
     )
 
 
@@ -384,7 +395,8 @@ def data_source(data: GeneratorDataConfig) -> dict:
             **({"count_weights": data.count_weights} if data.count_weights is not None else {}),
             **({"grid": data.grid} if data.grid != shapes.GRID else {}),
             **({"uniform_scenes": data.uniform_scenes} if data.uniform_scenes else {}),
-            **({"text": data.text} if data.text else {})}
+            **({"text": data.text} if data.text else {}),
+            **({"caption_kinds": data.caption_kinds} if data.caption_kinds is not None else {})}
 
 
 def prepare_text_tokenizer(cfg: GeneratorStageConfig, run: Run | str | Path, captions: Any) -> Any:

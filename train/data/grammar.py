@@ -344,11 +344,12 @@ def _partial(o: Obj, rng: np.random.Generator, level: tuple | None) -> Mention:
 
 
 def sample_description(scene: Scene, rng: np.random.Generator, kinds: dict[str, float] | None = None) -> Description:
-    """A random true description of `scene`, of a kind drawn from `kinds` (default DESCRIPTION_KINDS)."""
+    """A random true description of `scene`, of a kind drawn from `kinds` (default DESCRIPTION_KINDS; a scene
+    that none of the kinds with a weight fits, a single object for "relation" say, is described completely)."""
     if scene.texts:
         return _text_description(scene, rng)
     objs = list(scene.objects)
-    weights = dict(kinds or DESCRIPTION_KINDS)
+    weights = {k: w for k, w in (kinds or DESCRIPTION_KINDS).items() if w > 0}
     if len(objs) != 2:  # two objects in distinct cells always stand in some relation
         weights.pop("relation", None)
     if len(objs) < 2:
@@ -428,13 +429,16 @@ def sample_form(desc: Description, rng: np.random.Generator, heldout: bool = Fal
     return Form()  # the plain form is never held out
 
 
-def random_caption(scene: Scene, rng: np.random.Generator) -> str:
-    """One true description of `scene` in a training phrasing (the "all" caption set)."""
-    desc = sample_description(scene, rng)
+def random_caption(scene: Scene, rng: np.random.Generator, kinds: dict[str, float] | None = None) -> str:
+    """One true description of `scene` in a training phrasing (the "all" caption set); `kinds` as for
+    sample_description."""
+    desc = sample_description(scene, rng, kinds)
     return realise(desc, sample_form(desc, rng))
 
 
-def _complete_caption(scene: Scene, rng: np.random.Generator) -> str:
+def _complete_caption(scene: Scene, rng: np.random.Generator, kinds: dict[str, float] | None = None) -> str:
+    if kinds is not None:
+        raise ValueError("the complete caption set has one kind of description: kinds weigh the \"all\" set")
     caps = complete_captions(scene)
     return caps[int(rng.integers(len(caps)))]
 
@@ -442,20 +446,41 @@ def _complete_caption(scene: Scene, rng: np.random.Generator) -> str:
 # Which phrasings a data set draws from. "complete" keeps to describe() and the same without sizes:
 # a partial caption such as "a red circle" (shown anywhere but its held-out cell) teaches a model the
 # held-out split itself, which the 15-minute demo, trained on held-out cells alone, cannot afford.
-CAPTION_SETS: dict[str, Callable[[Scene, np.random.Generator], str]] = {
+CAPTION_SETS: dict[str, Callable[..., str]] = {
     "all": random_caption, "complete": _complete_caption,
 }
 
 
-def caption(scene: Scene, rng: np.random.Generator, which: str = "all") -> str:
-    """One caption of `scene` from the caption set `which` (CAPTION_SETS), drawn with rng."""
+def check_kinds(kinds: dict[str, float]) -> dict[str, float]:
+    """`kinds` as weights of DESCRIPTION_KINDS (any subset, each >= 0, one > 0), or ValueError saying why."""
+    if not isinstance(kinds, dict) or not kinds:
+        raise ValueError(f"kinds must be a non-empty mapping of description kind to weight, got {kinds!r}")
+    unknown = sorted(set(kinds) - set(DESCRIPTION_KINDS))
+    if unknown:
+        raise ValueError(f"unknown description kind(s) {', '.join(map(repr, unknown))} "
+                         f"(known: {', '.join(DESCRIPTION_KINDS)})")
+    weights = {}
+    for k, w in kinds.items():
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not np.isfinite(w) or w < 0:
+            raise ValueError(f"the weight of {k!r} must be a number >= 0, got {w!r}")
+        weights[k] = float(w)
+    if not any(weights.values()):
+        raise ValueError("at least one description kind needs a weight above 0")
+    return weights
+
+
+def caption(scene: Scene, rng: np.random.Generator, which: str = "all",
+            kinds: dict[str, float] | None = None) -> str:
+    """One caption of `scene` from the caption set `which` (CAPTION_SETS), drawn with rng; `kinds` reweighs
+    the kinds of description of the "all" set (DESCRIPTION_KINDS' weights by default; scenes with strings
+    have their own mix)."""
     if which not in CAPTION_SETS:
         raise ValueError(f"unknown caption set {which!r} (known: {', '.join(CAPTION_SETS)})")
-    return CAPTION_SETS[which](scene, rng)
+    return CAPTION_SETS[which](scene, rng, None if kinds is None else check_kinds(kinds))
 
 
 __all__ = [
     "CAPTION_SETS", "DESCRIPTION_KINDS", "Description", "FRAMES", "Form", "HELDOUT_FORMS", "Mention", "RELATIONS",
-    "Relation", "TextMention", "caption", "cell_phrase", "complete", "complete_captions", "describe", "heldout_form", "join_phrases",
+    "Relation", "TextMention", "caption", "cell_phrase", "check_kinds", "complete", "complete_captions", "describe", "heldout_form", "join_phrases",
     "place_phrases", "random_caption", "realise", "sample_description", "sample_form", "with_article",
 ]

@@ -543,11 +543,12 @@ def parse(image, grid: int = GRID) -> Scene:
 def shapes_dataset(
     n: int, resolution: int = 32, split: str = "train", seed: int = 0, max_objects: int = MAX_OBJECTS,
     captions: str = "all", min_objects: int = 1, count_weights: tuple[float, ...] | None = None, grid: int = GRID,
-    uniform: float = 0.0, tones: bool = False, text: float = 0.0,
+    uniform: float = 0.0, tones: bool = False, text: float = 0.0, caption_kinds: dict[str, float] | None = None,
 ) -> datasets.Dataset:
     """A datasets.Dataset with columns image (PIL RGB), text, scene (JSON), n_objects; deterministic in seed.
 
-    `captions` names the phrasings the text column draws from (grammar.CAPTION_SETS: "all" or "complete").
+    `captions` names the phrasings the text column draws from (grammar.CAPTION_SETS: "all" or "complete");
+    `caption_kinds` reweighs the "all" set's kinds of description (grammar.DESCRIPTION_KINDS).
     """
     import datasets  # heavy import, only needed here
     from PIL import Image
@@ -567,7 +568,7 @@ def shapes_dataset(
     return datasets.Dataset.from_dict(
         {
             "image": [Image.fromarray(render(s, resolution), "RGB") for s in scenes],
-            "text": [caption(s, text_rng, captions) for s in scenes],
+            "text": [caption(s, text_rng, captions, caption_kinds) for s in scenes],
             "scene": [s.to_json() for s in scenes],
             "n_objects": [len(s.objects) for s in scenes],
         },
