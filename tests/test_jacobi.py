@@ -62,7 +62,8 @@ def test_jacobi_sampling_follows_the_plain_distribution(tok):
     sampling with guidance at temperature 1, 6,000 samples each: the total variation between them is within the
     noise of two plain samples, while plain sampling at temperature 1.3 (a real change) lies outside it."""
     layout = SequenceLayout.for_tokenizer(tok, codebook_size=4, grid=(2, 2), text_len=6)
-    model = build_model(GeneratorConfig(layout), seed=1).double().eval()
+    # float32: a distribution check needs no float64 (the exact greedy checks above use it); 4x faster on 1 thread
+    model = build_model(GeneratorConfig(layout), seed=1).eval()
     with torch.no_grad():  # sharpen the tiny model's distributions so that random drafts are often rejected
         model.lm_head.weight.mul_(3)
     text = encode_text(tok, ["two green stars"] * 6000, layout).ids
