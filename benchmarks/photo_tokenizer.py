@@ -140,15 +140,6 @@ def reconstruct(tokenizer, image, tile: int | None = None):
     return out, used
 
 
-def fitting_steps(cfg, seconds: float) -> int:
-    """The tokenizer stage's steps of `cfg` that fit in `seconds` on this machine (a few timed steps)."""
-    from train.loop import steps_for_seconds
-    from train.tokenizer_stage import TokenizerTask, training_images
-
-    task = TokenizerTask(cfg, training_images(cfg, progress=False))
-    return steps_for_seconds(task, cfg.loop, seconds)
-
-
 def main(argv: list[str] | None = None) -> int:
     from pipelines import Run
     from train.config import parse_assignments
@@ -182,13 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     if not crops.is_dir():
         write_crops(crops, args.crops, size, colours=args.colour_augment, names=PHOTO_SETS[args.photos])
     cfg = cfg.override({"data.source": str(crops)})
-    if args.minutes:  # a run begun here resumes with the steps it began with (the schedule depends on them)
-        recorded = Run(run).recorded_config("tokenizer")
-        steps = recorded["loop"]["steps"] if recorded else fitting_steps(cfg, args.minutes * 60)
-        cfg = cfg.override({"loop.steps": steps})
     t = time.perf_counter()
-    tok_dir = train_tokenizer(cfg, run)
+    # with --minutes, a run begun here resumes with the steps it began with (the schedule depends on them)
+    tok_dir = train_tokenizer(cfg, run, seconds=args.minutes * 60 if args.minutes else None)
     seconds = time.perf_counter() - t
+    cfg = cfg.override({"loop.steps": Run(run).recorded_config("tokenizer")["loop"]["steps"]})
     tokenizer = load_tokenizer(tok_dir).eval()
     ds, k = tokenizer.cfg.downsample, tokenizer.cfg.num_codes
     bpp = math.log2(k) / ds**2

@@ -81,6 +81,7 @@ GUIDANCE = _number(float, 0, 1000, name="a guidance scale from 0 to 1000 (1 = no
 TEMPERATURE = _number(float, 0, name="a temperature >= 0 (0 = greedy)")  # ar_model.SampleConfig bounds it further
 TOP_P = _number(float, 0, 1, low_open=True, name="a probability mass in (0, 1]")
 MIN_P = _number(float, 0, 0.999, name="a fraction from 0 to 0.999 (0 = off)")
+MINUTES = _number(float, 0, low_open=True, name="a number of minutes > 0")
 
 
 def DEVICE(text: str) -> str:
@@ -144,7 +145,12 @@ def _stage_args(sp: argparse.ArgumentParser, trains: bool = True) -> None:
     sp.add_argument("--config", help="a JSON file with the full stage config (replaces the preset)")
     sp.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help=SET_HELP["stage"])
     if trains:  # how the run executes (a resumed run may change these): docs/SCALE.md
-        sp.add_argument("--steps", type=POSITIVE, help="shorthand for --set loop.steps=N")
+        budget = sp.add_mutually_exclusive_group()
+        budget.add_argument("--steps", type=POSITIVE, help="shorthand for --set loop.steps=N")
+        budget.add_argument("--minutes", type=MINUTES, help="train as many steps as fit in this many minutes of "
+                            "training on this machine: a few steps are timed first (with --compile, compiled) and "
+                            "loop.steps set from them; data preparation and checkpoints come on top; a resumed run "
+                            "keeps the steps it began with (one process only)")
         sp.add_argument("--log", choices=["jsonl", "wandb"], help="jsonl (default: RUN/metrics/<stage>.jsonl only) "
                         "or wandb as well (mode from WANDB_MODE; pip install 'tessera[wandb]')")
         sp.add_argument("--compile", action="store_true", help="torch.compile the model (loop.compile)")

@@ -72,6 +72,8 @@ def cmd_train_stage(args: argparse.Namespace) -> int:
     from train.stages import train_stage
 
     kwargs = {"tokenizer_dir": args.tokenizer} if args.stage == "generator" else {}
+    if args.minutes is not None:
+        kwargs["seconds"] = args.minutes * 60
     print(f"{args.stage} written to {train_stage(args.stage, _stage_config(args, args.stage), args.run, **kwargs)}")
     return 0
 

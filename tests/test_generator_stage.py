@@ -249,3 +249,25 @@ def test_the_world_grid_is_a_checked_setting(caplog):
                     {"data.caption_kinds": {"count": 1}, "data.source": "some/folder"}):
         with pytest.raises(TrainConfigError, match="caption_kinds"):
             long.override(changes)
+
+
+def test_a_minutes_budget_sets_the_steps_and_a_resume_keeps_them(run, tmp_path, monkeypatch, capsys):
+    """`--minutes`: a few timed steps set loop.steps (recorded, warmup capped at a tenth); a resume never probes."""
+    import train.loop
+    from pipelines import Run
+
+    gen = {k: v for k, v in GEN.items() if k != "loop.steps"}
+    args = ["--run", str(tmp_path / "r"), "--tokenizer", str(run / "tokenizer"), "--no-progress", *set_args(gen)]
+    assert main(["train", *args, "--minutes", "0.005"]) == 0  # 0.3 s: a handful of toy steps
+    loop = Run(tmp_path / "r").recorded_config("generator")["loop"]
+    logged = [json.loads(x)["step"] for x in (tmp_path / "r" / "metrics" / "generator.jsonl").read_text().splitlines()]
+    assert loop["steps"] >= 1 and logged[-1] == loop["steps"] and loop["warmup_steps"] == min(1, loop["steps"] // 10)
+    monkeypatch.setattr(train.loop, "steps_for_seconds", lambda *a, **k: pytest.fail("probed again"))
+    assert main(["train", *args, "--minutes", "60"]) == 0  # resumed: the recorded count, not an hour's
+    assert Run(tmp_path / "r").recorded_config("generator")["loop"]["steps"] == loop["steps"]
+    with pytest.raises(SystemExit) as e:
+        main(["train", *args, "--minutes", "1", "--steps", "5"])
+    assert e.value.code == 2 and "not allowed with" in capsys.readouterr().err
+    for bad in ("0", "-1", "nan"):
+        with pytest.raises(SystemExit):
+            main(["train", *args, "--minutes", bad])

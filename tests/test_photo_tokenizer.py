@@ -11,6 +11,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pytest
 
+import train.loop
+
 pytest.importorskip("skimage")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -78,6 +80,6 @@ def test_a_time_budget_sets_the_steps_and_a_resume_keeps_them(tmp_path, monkeypa
     assert photo_tokenizer.main(argv) == 0
     first = json.loads((tmp_path / "r.json").read_text())
     assert first["minutes"] == 0.02 and first["steps"] >= 1
-    monkeypatch.setattr(photo_tokenizer, "fitting_steps", lambda cfg, seconds: pytest.fail("probed again"))
+    monkeypatch.setattr(train.loop, "steps_for_seconds", lambda *a, **k: pytest.fail("probed again"))
     assert photo_tokenizer.main(argv) == 0  # the run is reused with its recorded step count
     assert json.loads((tmp_path / "r.json").read_text())["steps"] == first["steps"]

@@ -88,12 +88,14 @@ def test_cli_trains_evaluates_and_refuses_changed_config(tmp_path, capsys):
         (["--set", "loop.batch_size=0"], "batch_size"),
         (["--set", "optim.lr=1"], "optim.lr"),
         (["--preset", "tpu"], "tpu"),
+        (["--preset", "cpu-photo"], "data.source=PATH"),  # a photo preset never trains on the shapes world
     ],
 )
 def test_cli_config_errors_name_the_setting(tmp_path, capsys, args, needle):
     assert main(["train-tokenizer", "--run", str(tmp_path / "r"), *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and needle in err and "Traceback" not in err
+    assert not (tmp_path / "r" / "state").exists() and not (tmp_path / "r" / "tokenizer_stage.json").exists()
 
 
 def test_cli_missing_and_foreign_checkpoints(tmp_path, capsys):

@@ -38,7 +38,7 @@ from train.data.images import decode_rows, image_name, undecoded
 from train.errors import TrainConfigError
 from train.generator_stage import PRESETS as GENERATOR_PRESETS
 from train.generator_stage import GeneratorDataConfig, prepare_text_tokenizer, training_rows
-from train.loop import EpochOrder, LoopConfig, LossOutput, split_rows, steps_for_seconds, train_loop
+from train.loop import EpochOrder, LoopConfig, LossOutput, fit_budget, resume_budget, split_rows, train_loop
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ def train_baseline(cfg: BaselineStageConfig, run_dir: str | Path, seconds: float
         raise TrainConfigError("a wall-clock budget (seconds=) is measured in one process; give loop.steps instead")
     recorded = run.recorded_config("baseline")
     if seconds is not None and recorded is not None:
-        cfg = cfg.override({"loop.steps": recorded["loop"]["steps"]})
+        cfg = resume_budget(cfg, recorded)
         seconds = None
     if seconds is None:
         check_run_config(run, cfg)
@@ -277,10 +277,9 @@ def train_baseline(cfg: BaselineStageConfig, run_dir: str | Path, seconds: float
     images = data.images  # (N, R, R, 3) uint8
     task = BaselineTask(cfg, dcfg, layout, images, data.text_ids)
     if seconds is not None:
-        steps = steps_for_seconds(task, cfg.loop, seconds)
-        cfg = cfg.override({"loop.steps": steps, "loop.warmup_steps": min(cfg.loop.warmup_steps, steps // 10)})
+        cfg = fit_budget(cfg, task, seconds)
         check_run_config(run, cfg)
-        log.info("baseline: %d steps for a budget of %.0f s", steps, seconds)
+        log.info("baseline: %d steps for a budget of %.0f s", cfg.loop.steps, seconds)
     log.info("baseline: %d parameters, %d training images at %d px", sum(p.numel() for p in task.model.parameters()),
              len(images), resolution)
     result = train_loop(task, cfg.loop, run, desc="baseline", stage="baseline")

@@ -50,7 +50,8 @@ from train.data import edits, grammar, own, shapes
 from pipelines import Run, resolve_device, sampling_file
 from train.config import StageConfig, check_run_config, check_share, preset
 from train.errors import TrainConfigError
-from train.loop import EpochOrder, LoopConfig, LossOutput, capped_steps, split_rows, steps_for_seconds, train_loop
+from train.loop import (EpochOrder, LoopConfig, LossOutput, capped_steps, fit_budget, resume_budget, split_rows,
+                        train_loop)
 from train.pretokenize import (
     SHARD_SIZE,
     check_devices,
@@ -509,7 +510,7 @@ def train_generator(cfg: GeneratorStageConfig, run_dir: str | Path, tokenizer_di
         raise TrainConfigError("a wall-clock budget (seconds=) is measured in one process; give loop.steps instead")
     recorded = run.recorded_config("generator")
     if seconds is not None and recorded is not None:  # resuming a budgeted run: its recorded steps
-        cfg = cfg.override({f"loop.{k}": recorded["loop"][k] for k in ("steps", "warmup_steps")})
+        cfg = resume_budget(cfg, recorded)
         seconds = None
     max_epochs = cfg.loop.max_epochs if cfg.loop.max_epochs is not None else (
         OWN_DATA_MAX_EPOCHS if cfg.data.source != own.SHAPES else 0)
@@ -527,11 +528,10 @@ def train_generator(cfg: GeneratorStageConfig, run_dir: str | Path, tokenizer_di
 
     task = GeneratorTask(cfg, gcfg, codes, text_ids, load_context(prepared.codes_dir))
     if seconds is not None:
-        steps = steps_for_seconds(task, cfg.loop, seconds)
-        cfg = cfg.override({"loop.steps": steps, "loop.warmup_steps": min(cfg.loop.warmup_steps, steps // 10)})
+        cfg = fit_budget(cfg, task, seconds)
         if not max_epochs:
             check_run_config(run, cfg)
-        log.info("generator: %d steps for a budget of %.0f s", steps, seconds)
+        log.info("generator: %d steps for a budget of %.0f s", cfg.loop.steps, seconds)
     if max_epochs:
         steps = capped_steps(cfg.loop, task.train_rows, max_epochs)
         if steps < cfg.loop.steps:

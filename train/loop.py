@@ -297,36 +297,53 @@ def capped_steps(cfg: LoopConfig, rows: int, max_epochs: float) -> int:
 
 def steps_for_seconds(task: Task, cfg: LoopConfig, seconds: float, probe: int = 5) -> int:
     """How many optimizer steps of `task` fit in `seconds` on this machine: `probe` whole steps
-    (`optimizer_step` with every micro-batch, then the EMA update) timed after one warm-up, with a
+    (`optimizer_step` with every micro-batch, then the EMA update) timed after warm-up ones, with a
     throwaway optimizer and EMA; the weights and RNGs are restored afterwards, so the run that follows
-    is the one it would have been. Used to give two models one wall-clock budget; checkpoint and
-    logging time is not in it."""
+    is the one it would have been. Used to give two models one wall-clock budget (`tessera train
+    --minutes`, `tessera bench`); checkpoint and logging time is not in it. With `cfg.compile` the probe
+    runs compiled (three warm-up steps: the compile, then the recompile for varying shapes) and the
+    compile's time comes off the budget, as the run compiles again."""
     if seconds <= 0:
         raise TrainConfigError(f"a training budget must be positive, got {seconds} s")
     device = resolve_device(cfg.device)
     model = task.model.to(device)
     model.train()
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    par = ParallelModel(model, cfg, distributed.world(), device, compile=False)
+    par = ParallelModel(model, cfg, distributed.world(), device)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
     ema = EMA(model, cfg.ema_decay).to(device) if cfg.ema_decay > 0 else None
+    warm = 3 if cfg.compile else 1
     times = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # dropout draws from these
-        for i in range(probe + 1):
+        for i in range(warm + probe):
             t = time.perf_counter()
             optimizer_step(task, par, optimizer, cfg, i, range(cfg.grad_accum), device, uses_bf16(device, cfg.precision))
             if ema is not None:
                 ema.update(model)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            if i:
-                times.append(time.perf_counter() - t)
+            times.append(time.perf_counter() - t)
     model.load_state_dict(saved)
     model.zero_grad(set_to_none=True)
-    per_step = sorted(times)[len(times) // 2]  # the median probe
-    steps = max(1, round(seconds / per_step))
-    logger.info("%.3f s per step: %d steps fill %.0f s", per_step, steps, seconds)
+    per_step = sorted(times[warm:])[probe // 2]  # the median probe
+    compiling = max(0.0, sum(times[:warm]) - warm * per_step) if cfg.compile else 0.0
+    steps = max(1, round((seconds - compiling) / per_step))
+    logger.info("%.3f s per step%s: %d steps fill %.0f s", per_step,
+                f" after {compiling:.0f} s of compiling" if cfg.compile else "", steps, seconds)
     return steps
+
+
+def fit_budget(cfg: Any, task: Task, seconds: float) -> Any:
+    """The stage config `cfg` with the steps that fill `seconds` (steps_for_seconds), its warmup capped
+    at a tenth of them."""
+    steps = steps_for_seconds(task, cfg.loop, seconds)
+    return cfg.override({"loop.steps": steps, "loop.warmup_steps": min(cfg.loop.warmup_steps, steps // 10)})
+
+
+def resume_budget(cfg: Any, recorded: dict[str, Any]) -> Any:
+    """The stage config `cfg` with the step count and warmup a budgeted run recorded when it began
+    (the schedule depends on them, so a resume never probes again)."""
+    return cfg.override({f"loop.{k}": recorded["loop"][k] for k in ("steps", "warmup_steps") if k in recorded["loop"]})
 
 
 class _Resumed(NamedTuple):
@@ -630,4 +647,5 @@ def train_loop(
 
 
 __all__ = ["EpochOrder", "LoopConfig", "LoopResult", "LossOutput", "StepOutput", "Task", "capped_steps", "lr_lambda",
-           "optimizer_step", "param_groups", "split_rows", "steps_for_seconds", "train_loop"]
+           "fit_budget", "optimizer_step", "param_groups", "resume_budget", "split_rows", "steps_for_seconds",
+           "train_loop"]

@@ -20,10 +20,14 @@ from train.data.images import dataset_images
 from pipelines import Run, resolve_device
 from train.config import StageConfig, check_run_config, check_share, preset
 from train.errors import TrainConfigError
-from train.loop import EpochOrder, LoopConfig, LossOutput, split_rows, train_loop
+from train.loop import EpochOrder, LoopConfig, LossOutput, fit_budget, resume_budget, split_rows, train_loop
 from vqtok import TokenizerLoss, VQConfig, VQTokenizer, images_to_tensor, save_tokenizer
 
 log = logging.getLogger(__name__)
+
+
+# a preset's data.source when it is for the user's own images only: training stops until --set data.source=PATH
+SOURCE_REQUIRED = "required"
 
 
 @dataclass
@@ -127,6 +131,7 @@ PRESETS: dict[str, dict] = {
                "quantizer": "vq", "codebook_size": 1024, "codebook_dim": 8},
         "loop": {"steps": 3600, "batch_size": 16, "lr": 1e-3, "warmup_steps": 50, "ckpt_every": 500,
                  "log_every": 25, "precision": "bf16-native", "ema_decay": 0.995},
+        "data": {"source": SOURCE_REQUIRED},  # never the shapes world by default
     },
     # The 4x4 world at 48 px, 12x12 codes (3x3 per cell, aligned), wider nets and the PatchGAN
     # term: one H100/H200 (not yet run on one).
@@ -225,13 +230,30 @@ def training_images(cfg: TokenizerStageConfig, progress: bool = True) -> torch.T
     return dataset_images(ds, cfg.vq.resolution, progress=progress)
 
 
-def train_tokenizer(cfg: TokenizerStageConfig, run_dir: str | Path) -> Path:
-    """Train (or resume) the tokenizer of `run_dir`; returns the exported tokenizer directory."""
+def train_tokenizer(cfg: TokenizerStageConfig, run_dir: str | Path, seconds: float | None = None) -> Path:
+    """Train (or resume) the tokenizer of `run_dir`; returns the exported tokenizer directory.
+
+    With `seconds`, the step count is the one that fills that much training wall-clock on this
+    machine (train.loop.steps_for_seconds); a resumed run keeps its recorded count.
+    """
+    if cfg.data.source == SOURCE_REQUIRED:  # before anything is written into the run
+        raise TrainConfigError("this tokenizer preset trains on your own images: give --set data.source=PATH (a "
+                               "folder of images or a saved data set, docs/DATA.md)")
     run = Run(run_dir)
-    distributed.init(resolve_device(cfg.loop.device).type)  # under torchrun: join the group first
-    check_run_config(run, cfg)
+    world = distributed.init(resolve_device(cfg.loop.device).type)  # under torchrun: join the group first
+    if seconds is not None and world.distributed:
+        raise TrainConfigError("a wall-clock budget (seconds=) is measured in one process; give loop.steps instead")
+    recorded = run.recorded_config("tokenizer")
+    if seconds is not None and recorded is not None:  # resuming a budgeted run: its recorded steps
+        cfg, seconds = resume_budget(cfg, recorded), None
+    if seconds is None:
+        check_run_config(run, cfg)
     images = training_images(cfg, progress=cfg.loop.progress)
     task = TokenizerTask(cfg, images)
+    if seconds is not None:
+        cfg = fit_budget(cfg, task, seconds)
+        check_run_config(run, cfg)
+        log.info("tokenizer: %d steps for a budget of %.0f s", cfg.loop.steps, seconds)
     result = train_loop(task, cfg.loop, run, desc="tokenizer", stage="tokenizer")
     log.info("tokenizer: %d steps in %.1fs (resumed from %d)", result.step, result.seconds, result.resumed_from)
     out = run.tokenizer
@@ -243,6 +265,7 @@ def train_tokenizer(cfg: TokenizerStageConfig, run_dir: str | Path) -> Path:
 
 __all__ = [
     "PRESETS",
+    "SOURCE_REQUIRED",
     "TokenizerDataConfig",
     "TokenizerStageConfig",
     "TokenizerTask",
