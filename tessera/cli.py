@@ -74,7 +74,14 @@ def cmd_train_stage(args: argparse.Namespace) -> int:
     kwargs = {"tokenizer_dir": args.tokenizer} if args.stage == "generator" else {}
     if args.minutes is not None:
         kwargs["seconds"] = args.minutes * 60
-    print(f"{args.stage} written to {train_stage(args.stage, _stage_config(args, args.stage), args.run, **kwargs)}")
+    out = train_stage(args.stage, _stage_config(args, args.stage), args.run, **kwargs)
+    if args.minutes is None:
+        print(f"{args.stage} written to {out}")
+    else:  # the step count the budget gave when the run began (a resume keeps it)
+        from pipelines import Run
+
+        steps = Run(args.run).recorded_config(args.stage)["loop"]["steps"]
+        print(f"{args.stage} written to {out} ({steps} steps, from the --minutes budget the run began with)")
     return 0
 
 

@@ -262,6 +262,7 @@ def test_a_minutes_budget_sets_the_steps_and_a_resume_keeps_them(run, tmp_path, 
     loop = Run(tmp_path / "r").recorded_config("generator")["loop"]
     logged = [json.loads(x)["step"] for x in (tmp_path / "r" / "metrics" / "generator.jsonl").read_text().splitlines()]
     assert loop["steps"] >= 1 and logged[-1] == loop["steps"] and loop["warmup_steps"] == min(1, loop["steps"] // 10)
+    assert f"({loop['steps']} steps, from the --minutes budget the run began with)" in capsys.readouterr().out
     monkeypatch.setattr(train.loop, "steps_for_seconds", lambda *a, **k: pytest.fail("probed again"))
     assert main(["train", *args, "--minutes", "60"]) == 0  # resumed: the recorded count, not an hour's
     assert Run(tmp_path / "r").recorded_config("generator")["loop"]["steps"] == loop["steps"]

@@ -295,7 +295,7 @@ def capped_steps(cfg: LoopConfig, rows: int, max_epochs: float) -> int:
     return max(1, min(cfg.steps, math.ceil(max_epochs * rows / (cfg.batch_size * cfg.grad_accum))))
 
 
-def steps_for_seconds(task: Task, cfg: LoopConfig, seconds: float, probe: int = 5) -> int:
+def steps_for_seconds(task: Task, cfg: LoopConfig, seconds: float, probe: int = 10) -> int:
     """How many optimizer steps of `task` fit in `seconds` on this machine: `probe` whole steps
     (`optimizer_step` with every micro-batch, then the EMA update) timed after warm-up ones, with a
     throwaway optimizer and EMA; the weights and RNGs are restored afterwards, so the run that follows
@@ -325,7 +325,12 @@ def steps_for_seconds(task: Task, cfg: LoopConfig, seconds: float, probe: int = 
             times.append(time.perf_counter() - t)
     model.load_state_dict(saved)
     model.zero_grad(set_to_none=True)
-    per_step = sorted(times[warm:])[probe // 2]  # the median probe
+    # the mean without the slowest probe (a recompile, a hiccup): not the median, which sits below the mean
+    # when batches differ in cost (trimmed text: runs/long6 ran 10,076 steps of a 30-minute budget in ~45, docs/RESULTS.md)
+    kept = sorted(times[warm:])[:-1] if probe > 2 else times[warm:]
+    per_step = sum(kept) / len(kept)
+    logger.debug("probe steps (s): warm-up %s, timed %s", " ".join(f"{t:.3f}" for t in times[:warm]),
+                 " ".join(f"{t:.3f}" for t in times[warm:]))
     compiling = max(0.0, sum(times[:warm]) - warm * per_step) if cfg.compile else 0.0
     steps = max(1, round((seconds - compiling) / per_step))
     logger.info("%.3f s per step%s: %d steps fill %.0f s", per_step,
