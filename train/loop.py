@@ -326,7 +326,7 @@ def steps_for_seconds(task: Task, cfg: LoopConfig, seconds: float, probe: int = 
     model.load_state_dict(saved)
     model.zero_grad(set_to_none=True)
     # the mean without the slowest probe (a recompile, a hiccup): not the median, which sits below the mean
-    # when batches differ in cost (trimmed text: runs/long6 ran 10,076 steps of a 30-minute budget in ~45, docs/RESULTS.md)
+    # when batches differ in cost (trimmed text; runs/long6's 30-minute budget overran, docs/RESULTS.md)
     kept = sorted(times[warm:])[:-1] if probe > 2 else times[warm:]
     per_step = sum(kept) / len(kept)
     logger.debug("probe steps (s): warm-up %s, timed %s", " ".join(f"{t:.3f}" for t in times[:warm]),
