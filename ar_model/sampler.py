@@ -79,6 +79,9 @@ class SampleConfig:
     # StaticCache: preallocated, fixed shapes); `compile` runs their passes through torch.compile (static only)
     cache: str = "dynamic"
     compile: bool = False
+    # rewrite each prompt with the run's prompt expander (ar_model.expander) before the generator reads it: a
+    # complete description of a scene the prompt allows. Read by the pipeline (pipelines.ARPipeline), not here.
+    expand: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -109,6 +112,8 @@ class SampleConfig:
             raise ConfigError(f"SampleConfig.jacobi_init must be one of {', '.join(INITS)}, got {self.jacobi_init!r}")
         if self.cache not in CACHES:
             raise ConfigError(f"SampleConfig.cache must be one of {', '.join(CACHES)}, got {self.cache!r}")
+        if not isinstance(self.expand, bool):
+            raise ConfigError(f"SampleConfig.expand must be true or false, got {self.expand!r}")
         if not isinstance(self.compile, bool):
             raise ConfigError(f"SampleConfig.compile must be true or false, got {self.compile!r}")
         if self.compile and self.cache != "static":

@@ -210,8 +210,12 @@ class DiffusionSampleConfig:
     steps: int = 25  # network evaluations per image (twice that with guidance != 1)
     cfg_scale: float = 1.5
     seed: int | None = 0  # seeds the initial noise (and DDIM is deterministic after it)
+    # rewrite each prompt with the run's prompt expander first (read by pipelines.DiffusionPipeline, not here)
+    expand: bool = False
 
     def __post_init__(self):
+        if not isinstance(self.expand, bool):
+            raise BaselineError(f"expand must be true or false, got {self.expand!r}")
         if self.sampler not in SAMPLERS:
             raise BaselineError(f"unknown sampler {self.sampler!r} (known: {', '.join(SAMPLERS)})")
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:

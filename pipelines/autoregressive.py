@@ -31,6 +31,7 @@ import torch
 from ar_model import CheckpointError, SampleConfig, encode_text, generate
 from pipelines.device import resolve_device
 from pipelines.errors import EditError
+from pipelines.expansion import PromptExpansion
 from pipelines.interface import SampleResult, sample_in_batches
 from pipelines.run import Run
 from vqtok import images_to_tensor, tensor_to_images
@@ -51,7 +52,7 @@ class EditResult:
     model: dict = field(default_factory=dict)  # what made them (ARPipeline.provenance())
 
 
-class ARPipeline:
+class ARPipeline(PromptExpansion):
     """A run's VQ tokenizer, generator and text tokenizer on one device; an `ImageSampler`."""
 
     kind = "autoregressive"
@@ -82,9 +83,9 @@ class ARPipeline:
         run = Run(run)
         for part in ("tokenizer", "generator"):  # a missing part is named before anything loads
             run.require(part)
+        parts = ("generator", "tokenizer") + (("expander",) if run.has("expander") else ())
         return cls(run.load_tokenizer(), run.load_generator(progress=progress), resolve_device(device),
-                   run.recorded_sampling("generator"),
-                   {"run": str(run.root), "dirs": {p: run.require(p) for p in ("generator", "tokenizer")}})
+                   run.recorded_sampling("generator"), {"run": str(run.root), "dirs": {p: run.require(p) for p in parts}})
 
     def provenance(self) -> dict:
         """What made this pipeline's images, for their C2PA manifests: kind, run, and the sha256 of every
@@ -139,7 +140,12 @@ class ARPipeline:
         """`n` images for each prompt (prompt-major); batch b uses seed settings.seed + b."""
         settings = settings if settings is not None else self.settings()
         warnings = self.check_prompts(prompts)
-        text = encode_text(self.generator.tokenizer, [p for p in prompts for _ in range(n)], self.layout).ids  # (P*n, T)
+        said = self.prompts_to_read(prompts, n, settings.expand, settings.seed)
+        batch = encode_text(self.generator.tokenizer, said, self.layout)
+        if settings.expand and any(batch.truncated):
+            log.warning("%d of %d expanded prompts longer than the model's %d text tokens were truncated",
+                        sum(batch.truncated), len(said), self.layout.caption_len)
+        text = batch.ids  # (P*n, T)
 
         def draw(rows: slice, sc: SampleConfig):
             codes = generate(self.model, self.layout, text[rows], sc, stats=self.passes)  # (B, h, w)
@@ -197,6 +203,8 @@ class ARPipeline:
         from tqdm.auto import tqdm
 
         settings = settings if settings is not None else self.settings()
+        if settings.expand:
+            raise EditError("expand rewrites text-to-image prompts as scenes; an edit instruction is not one")
         warnings = self.check_instructions(chains)
         codes = sources.long() if isinstance(sources, torch.Tensor) else self.encode(sources)  # (C, h, w)
         if len(codes) != len(chains):

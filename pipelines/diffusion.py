@@ -12,13 +12,14 @@ import torch
 from ar_model import SequenceLayout, encode_text
 from baseline import BaselineError, DiffusionSampleConfig, sample, to_uint8
 from pipelines.device import resolve_device
+from pipelines.expansion import PromptExpansion
 from pipelines.interface import SampleResult, sample_in_batches
 from pipelines.run import Run
 
 log = logging.getLogger(__name__)
 
 
-class DiffusionPipeline:
+class DiffusionPipeline(PromptExpansion):
     """A run's diffusion baseline and its text tokenizer on one device; an `ImageSampler`."""
 
     kind = "diffusion"
@@ -43,8 +44,9 @@ class DiffusionPipeline:
         """`progress` is part of the interface; loading the baseline shows no progress bar."""
         run = Run(run)
         model, text_tokenizer = run.load_baseline()
+        parts = ("baseline",) + (("expander",) if run.has("expander") else ())
         return cls(model, text_tokenizer, resolve_device(device), run.recorded_sampling("baseline"),
-                   {"run": str(run.root), "dirs": {"baseline": run.require("baseline")}})
+                   {"run": str(run.root), "dirs": {p: run.require(p) for p in parts}})
 
     def provenance(self) -> dict:
         """What made this pipeline's images, for their C2PA manifests: kind, run, and the sha256 of every
@@ -88,12 +90,14 @@ class DiffusionPipeline:
         settings = settings if settings is not None else self.settings()
         if isinstance(prompts, str):
             raise TypeError("prompts must be a list of strings, got one string")
-        batch = encode_text(self.text_tokenizer, list(prompts), self.text_layout)
-        warnings = [f"prompt longer than the model's {self.text_layout.caption_len} text tokens, truncated: {p[:60]!r}"
-                    for p, cut in zip(prompts, batch.truncated) if cut]
+        said = self.prompts_to_read(prompts, n, settings.expand, settings.seed)  # (P * n)
+        batch = encode_text(self.text_tokenizer, said, self.text_layout)
+        warnings = [f"{'expanded ' if settings.expand else ''}prompt longer than the model's "
+                    f"{self.text_layout.caption_len} text tokens, truncated: {p[:60]!r}"
+                    for p, cut in zip(said[::n] if n else [], batch.truncated[::n] if n else []) if cut]
         for w in warnings:
             log.warning(w)
-        text = batch.ids.repeat_interleave(n, dim=0)  # (P * n, T)
+        text = batch.ids  # (P * n, T)
 
         def draw(rows: slice, sc: DiffusionSampleConfig):
             return to_uint8(sample(self.model, text[rows], sc)).numpy()

@@ -34,6 +34,7 @@ _MADE_BY = {
     "codes": "tessera tokenize or tessera train",
     "generator": "tessera train",
     "baseline": "tessera train-baseline",
+    "expander": "tessera train-expander",
 }
 
 

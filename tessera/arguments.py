@@ -189,6 +189,9 @@ def _sampling_args(sp: argparse.ArgumentParser, seed_help: str, diffusion: bool 
     sp.add_argument("--jacobi-window", type=POSITIVE, help="codes drafted per pass by the jacobi decoder (default 16)")
     sp.add_argument("--jacobi-init", choices=["random", "above"], help="the jacobi decoder's new drafts: random codes "
                     "or the code one row up (default random)")
+    sp.add_argument("--expand", action=argparse.BooleanOptionalAction, default=None, help="rewrite each prompt with "
+                    "the run's prompt expander (`tessera train-expander`) as a complete description before the "
+                    "generator reads it (default: the run's recorded, off)")
     if diffusion:
         sp.add_argument("--sampler", choices=["ddim", "dpm++"], help="the baseline's sampler (default: recorded, ddim)")
         sp.add_argument("--steps", type=POSITIVE, dest="diffusion_steps",
@@ -246,6 +249,13 @@ def _training_commands(sub, cli: ModuleType) -> None:
                  "--model baseline`.", stage="baseline")
     b.add_argument("--run", required=True, type=OUT_DIR, help="run directory (shares text_tokenizer/ with the generator)")
     _stage_args(b)
+    x = _command(sub, "train-expander", cli.cmd_train_stage, "train the prompt expander on the generator's scenes",
+                 "Train (or resume) the prompt expander: a small Llama that rewrites a prompt (\"three red circles\", "
+                 "\"a red circle above a blue square\") as a complete description of a scene that satisfies it, which "
+                 "the generator then renders (`--expand` on sample / eval). Trained on the generator's training scenes "
+                 "(the shapes world only), each described afresh; writes RUN/expander/.", stage="expander")
+    x.add_argument("--run", required=True, type=OUT_DIR, help="run directory (shares text_tokenizer/ with the generator)")
+    _stage_args(x)
 
 
 def _sampling_commands(sub, cli: ModuleType) -> None:

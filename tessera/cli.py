@@ -22,7 +22,8 @@ LOOP_FLAGS = {"steps": "steps", "device": "device", "log": "log", "parallel": "p
 SAMPLING_FLAGS = {"cfg": "cfg_scale", "image_cfg": "image_cfg_scale", "temperature": "temperature", "top_k": "top_k",
                   "top_p": "top_p", "min_p": "min_p", "decoder": "decoder", "jacobi_window": "jacobi_window",
                   "jacobi_init": "jacobi_init", "zipar_window": "zipar_window", "kv_cache": "cache",
-                  "compile_sampler": "compile", "sampler": "sampler", "diffusion_steps": "steps"}
+                  "compile_sampler": "compile", "sampler": "sampler", "diffusion_steps": "steps",
+                  "expand": "expand"}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -40,9 +41,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _chosen(args: argparse.Namespace, flags: dict[str, str], prefix: str = "") -> dict[str, object]:
-    """{prefix + setting: value} for each flag of `flags` the user gave (None / False = not given)."""
+    """{prefix + setting: value} for each flag of `flags` the user gave (None / False = not given, but for the
+    --expand / --no-expand pair, whose False is --no-expand)."""
     given = {flag: getattr(args, flag, None) for flag in flags}
-    return {prefix + key: given[flag] for flag, key in flags.items() if given[flag] is not None and given[flag] is not False}
+    return {prefix + key: given[flag] for flag, key in flags.items()
+            if given[flag] is not None and (given[flag] is not False or flag == "expand")}
 
 
 def _sampling(args: argparse.Namespace) -> dict[str, object]:

@@ -1,6 +1,7 @@
 """The shared training loop: resume equals an uninterrupted run, checkpoints are atomic."""
 
 import json
+import time
 
 import pytest
 import torch
@@ -159,6 +160,27 @@ def test_steps_for_seconds_leaves_the_run_unchanged(tmp_path):
         assert torch.equal(v, _weights(probed.model)[k]), k
     with pytest.raises(TrainConfigError, match="budget must be positive"):
         steps_for_seconds(probed, _cfg(), seconds=0)
+
+
+class UnevenTask(ToyTask):
+    """Steps whose time follows their batch's cost: the probe's first batches are cheap, later ones dear."""
+
+    def cost(self, step):
+        return 1.0 if step < 20 else 9.0
+
+    def loss(self, batch, step):
+        time.sleep(0.002 * UnevenTask.cost(self, step))
+        return super().loss(batch, step)
+
+
+def test_a_task_with_uneven_batches_is_budgeted_by_its_mean_cost():
+    """The probe's batches (steps 0-12, cost 1) are cheaper than the run's (mean cost over 1,000 batches 8.84):
+    seconds per unit of cost times the mean cost, where the probes' mean time alone gives ~8.84x the steps."""
+    steps = steps_for_seconds(UnevenTask(), _cfg(), seconds=2.0)
+    blind = UnevenTask()
+    blind.cost = None  # the same steps, their costs unknown: the probes' mean
+    naive = steps_for_seconds(blind, _cfg(), seconds=2.0)
+    assert 8.84 / 1.5 < naive / steps < 8.84 * 1.5, (naive, steps)
 
 
 def test_epoch_order_buckets_by_length():

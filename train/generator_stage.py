@@ -302,9 +302,11 @@ class GeneratorTask:
             self.validate = None  # train.loop: no rows held out
         # with masked padding a batch costs its longest caption: batches of similar lengths (EpochOrder's buckets)
         lengths = text_lengths(text_ids, self.layout) if self.layout.mask_padding else None
+        self.lengths = lengths
         self.order = EpochOrder(len(self.codes), cfg.loop.seed, cfg.loop.grad_accum, lengths=lengths,
                                 block=cfg.loop.batch_size, rows=train_rows if len(self.val_rows) else None)
         self.seed = cfg.loop.seed
+        self.batch_size, self.accum = cfg.loop.batch_size, cfg.loop.grad_accum
 
     def _sequences(self, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """Rows `idx` as training sequences, conditions dropped with `g`."""
@@ -319,6 +321,14 @@ class GeneratorTask:
         idx = self.order.indices(step, micro, batch_size)  # (B,)
         # the dropped captions are a function of (seed, step, micro) too, like the example order
         return self._sequences(idx, torch.Generator().manual_seed((self.seed * 1_000_003 + step) * 64 + micro))
+
+    def cost(self, step: int) -> float:
+        """The tokens step's batch trains on (with masked padding, each micro-batch's text is cut to its longest
+        caption)."""
+        image = self.layout.seq_len - self.layout.text_len
+        micro = (self.order.indices(step, m, self.batch_size) for m in range(self.accum))
+        return float(sum(len(i) * (image + (int(self.lengths[i].max()) if self.lengths is not None
+                                            else self.layout.text_len)) for i in micro))
 
     def loss(self, batch: torch.Tensor, step: int) -> LossOutput:
         loss = image_loss(self.model, batch, self.layout)

@@ -139,6 +139,7 @@ class Task(Protocol):
 
     model: torch.nn.Module  # everything trainable (e.g. tokenizer + discriminator)
     # optional `unused_parameters = True`: some parameters get no gradient in some steps (DDP must know)
+    # optional `cost(step) -> float`: the relative cost of step's batch (its padded tokens; steps_for_seconds)
     # optional `train_rows: int`: examples per epoch (the log's epoch count); optional `validate() ->
     # {"val_loss": ..., ...}`: metrics on held-out rows through `self.model` (the loop calls it without
     # gradients, in eval mode, every LoopConfig.val_every steps; None: the task holds no rows out)
@@ -295,6 +296,9 @@ def capped_steps(cfg: LoopConfig, rows: int, max_epochs: float) -> int:
     return max(1, min(cfg.steps, math.ceil(max_epochs * rows / (cfg.batch_size * cfg.grad_accum))))
 
 
+COST_HORIZON = 1000  # batches whose mean cost stands for a run's (steps_for_seconds, tasks with a `cost`)
+
+
 def steps_for_seconds(task: Task, cfg: LoopConfig, seconds: float, probe: int = 10) -> int:
     """How many optimizer steps of `task` fit in `seconds` on this machine: `probe` whole steps
     (`optimizer_step` with every micro-batch, then the EMA update) timed after warm-up ones, with a
@@ -302,7 +306,9 @@ def steps_for_seconds(task: Task, cfg: LoopConfig, seconds: float, probe: int = 
     is the one it would have been. Used to give two models one wall-clock budget (`tessera train
     --minutes`, `tessera bench`); checkpoint and logging time is not in it. With `cfg.compile` the probe
     runs compiled (three warm-up steps: the compile, then the recompile for varying shapes) and the
-    compile's time comes off the budget, as the run compiles again."""
+    compile's time comes off the budget, as the run compiles again. A task whose batches differ in cost
+    gives `cost(step) -> float` (e.g. the padded tokens of step's batch): the probe then measures seconds
+    per unit of cost, and the step time is that times the mean cost of the first COST_HORIZON batches."""
     if seconds <= 0:
         raise TrainConfigError(f"a training budget must be positive, got {seconds} s")
     device = resolve_device(cfg.device)
@@ -325,10 +331,18 @@ def steps_for_seconds(task: Task, cfg: LoopConfig, seconds: float, probe: int = 
             times.append(time.perf_counter() - t)
     model.load_state_dict(saved)
     model.zero_grad(set_to_none=True)
-    # the mean without the slowest probe (a recompile, a hiccup): not the median, which sits below the mean
-    # when batches differ in cost (trimmed text; runs/long6's 30-minute budget overran, docs/RESULTS.md)
-    kept = sorted(times[warm:])[:-1] if probe > 2 else times[warm:]
-    per_step = sum(kept) / len(kept)
+    cost = getattr(task, "cost", None)
+    if cost is not None:
+        # batches of different lengths (trimmed text, length buckets) cost different times, and a dozen of them
+        # say little about the mean: seconds per unit of cost from the probe, times the mean cost of the run's
+        # first COST_HORIZON batches (a pure function of the step). A mean of the probes' times alone set
+        # 1.6-1.7x too many steps (runs/long6, runs/long7: docs/RESULTS.md).
+        rate = sum(times[warm:]) / sum(cost(i) for i in range(warm, warm + probe))
+        per_step = rate * sum(cost(i) for i in range(COST_HORIZON)) / COST_HORIZON
+    else:
+        # the mean without the slowest probe (a recompile, a hiccup): not the median
+        kept = sorted(times[warm:])[:-1] if probe > 2 else times[warm:]
+        per_step = sum(kept) / len(kept)
     logger.debug("probe steps (s): warm-up %s, timed %s", " ".join(f"{t:.3f}" for t in times[:warm]),
                  " ".join(f"{t:.3f}" for t in times[warm:]))
     compiling = max(0.0, sum(times[:warm]) - warm * per_step) if cfg.compile else 0.0

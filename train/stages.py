@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from train import diffusion_stage, generator_stage, tokenizer_stage
+from train import diffusion_stage, expander_stage, generator_stage, tokenizer_stage
 from train.config import StageConfig
 
 # stage name (as the run directory and `--set STAGE.` call it) -> (its module's preset_config, config class, trainer)
@@ -14,6 +14,7 @@ STAGES = {
     "tokenizer": (tokenizer_stage.preset_config, tokenizer_stage.TokenizerStageConfig, tokenizer_stage.train_tokenizer),
     "generator": (generator_stage.preset_config, generator_stage.GeneratorStageConfig, generator_stage.train_generator),
     "baseline": (diffusion_stage.preset_config, diffusion_stage.BaselineStageConfig, diffusion_stage.train_baseline),
+    "expander": (expander_stage.preset_config, expander_stage.ExpanderStageConfig, expander_stage.train_expander),
 }
 
 

@@ -346,8 +346,15 @@ def _partial(o: Obj, rng: np.random.Generator, level: tuple | None) -> Mention:
 def sample_description(scene: Scene, rng: np.random.Generator, kinds: dict[str, float] | None = None) -> Description:
     """A random true description of `scene`, of a kind drawn from `kinds` (default DESCRIPTION_KINDS; a scene
     that none of the kinds with a weight fits, a single object for "relation" say, is described completely)."""
+    return described(scene, rng, kinds)[0]
+
+
+def described(scene: Scene, rng: np.random.Generator,
+              kinds: dict[str, float] | None = None) -> tuple[Description, tuple[Obj, ...]]:
+    """sample_description's description (the same draws) and, for a scene without strings, the object each of its
+    mentions names, in mention order (what `plan` spells out); for a scene with strings, the scene's objects."""
     if scene.texts:
-        return _text_description(scene, rng)
+        return _text_description(scene, rng), tuple(scene.objects)
     objs = list(scene.objects)
     weights = {k: w for k, w in (kinds or DESCRIPTION_KINDS).items() if w > 0}
     if len(objs) != 2:  # two objects in distinct cells always stand in some relation
@@ -355,7 +362,7 @@ def sample_description(scene: Scene, rng: np.random.Generator, kinds: dict[str, 
     if len(objs) < 2:
         weights.pop("binding", None)
     if not objs or not weights:
-        return complete(scene)
+        return complete(scene), tuple(objs)
     kind = _choice(rng, list(weights), list(weights.values()))
     if rng.random() < 0.5:  # word order: the scene's (row, col) order or any
         objs = [objs[i] for i in rng.permutation(len(objs))]
@@ -367,9 +374,12 @@ def sample_description(scene: Scene, rng: np.random.Generator, kinds: dict[str, 
         mentions = [_partial(o, rng, level) for o in objs]
     elif kind == "count":
         colour, shape = _choice(rng, _ATTRS, (0.6, 0.15, 0.15, 0.1))
-        mentions = sorted((Mention.of(o, colour, shape, "none") for o in objs), key=lambda m: (m.colour or "", m.shape or ""))
+        # a stable sort of (mention, object) pairs by the mention alone: the mentions' order is sorting them alone
+        pairs = sorted(((Mention.of(o, colour, shape, "none"), o) for o in objs),
+                       key=lambda mo: (mo[0].colour or "", mo[0].shape or ""))
         if rng.random() < 0.5:  # groups in either order
-            mentions.reverse()
+            pairs.reverse()
+        mentions, objs = [m for m, _ in pairs], [o for _, o in pairs]
     elif kind == "binding":
         mentions = [Mention.of(o, position="none") for o in objs]
     else:  # relation
@@ -380,8 +390,27 @@ def sample_description(scene: Scene, rng: np.random.Generator, kinds: dict[str, 
             true = [k for k in RELATIONS if RELATIONS[k][1](a, b)]
         rel = Relation(0, _choice(rng, true), 1)
         level = _choice(rng, _ATTRS, (0.8, 0.07, 0.13, 0.0))
-        return Description((Mention.of(a, *level, "none"), Mention.of(b, *level, "none")), (rel,), scene.grid)
-    return Description(tuple(mentions), (), scene.grid)
+        return Description((Mention.of(a, *level, "none"), Mention.of(b, *level, "none")), (rel,), scene.grid), (a, b)
+    return Description(tuple(mentions), (), scene.grid), tuple(objs)
+
+
+def plan(desc: Description, objects: Sequence[Obj]) -> str:
+    """The complete caption of `objects`, the objects `desc`'s mentions name (`described`), in mention order:
+    every object's colour, shape and cell, and its size where its mention names one (the generator picks the
+    others, as it does for any caption without sizes). Objects under equal mentions ("three red circles") go in
+    (row, col) order among themselves. What a prompt expander (ar_model.expander) learns to write for `desc`: a
+    scene the generator renders as it renders any complete caption."""
+    objects = list(objects)
+    sizes = [True] * len(objects)
+    if len(desc.mentions) == len(objects):
+        sizes = [m.size is not None for m in desc.mentions]
+        slots: dict[Mention, list[int]] = {}
+        for i, m in enumerate(desc.mentions):
+            slots.setdefault(m, []).append(i)
+        for idx in slots.values():
+            for i, o in zip(idx, sorted((objects[i] for i in idx), key=lambda o: (o.row, o.col))):
+                objects[i] = o
+    return realise(Description(tuple(Mention.of(o, size=z) for o, z in zip(objects, sizes)), (), desc.grid))
 
 
 _TEXT_POSITIONS = ("cell", "row", "none")
@@ -481,6 +510,6 @@ def caption(scene: Scene, rng: np.random.Generator, which: str = "all",
 
 __all__ = [
     "CAPTION_SETS", "DESCRIPTION_KINDS", "Description", "FRAMES", "Form", "HELDOUT_FORMS", "Mention", "RELATIONS",
-    "Relation", "TextMention", "caption", "cell_phrase", "check_kinds", "complete", "complete_captions", "describe", "heldout_form", "join_phrases",
-    "place_phrases", "random_caption", "realise", "sample_description", "sample_form", "with_article",
+    "Relation", "TextMention", "caption", "cell_phrase", "check_kinds", "complete", "complete_captions", "describe",
+    "described", "heldout_form", "join_phrases", "place_phrases", "plan", "random_caption", "realise", "sample_description", "sample_form", "with_article",
 ]
