@@ -37,19 +37,23 @@ log = logging.getLogger(__name__)
 
 # the expander's own mix of descriptions: what it has to work out (counts, relations, binding, partial prompts);
 # complete ones only teach it to answer [SAME]
-PAIR_KINDS = {"complete": 0.1, "partial": 0.3, "count": 0.3, "relation": 0.15, "binding": 0.15}
+PAIR_KINDS = {"complete": 0.1, "partial": 0.25, "count": 0.25, "relation": 0.25, "binding": 0.15}
+# scenes of 1..10 objects: relations are drawn of two-object scenes only, so these get the largest share
+PAIR_COUNTS = [0.1, 0.3, 0.1] + [0.5 / 7] * 7
 
 
 @dataclass
 class PairsConfig:
     """The expander's training pairs. Its scenes are training scenes of the data section's world (never a held-out
-    composition), `max_objects` at most, `uniform_scenes` of them of one kind (counts of ten need such scenes);
+    composition), `max_objects` at most (`count_weights`: the weight of each count from 1), `uniform_scenes` of
+    them of one kind (counts of ten need such scenes);
     `kinds` weighs the descriptions; `complete_share` more pairs, as many as that share of `scenes`, describe
     scenes of the data section's own counts (up to 16 objects) completely, to be answered [SAME]."""
 
     scenes: int = 60000
     per_scene: int = 2  # descriptions drawn for each scene (each with its plan)
     max_objects: int = 10
+    count_weights: list[float] | None = field(default_factory=lambda: list(PAIR_COUNTS))  # None: uniform
     uniform_scenes: float = 0.4
     kinds: dict = field(default_factory=lambda: dict(PAIR_KINDS))
     complete_share: float = 0.15
@@ -64,6 +68,10 @@ class PairsConfig:
         for name in ("uniform_scenes", "complete_share"):
             if not 0 <= getattr(self, name) <= 1:
                 raise TrainConfigError(f"pairs.{name} must be in [0, 1], got {getattr(self, name)!r}")
+        if self.count_weights is not None and (len(self.count_weights) != self.max_objects
+                                               or min(self.count_weights) < 0 or not sum(self.count_weights) > 0):
+            raise TrainConfigError(f"pairs.count_weights needs one weight >= 0 per count 1..{self.max_objects}, "
+                                   f"not all 0; got {self.count_weights!r}")
         if not 0 <= self.temperature <= 10:
             raise TrainConfigError(f"pairs.temperature must be in [0, 10], got {self.temperature!r}")
         try:
@@ -113,8 +121,9 @@ def expander_pairs(cfg: ExpanderStageConfig) -> tuple[list[str], list[str | None
     """(captions, plans) of the stage's training scenes (PairsConfig), deterministic in pairs.seed; a plan of
     None is [SAME]."""
     d, pc = cfg.data, cfg.pairs
-    scenes = shapes.sample_scenes(pc.scenes, pc.seed, "train", min(pc.max_objects, d.max_objects), d.min_objects,
-                                  None, d.grid, pc.uniform_scenes)
+    top = min(pc.max_objects, d.max_objects)
+    weights = pc.count_weights[d.min_objects - 1 : top] if pc.count_weights is not None else None
+    scenes = shapes.sample_scenes(pc.scenes, pc.seed, "train", top, d.min_objects, weights, d.grid, pc.uniform_scenes)
     complete = shapes.sample_scenes(round(pc.scenes * pc.complete_share), pc.seed + 1, "train", d.max_objects,
                                     d.min_objects, d.count_weights, d.grid, d.uniform_scenes)
     kinds = grammar.check_kinds(pc.kinds)

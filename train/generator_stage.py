@@ -410,6 +410,22 @@ def data_source(data: GeneratorDataConfig) -> dict:
             **({"caption_kinds": data.caption_kinds} if data.caption_kinds is not None else {})}
 
 
+GRAMMAR_CORPUS = 20000  # scenes described by every kind of description for the text tokenizer (grammar_corpus)
+
+
+def grammar_corpus(data: GeneratorDataConfig) -> list[str]:
+    """Captions of every kind of description (grammar.DESCRIPTION_KINDS' mix) of GRAMMAR_CORPUS training scenes,
+    for a text tokenizer whose stage trains on a narrower mix (`data.caption_kinds`, e.g. complete descriptions
+    only, for a generator that reads a prompt expander's plans): the BPE still learns the words of every prompt
+    ("three", "above", "shape"), which the expander reads. [] for any other data (the tokenizer is unchanged)."""
+    if data.source != own.SHAPES or data.task != "text-to-image" or data.captions != "all" or data.caption_kinds is None:
+        return []
+    scenes = shapes.sample_scenes(min(data.train_images, GRAMMAR_CORPUS), data.seed, "train", data.max_objects,
+                                  data.min_objects, data.count_weights, data.grid, data.uniform_scenes, text=data.text)
+    rng = np.random.default_rng([data.seed, 3])
+    return [grammar.caption(s, rng, "all") for s in scenes]
+
+
 def prepare_text_tokenizer(cfg: GeneratorStageConfig, run: Run | str | Path, captions: Any) -> Any:
     """The run's text tokenizer: made once (trained, or copied from data.text_tokenizer), then reloaded."""
     path = Run(run).text_tokenizer
@@ -417,8 +433,8 @@ def prepare_text_tokenizer(cfg: GeneratorStageConfig, run: Run | str | Path, cap
         if cfg.data.text_tokenizer:
             tok = load_text_tokenizer(cfg.data.text_tokenizer)
         else:  # empty captions are skipped when pre-tokenizing; they must not shape the vocabulary either
-            tok = train_text_tokenizer([t for t in captions if isinstance(t, str) and t.strip()],
-                                       vocab_size=cfg.data.text_vocab,
+            tok = train_text_tokenizer([t for t in captions if isinstance(t, str) and t.strip()]
+                                       + grammar_corpus(cfg.data), vocab_size=cfg.data.text_vocab,
                                        phrases=grammar.place_phrases(cfg.data.grid) if cfg.data.place_tokens else ())
         tmp = path.with_name(path.name + ".tmp")
         tok.save_pretrained(str(tmp))

@@ -339,13 +339,15 @@ def steps_for_seconds(task: Task, cfg: LoopConfig, seconds: float, probe: int = 
         # 1.6-1.7x too many steps (runs/long6, runs/long7: docs/RESULTS.md).
         rate = sum(times[warm:]) / sum(cost(i) for i in range(warm, warm + probe))
         per_step = rate * sum(cost(i) for i in range(COST_HORIZON)) / COST_HORIZON
+        warm_steps = rate * sum(cost(i) for i in range(warm))  # what the warm-up steps cost uncompiled
     else:
         # the mean without the slowest probe (a recompile, a hiccup): not the median
         kept = sorted(times[warm:])[:-1] if probe > 2 else times[warm:]
         per_step = sum(kept) / len(kept)
+        warm_steps = warm * per_step
     logger.debug("probe steps (s): warm-up %s, timed %s", " ".join(f"{t:.3f}" for t in times[:warm]),
                  " ".join(f"{t:.3f}" for t in times[warm:]))
-    compiling = max(0.0, sum(times[:warm]) - warm * per_step) if cfg.compile else 0.0
+    compiling = max(0.0, sum(times[:warm]) - warm_steps) if cfg.compile else 0.0
     steps = max(1, round((seconds - compiling) / per_step))
     logger.info("%.3f s per step%s: %d steps fill %.0f s", per_step,
                 f" after {compiling:.0f} s of compiling" if cfg.compile else "", steps, seconds)
