@@ -141,7 +141,7 @@ def test_baseline_trains_and_is_evaluated_by_the_same_harness(run, tmp_path, cap
     from pipelines import ImageSampler, open_sampler
 
     assert json.loads((run / "baseline" / "tessera_sampling.json").read_text()) == {
-        "sampler": "ddim", "steps": 25, "cfg_scale": 1.5}
+        "sampler": "ddim", "steps": 25, "cfg_scale": 1.5, "expand": False}
     pipe = open_sampler(run, "baseline", device="cpu")
     assert isinstance(pipe, ImageSampler) and pipe.tokenizer is None
     assert pipe.settings(steps=3).steps == 3 and pipe.describe(pipe.settings()) == "ddim 25 steps"

@@ -126,3 +126,21 @@ def test_cli_trains_an_expander_and_samples_through_it(tmp_path, capsys, caplog)
     assert "expanded 'two red circles' -> " in caplog.text
     # a resumed expander keeps its config; another one is refused
     assert main(["train-expander", "--run", str(run), "--no-progress", *set_args({**EXP, "model.hidden_size": 64})]) == 2
+    # the diffusion baseline reads the same expansions (pipelines.expansion serves both pipelines)
+    from pipelines import open_sampler
+
+    assert main(["train-baseline", "--run", str(run), "--no-progress", *set_args({
+        "model.block_out_channels": [8, 16], "model.norm_num_groups": 4, "model.attention_head_dim": 4,
+        "model.text_dim": 16, "model.text_layers": 1, "model.text_heads": 2, "loop.steps": 2, "loop.batch_size": 4,
+        "loop.log_every": 1, "loop.warmup_steps": 1, "loop.ema_decay": 0.0, "loop.device": "cpu",
+        "data.train_images": 32})]) == 0
+    base = open_sampler(run, "baseline", device="cpu")
+    ar = open_sampler(run, "generator", device="cpu")
+    assert base.expand(["two red circles"], 2) == ar.expand(["two red circles"], 2)  # one expander, one answer
+    caplog.clear()
+    with caplog.at_level("DEBUG", logger="pipelines.expansion"):
+        got = base.sample(["two red circles"], n=1, settings=base.settings(steps=2, expand=True))
+    assert got.images.shape[0] == 1 and got.sample_config["expand"] is True and "expanded 'two red circles'" in caplog.text
+    with pytest.raises(Exception, match="edit instruction"):
+        ar.edit(np.zeros((1, ar.resolution, ar.resolution, 3), np.uint8), [["make it blue"]],
+                ar.settings(expand=True))
