@@ -4,7 +4,9 @@
 
 What it does, in order (each step skipped when its output is already in the run):
 
-1. trains the autoregressive side, the VQ tokenizer and the generator (the stages' presets);
+1. trains the autoregressive side, the VQ tokenizer and the generator (the stages' presets), and the
+   prompt expander where the generator's recorded sampling expands prompts (the cpu-long presets);
+   both sides then read the same expansions, and the expander's time is counted apart from either;
 2. trains the diffusion baseline (baseline) on the same scenes, captions and text ids for
    the same training wall-clock on the same machine: the baseline's step count is set so that
    its steps take as long as the tokenizer's and the generator's training loops together took
@@ -41,6 +43,7 @@ from pipelines import STAGES, Run, open_sampler, resolve_device, write_atomic
 log = logging.getLogger(__name__)
 
 BENCH_VERSION = 1
+BENCH_STAGES = (*STAGES, "expander")  # what --set STAGE.SECTION.KEY may name
 
 # the faster decoders at the run's recorded guidance (issue 19): speculative Jacobi (the same distribution) on the
 # static KV cache with torch.compile, its recommended batch-1 setting, and parallel rows (ZipAR, a window of 2 codes:
@@ -153,7 +156,7 @@ class BenchConfig:
     @classmethod
     def from_assignments(cls, name: str, assignments: dict[str, Any], **overrides: Any) -> BenchConfig:
         """The preset with `--set` assignments applied: bench.FIELD=value, or STAGE.SECTION.KEY=value."""
-        stages, bench = split_assignments(assignments, STAGES)
+        stages, bench = split_assignments(assignments, BENCH_STAGES)
         return cls.preset(name, stages=stages, **overrides, **bench)
 
     def __post_init__(self):
@@ -161,9 +164,9 @@ class BenchConfig:
                      "sweep_speed_images"):
             if int(getattr(self, name)) < 1:
                 raise BenchError(f"bench {name} must be >= 1, got {getattr(self, name)!r}")
-        unknown = set(self.stages) - set(STAGES)
+        unknown = set(self.stages) - set(BENCH_STAGES)
         if unknown:
-            raise BenchError(f"unknown stage {sorted(unknown)[0]!r} (known: {', '.join(STAGES)})")
+            raise BenchError(f"unknown stage {sorted(unknown)[0]!r} (known: {', '.join(BENCH_STAGES)})")
         if min(self.fid_images, self.sweep_fid_images) < 5:
             raise BenchError("bench fid_images and sweep_fid_images must be >= 5")
         for p in [self.ar_main, *self.ar_points]:
@@ -171,10 +174,10 @@ class BenchConfig:
             if unknown:
                 raise BenchError(f"unknown AR sweep field {sorted(unknown)[0]!r} (known: {', '.join(sorted(AR_FIELDS))})")
         for p in [self.diffusion_main, *self.diffusion_points]:
-            unknown = set(p) - {"sampler", "steps", "cfg_scale"}
+            unknown = set(p) - {"sampler", "steps", "cfg_scale", "expand"}
             if unknown:
                 raise BenchError(f"unknown diffusion sweep field {sorted(unknown)[0]!r} (known: cfg_scale, "
-                                 "sampler, steps)")
+                                 "expand, sampler, steps)")
 
 
 # ---------------------------------------------------------------- training
@@ -203,8 +206,9 @@ def training_seconds(run: Run, stage: str) -> float:
 
 
 def ensure_trained(run: Run, cfg: BenchConfig) -> dict:
-    """Train whatever the run lacks; returns the training seconds and step counts of both sides."""
-    from train import diffusion_stage, generator_stage, tokenizer_stage
+    """Train whatever the run lacks; returns the training seconds and step counts of both sides (and of the
+    prompt expander both read, where the generator's recorded sampling expands)."""
+    from train import diffusion_stage, expander_stage, generator_stage, tokenizer_stage
 
     common = {} if cfg.progress else {"loop.progress": False}
     if cfg.device:
@@ -219,15 +223,27 @@ def ensure_trained(run: Run, cfg: BenchConfig) -> dict:
     if not run.has("generator"):
         log.info("bench: pre-tokenizing and training the generator (%s preset)", cfg.stage_preset)
         generator_stage.train_generator(stage_cfg(generator_stage, "generator"), run.root)
+    if expands(run) and not run.has("expander"):
+        log.info("bench: training the prompt expander both sides read (%s preset)", cfg.stage_preset)
+        expander_stage.train_expander(stage_cfg(expander_stage, "expander"), run.root)
     tok_seconds, gen_seconds = training_seconds(run, "tokenizer"), training_seconds(run, "generator")
     ar_seconds = tok_seconds + gen_seconds
     if not run.has("baseline"):
         bcfg = stage_cfg(diffusion_stage, "baseline")
         log.info("bench: training the diffusion baseline for the AR side's %.0f s", ar_seconds)
         diffusion_stage.train_baseline(bcfg, run.root, seconds=ar_seconds)
-    return {"ar_seconds": ar_seconds, "tokenizer_seconds": tok_seconds, "generator_seconds": gen_seconds,
-            "baseline_seconds": training_seconds(run, "baseline"),
-            "steps": {s: run.recorded_config(s)["loop"]["steps"] for s in STAGES}}
+    out = {"ar_seconds": ar_seconds, "tokenizer_seconds": tok_seconds, "generator_seconds": gen_seconds,
+           "baseline_seconds": training_seconds(run, "baseline"),
+           "steps": {s: run.recorded_config(s)["loop"]["steps"] for s in STAGES}}
+    if expands(run):
+        out["expander_seconds"] = training_seconds(run, "expander")
+        out["steps"]["expander"] = run.recorded_config("expander")["loop"]["steps"]
+    return out
+
+
+def expands(run: Run) -> bool:
+    """Whether the run's generator recommends reading prompts through a prompt expander (`sample.expand`)."""
+    return bool(((run.recorded_config("generator") or {}).get("sample") or {}).get("expand"))
 
 
 # ---------------------------------------------------------------- measuring
@@ -348,6 +364,9 @@ def run_bench(run_dir: str | Path, cfg: BenchConfig, out_dir: str | Path | None 
     out = Path(out_dir) if out_dir else run.bench_dir
     training = ensure_trained(run, cfg)
     t_train = time.perf_counter() - t0
+    if expands(run):  # the baseline reads the expansions the generator reads (one expander, one answer)
+        cfg = replace(cfg, diffusion_main={"expand": True, **cfg.diffusion_main},
+                      diffusion_points=[{"expand": True, **p} for p in cfg.diffusion_points])
     main = [_measure(run, "generator", cfg.ar_main, cfg, out, sweep=False),
             _measure(run, "baseline", cfg.diffusion_main, cfg, out, sweep=False)]
     sweep = [_measure(run, "generator", p, cfg, out, sweep=True) for p in cfg.ar_points]
@@ -393,7 +412,9 @@ def render_markdown(report: dict, plots: list[str]) -> str:
         f"- budget: the same training wall-clock on this machine. AR side: tokenizer {tr['tokenizer_seconds']:.0f} s "
         f"({tr['steps']['tokenizer']} steps) + generator {tr['generator_seconds']:.0f} s ({tr['steps']['generator']} "
         f"steps) = {tr['ar_seconds']:.0f} s; diffusion: {tr['baseline_seconds']:.0f} s ({tr['steps']['baseline']} "
-        "steps). Same scenes, captions and text ids; data preparation not counted on either side.",
+        "steps). Same scenes, captions and text ids; data preparation not counted on either side."
+        + (f" Both read the same prompt expander's expansions (trained {tr['expander_seconds']:.0f} s, "
+           f"{tr['steps']['expander']} steps, counted on neither side)." if "expander_seconds" in tr else ""),
         f"- main settings: AR {ar['label']} (temperature {ar['settings']['temperature']:g}); diffusion "
         f"{df['label']} steps, guidance {df['settings']['cfg_scale']:g}. {c['n']} samples per prompt, "
         f"seed {c['seed']}; FID on {c['fid_images']} images (the harness's classifier features).",

@@ -329,6 +329,30 @@ def score_scene(scene: shapes.Scene, spec: PromptSpec) -> Verdict:
     return _verdict(spec, found, _best_match(spec, found), unmatched, scene.texts, text_match)
 
 
+def score_plans(plans: Sequence[str], specs: Sequence[PromptSpec]) -> list[Verdict]:
+    """One Verdict per (plan, spec): the plan, a complete description (a prompt expander's output), read back as
+    a scene (grammar.read_plan) and judged as score_scene judges a parsed image: what the generator gets right
+    if it draws exactly the plan. Not a complete description, two objects in one cell, or a size the prompt
+    names left out (the generator would pick one) fail."""
+    out = []
+    for text, spec in zip(plans, specs):
+        grid = spec.grid
+        mentions = grammar.read_plan(text, grid)
+        if mentions is None:
+            out.append(Verdict(False, f"not a complete description: {text!r}", ("count",), ("count",)))
+            continue
+        unsized = [w for w in spec.objects if w.size is not None] and any(m.size is None for m in mentions)
+        objs = tuple(shapes.Obj(m.shape, m.colour, m.size or shapes.SIZES[0], *m.cell) for m in mentions)
+        if len({o.row * grid + o.col for o in objs}) < len(objs):  # two objects in one cell: parse sees a blob
+            out.append(Verdict(False, f"two objects in one cell: {text!r}", ("count",), ("count",)))
+            continue
+        v = score_scene(shapes.Scene(objs, grid), spec)
+        if unsized and v.ok:
+            v = Verdict(False, f"the plan leaves out the size asked for: {text!r}", ("size",), v.checked)
+        out.append(v)
+    return out
+
+
 def _chars_right(want: str, got: str) -> int:
     return sum(a == b for a, b in zip(want, got))
 

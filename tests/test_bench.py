@@ -112,3 +112,21 @@ def test_training_seconds_reads_the_log_or_sums_old_ones(tmp_path):
     assert bench.training_seconds(tmp_path, "tokenizer") == pytest.approx(160 / 20 + 160 / 40 + 80 / 80)
     with pytest.raises(bench.BenchError, match="baseline.jsonl is missing"):
         bench.training_seconds(tmp_path, "baseline")
+
+
+def test_bench_trains_the_expander_an_expanding_generator_recommends_and_both_sides_read_it(tmp_path, quick_classifier):
+    from test_expander import EXP
+
+    run, out = tmp_path / "run", tmp_path / "report"
+    base = {k: v for k, v in BASE.items() if k != "loop.steps"}
+    small = {**SMALL, "ar_points": [], "diffusion_points": [{"steps": 1}], "suites": ["binding"]}
+    args = (["bench", "--run", str(run), "--out", str(out), "--no-progress", "--device", "cpu"]
+            + set_args({**GEN, "sample.expand": True}, "generator.") + set_args(TOK, "tokenizer.")
+            + set_args(base, "baseline.") + set_args(EXP, "expander.") + set_args(small, "bench."))
+    assert main(args) == 0
+    report = json.loads((out / "bench.json").read_text())
+    tr = report["training"]
+    assert (run / "expander" / "tessera_expander.json").is_file() and tr["steps"]["expander"] == 3
+    assert tr["expander_seconds"] > 0 and tr["ar_seconds"] == pytest.approx(tr["tokenizer_seconds"] + tr["generator_seconds"])
+    assert [m["settings"]["expand"] for m in report["main"] + report["sweep"]] == [True, True, True]
+    assert "prompt expander's expansions" in (out / "report.md").read_text()

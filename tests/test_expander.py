@@ -45,6 +45,40 @@ def test_plan_is_the_complete_description_in_mention_order_equal_mentions_by_cel
     assert grammar.plan(grammar.complete(scene), scene.objects) == grammar.realise(grammar.complete(scene))
 
 
+def test_read_plan_inverts_complete_descriptions_in_every_phrasing_and_refuses_the_rest():
+    rng = np.random.default_rng(1)
+    for scene in shapes.sample_scenes(400, seed=4, grid=4, max_objects=16):
+        desc, objs = grammar.described(scene, rng, KINDS)
+        got = grammar.read_plan(grammar.plan(desc, objs), 4)
+        assert got is not None and sorted((m.colour, m.shape, m.cell) for m in got) == sorted(
+            (o.colour, o.shape, (o.row, o.col)) for o in objs)
+        full = grammar.complete(scene, size=True)
+        form = grammar.sample_form(full, rng)  # frames, place first: a complete prompt kept as [SAME]
+        got = grammar.read_plan(grammar.realise(full, form), 4)
+        assert got == full.mentions, (grammar.realise(full, form), got)
+    for text in ["a red circle", "three red circles in the top left", "a red circle above a blue square",
+                 "a red circle in the top left and two squares", "a red circle in the top left,", "",
+                 "a red circle in the top left a blue square in the center"]:
+        assert grammar.read_plan(text, 4) is None, text
+
+
+def test_plan_scorer_passes_the_targets_plans_and_fails_broken_ones():
+    from eval.faithfulness import score_plans
+    from eval.suites import get_suites
+
+    specs = [s for suite in get_suites(grid=4).values() for s in suite]
+    right = [grammar.plan(grammar.complete(s.target, size=True), s.target.objects) for s in specs]
+    assert all(v.ok for v in score_plans(right, specs))
+    rel = next(s for s in specs if s.relations)
+    a, b = rel.target.objects
+    swapped = [shapes.Obj(a.shape, a.colour, a.size, b.row, b.col), shapes.Obj(b.shape, b.colour, b.size, a.row, a.col)]
+    wrong = grammar.plan(grammar.Description(tuple(grammar.Mention.of(o) for o in swapped), (), 4), swapped)
+    sized = next(s for s in specs if any(m.size for m in s.objects))
+    bad = score_plans([wrong, "two red circles", grammar.plan(grammar.complete(sized.target), sized.target.objects)],
+                      [rel, rel, sized])
+    assert [v.ok for v in bad] == [False, False, False] and "relation" in bad[0].failed and "size" in bad[2].failed
+
+
 @pytest.fixture(scope="module")
 def text_tok():
     captions = ["a red circle", "three red circles", "a red circle above a blue square",

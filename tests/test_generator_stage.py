@@ -235,7 +235,7 @@ def test_the_world_grid_is_a_checked_setting(caplog):
     assert "1.50 codes" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING"):
-        check_world(four, resolution=32, code_grid=8)  # the cpu-long presets: 2x2 codes a cell
+        check_world(four, resolution=32, code_grid=8)  # 2x2 codes a cell
     assert caplog.text == ""
     long = preset_config("cpu-long")
     assert long.data.grid == tokenizer_preset("cpu-long").data.grid == 4 and long.data.captions == "all"
@@ -243,7 +243,9 @@ def test_the_world_grid_is_a_checked_setting(caplog):
     assert mix.data.caption_kinds == {"relation": 2.0, "partial": 1.0}
     from train.generator_stage import data_source
     assert data_source(mix.data)["caption_kinds"] == mix.data.caption_kinds  # codes of another mix are not reused
-    assert "caption_kinds" not in data_source(long.data)  # codes made before the setting existed still match
+    assert long.data.caption_kinds == {"complete": 1.0} and long.sample["expand"] is True  # the expander reads the rest
+    plain = long.override({"data.caption_kinds": None})
+    assert "caption_kinds" not in data_source(plain.data)  # codes made before the setting existed still match
     for changes in ({"data.caption_kinds": {"pose": 1}}, {"data.caption_kinds": {"count": 0}},
                     {"data.caption_kinds": {"count": 1}, "data.captions": "complete"},
                     {"data.caption_kinds": {"count": 1}, "data.source": "some/folder"}):

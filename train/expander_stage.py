@@ -37,9 +37,7 @@ log = logging.getLogger(__name__)
 
 # the expander's own mix of descriptions: what it has to work out (counts, relations, binding, partial prompts);
 # complete ones only teach it to answer [SAME]
-PAIR_KINDS = {"complete": 0.1, "partial": 0.25, "count": 0.25, "relation": 0.25, "binding": 0.15}
-# scenes of 1..10 objects: relations are drawn of two-object scenes only, so these get the largest share
-PAIR_COUNTS = [0.1, 0.3, 0.1] + [0.5 / 7] * 7
+PAIR_KINDS = {"complete": 0.1, "partial": 0.3, "count": 0.3, "relation": 0.15, "binding": 0.15}
 
 
 @dataclass
@@ -48,15 +46,19 @@ class PairsConfig:
     composition), `max_objects` at most (`count_weights`: the weight of each count from 1), `uniform_scenes` of
     them of one kind (counts of ten need such scenes);
     `kinds` weighs the descriptions; `complete_share` more pairs, as many as that share of `scenes`, describe
-    scenes of the data section's own counts (up to 16 objects) completely, to be answered [SAME]."""
+    scenes of the data section's own counts (up to 16 objects) completely, to be answered [SAME];
+    `relation_share` more two-object scenes, as many as that share of `scenes`, are described by a relation
+    (relations are drawn of two-object scenes only and are what the expander learns last: where the first
+    object goes depends on a word after it)."""
 
     scenes: int = 60000
     per_scene: int = 2  # descriptions drawn for each scene (each with its plan)
     max_objects: int = 10
-    count_weights: list[float] | None = field(default_factory=lambda: list(PAIR_COUNTS))  # None: uniform
+    count_weights: list[float] | None = None  # None: uniform
     uniform_scenes: float = 0.4
     kinds: dict = field(default_factory=lambda: dict(PAIR_KINDS))
     complete_share: float = 0.15
+    relation_share: float = 0.5
     seed: int = 2
     temperature: float = 0.0  # the sampling temperature recorded with the expander (0: greedy)
 
@@ -65,7 +67,7 @@ class PairsConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise TrainConfigError(f"pairs.{name} must be an integer >= 1, got {v!r}")
-        for name in ("uniform_scenes", "complete_share"):
+        for name in ("uniform_scenes", "complete_share", "relation_share"):
             if not 0 <= getattr(self, name) <= 1:
                 raise TrainConfigError(f"pairs.{name} must be in [0, 1], got {getattr(self, name)!r}")
         if self.count_weights is not None and (len(self.count_weights) != self.max_objects
@@ -99,7 +101,7 @@ PRESETS: dict[str, dict] = {
     # the cpu-long generator preset's world (4x4, up to 16 objects); a 4-layer, 128-wide Llama (~0.9M parameters)
     "cpu-long": {
         "model": {"hidden_size": 128, "intermediate_size": 384},
-        "loop": {"steps": 3000, "batch_size": 64, "lr": 2e-3, "warmup_steps": 150, "weight_decay": 0.01,
+        "loop": {"steps": 2400, "batch_size": 64, "lr": 2e-3, "warmup_steps": 150, "weight_decay": 0.01,
                  "betas": [0.9, 0.95], "min_lr_ratio": 0.05, "ema_decay": 0.0, "ckpt_every": 500,
                  "log_every": 50},
         "data": GENERATOR_PRESETS["cpu-long"]["data"],
@@ -126,6 +128,7 @@ def expander_pairs(cfg: ExpanderStageConfig) -> tuple[list[str], list[str | None
     scenes = shapes.sample_scenes(pc.scenes, pc.seed, "train", top, d.min_objects, weights, d.grid, pc.uniform_scenes)
     complete = shapes.sample_scenes(round(pc.scenes * pc.complete_share), pc.seed + 1, "train", d.max_objects,
                                     d.min_objects, d.count_weights, d.grid, d.uniform_scenes)
+    related = shapes.sample_scenes(round(pc.scenes * pc.relation_share), pc.seed + 2, "train", 2, 2, None, d.grid)
     kinds = grammar.check_kinds(pc.kinds)
     rng = np.random.default_rng([pc.seed, 2])
     captions, plans = [], []
@@ -134,8 +137,8 @@ def expander_pairs(cfg: ExpanderStageConfig) -> tuple[list[str], list[str | None
             desc, objs = grammar.described(scene, rng, kinds)
             captions.append(grammar.realise(desc, grammar.sample_form(desc, rng)))
             plans.append(_plan(desc, objs))
-    for scene in complete:
-        desc, objs = grammar.described(scene, rng, {"complete": 1.0})
+    for scene, only in [(s, "complete") for s in complete] + [(s, "relation") for s in related]:
+        desc, objs = grammar.described(scene, rng, {only: 1.0})
         captions.append(grammar.realise(desc, grammar.sample_form(desc, rng)))
         plans.append(_plan(desc, objs))
     return captions, plans

@@ -25,13 +25,14 @@ that training never uses; each is a recombination of words training does use, an
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from train.data.glyphs import Text
-from train.data.shapes import COL_NAMES, NUMBERS, ROW_NAMES, Obj, Scene
+from train.data.shapes import COL_NAMES, COLOURS, NUMBERS, ROW_NAMES, SHAPES, SIZES, Obj, Scene
 
 
 # ---------------------------------------------------------------- meaning
@@ -413,6 +414,38 @@ def plan(desc: Description, objects: Sequence[Obj]) -> str:
     return realise(Description(tuple(Mention.of(o, size=z) for o, z in zip(objects, sizes)), (), desc.grid))
 
 
+def read_plan(text: str, grid: int = 3) -> tuple[Mention, ...] | None:
+    """The mentions of a complete description in any training or held-out phrasing of `realise` without
+    relations or strings (a `plan`, or a complete prompt a prompt expander kept as it was): each object's colour,
+    shape, cell and, where named, size; None when `text` is not such a description. The inverse of realise for
+    complete descriptions (`benchmarks/expander_plans.py` scores an expander's plans with it, without images)."""
+    cells = {cell_words(r, c, grid): (r, c) for r in range(grid) for c in range(grid)}
+    where = "|".join(sorted(map(re.escape, cells), key=len, reverse=True))
+    noun = (rf"an? (?:(?P<size>{'|'.join(SIZES)}) )?(?P<colour>{'|'.join(COLOURS)}) (?P<shape>{'|'.join(SHAPES)})")
+    one = re.compile(rf"(?:in the (?P<before>{where}), )?{noun}(?: in the (?P<after>{where}))?")
+    body = text.strip()
+    for singular, plural in FRAMES.values():
+        for frame in (singular, plural):
+            head, _, tail = frame.partition("{}")
+            if (head or tail) and body.startswith(head) and body.endswith(tail):
+                body = body[len(head) : len(body) - len(tail)]
+                break
+        else:
+            continue
+        break
+    mentions, at = [], 0
+    for k, m in enumerate(one.finditer(body)):
+        gap = body[at : m.start()]
+        if gap != ("" if k == 0 else ", ") and gap != " and ":
+            return None
+        cell = m["before"] or m["after"]
+        if cell is None or (m["before"] and m["after"]):
+            return None
+        mentions.append(Mention(m["colour"], m["shape"], cells[cell], size=m["size"]))
+        at = m.end()
+    return tuple(mentions) if mentions and at == len(body) else None
+
+
 _TEXT_POSITIONS = ("cell", "row", "none")
 _TEXT_POSITION_P = (0.5, 0.3, 0.2)
 
@@ -511,5 +544,5 @@ def caption(scene: Scene, rng: np.random.Generator, which: str = "all",
 __all__ = [
     "CAPTION_SETS", "DESCRIPTION_KINDS", "Description", "FRAMES", "Form", "HELDOUT_FORMS", "Mention", "RELATIONS",
     "Relation", "TextMention", "caption", "cell_phrase", "check_kinds", "complete", "complete_captions", "describe",
-    "described", "heldout_form", "join_phrases", "place_phrases", "plan", "random_caption", "realise", "sample_description", "sample_form", "with_article",
+    "described", "heldout_form", "join_phrases", "place_phrases", "plan", "random_caption", "read_plan", "realise", "sample_description", "sample_form", "with_article",
 ]
