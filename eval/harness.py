@@ -383,7 +383,8 @@ def render_markdown(result: EvalResult, report: faithfulness.FaithfulnessReport,
         from eval.speed import SpeedReport, SpeedRow
 
         s = result.speed
-        speed = SpeedReport(s["machine"], s["cfg_scale"], s["steps_per_image"], [SpeedRow(**r) for r in s["rows"]])
+        speed = SpeedReport(s["machine"], s["cfg_scale"], s["steps_per_image"], [SpeedRow(**r) for r in s["rows"]],
+                            s.get("expanded", False))
         lines += ["", "## Sampling speed", "", speed.to_markdown()]
     lines += ["", "## Samples", ""]
     for cat, entry in grids.items():

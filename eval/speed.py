@@ -72,6 +72,7 @@ class SpeedReport:
     cfg_scale: float
     steps_per_image: int  # sequential network calls per image: image tokens, or denoising steps
     rows: list[SpeedRow] = field(default_factory=list)
+    expanded: bool = False  # prompts read through the run's prompt expander (sample.expand) first
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,6 +83,9 @@ class SpeedReport:
                  "| batch | setting | images/s | s/image | steps/s | sequential passes | network evals / image | "
                  "peak memory (MB) |",
                  "|---:|---|---:|---:|---:|---:|---:|---:|"]
+        if self.expanded:
+            lines[0] += ("; prompts expanded first: the expander's time is in images/s and s/image, its own token "
+                         "steps are not in the sequential passes or network evaluations")
         lines += [f"| {r.batch_size} | {r.setting} | {r.images_per_s:.2f} | {r.seconds_per_image:.4f} | "
                   f"{r.steps_per_s:.0f} | {r.sequential_passes or self.steps_per_image} | {r.nfe_per_image} | "
                   f"{r.peak_memory_mb:.0f} |" for r in self.rows]
@@ -122,7 +126,8 @@ def measure_sampling(
     device = pipe.device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     first = next(iter(settings.values()))
-    report = SpeedReport(machine_info(device), first.cfg_scale, pipe.steps_per_image(first))
+    report = SpeedReport(machine_info(device), first.cfg_scale, pipe.steps_per_image(first),
+                         expanded=bool(getattr(first, "expand", False)))
     for bs in batch_sizes:
         batches = max(1, -(-images // bs))
         texts = [prompts[i % len(prompts)] for i in range(bs)]

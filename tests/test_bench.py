@@ -130,3 +130,4 @@ def test_bench_trains_the_expander_an_expanding_generator_recommends_and_both_si
     assert tr["expander_seconds"] > 0 and tr["ar_seconds"] == pytest.approx(tr["tokenizer_seconds"] + tr["generator_seconds"])
     assert [m["settings"]["expand"] for m in report["main"] + report["sweep"]] == [True, True, True]
     assert "prompt expander's expansions" in (out / "report.md").read_text()
+    assert all("prompts expanded first" in (out / m["report"]).read_text() for m in report["main"])  # speed's note

@@ -10,6 +10,7 @@ from ar_model.expander import (ExpanderConfig, Ids, build_expander, encode_pairs
                                save_expander)
 from tessera.cli import main
 from tiny import GEN, TOK, set_args
+from train.expander_stage import expander_pairs
 from train.data import grammar, shapes
 
 KINDS = {"complete": 0.2, "partial": 0.2, "count": 0.2, "relation": 0.2, "binding": 0.2}
@@ -178,3 +179,21 @@ def test_cli_trains_an_expander_and_samples_through_it(tmp_path, capsys, caplog)
     with pytest.raises(Exception, match="edit instruction"):
         ar.edit(np.zeros((1, ar.resolution, ar.resolution, 3), np.uint8), [["make it blue"]],
                 ar.settings(expand=True))
+
+
+def test_pairs_add_relation_scenes_and_refuse_bad_shares():
+    from train.errors import TrainConfigError
+    from train.expander_stage import preset_config
+
+    cfg = preset_config("cpu-long").override({"pairs.scenes": 200, "pairs.relation_share": 0.5,
+                                              "pairs.complete_share": 0.1})
+    captions, plans = expander_pairs(cfg)
+    assert len(captions) == len(plans) == 200 * cfg.pairs.per_scene + 20 + 100
+    tail = list(zip(captions[-100:], plans[-100:]))  # the relation scenes come last
+    words = [w for kind in grammar.RELATIONS.values() for w in kind[0]]
+    for caption, plan in tail:
+        assert any(f" {w} " in caption for w in words), caption
+        assert plan is not None and len(grammar.read_plan(plan, 4)) == 2
+    assert all(p is None for p in plans[-120:-100])  # complete scenes: [SAME]
+    with pytest.raises(TrainConfigError, match="relation_share"):
+        cfg.override({"pairs.relation_share": 1.5})
