@@ -341,7 +341,7 @@ def score_plans(plans: Sequence[str], specs: Sequence[PromptSpec]) -> list[Verdi
         if mentions is None:
             out.append(Verdict(False, f"not a complete description: {text!r}", ("count",), ("count",)))
             continue
-        unsized = [w for w in spec.objects if w.size is not None] and any(m.size is None for m in mentions)
+        unsized = any(w.size is not None for w in spec.objects) and any(m.size is None for m in mentions)
         objs = tuple(shapes.Obj(m.shape, m.colour, m.size or shapes.SIZES[0], *m.cell) for m in mentions)
         if len({o.row * grid + o.col for o in objs}) < len(objs):  # two objects in one cell: parse sees a blob
             out.append(Verdict(False, f"two objects in one cell: {text!r}", ("count",), ("count",)))

@@ -232,7 +232,7 @@ PRESETS: dict[str, dict] = {
     # every kind (grammar_corpus) so that prompts tokenize into words, and names each place in one token
     # (`place_tokens`: the expander copies a cell as one token; 85% vs 22% of the objects of 10-16 object scenes
     # right on 8x8 codes, docs/RESULTS.md). The longest caption (16 objects with sizes) is < 155 BPE tokens, hence 160; masked padding with length-bucketed batches makes a step ~1.8x
-    # cheaper. 3,400 steps: ~22 minutes on 2 cores with --compile (Intel with AMX).
+    # cheaper. 3,400 steps: ~24 minutes on 2 cores with --compile (Intel with AMX; runs/long8).
     "cpu-long": {
         "model": {"size": "tiny"},
         "loop": {"steps": 3400, "batch_size": 64, "lr": 3e-3, "warmup_steps": 300, "weight_decay": 0.05,

@@ -424,15 +424,11 @@ def read_plan(text: str, grid: int = 3) -> tuple[Mention, ...] | None:
     noun = (rf"an? (?:(?P<size>{'|'.join(SIZES)}) )?(?P<colour>{'|'.join(COLOURS)}) (?P<shape>{'|'.join(SHAPES)})")
     one = re.compile(rf"(?:in the (?P<before>{where}), )?{noun}(?: in the (?P<after>{where}))?")
     body = text.strip()
-    for singular, plural in FRAMES.values():
-        for frame in (singular, plural):
-            head, _, tail = frame.partition("{}")
-            if (head or tail) and body.startswith(head) and body.endswith(tail):
-                body = body[len(head) : len(body) - len(tail)]
-                break
-        else:
-            continue
-        break
+    for frame in dict.fromkeys(f for pair in FRAMES.values() for f in pair):  # a description has one frame at most
+        head, _, tail = frame.partition("{}")
+        if (head or tail) and body.startswith(head) and body.endswith(tail):
+            body = body[len(head) : len(body) - len(tail)]
+            break
     mentions, at = [], 0
     for k, m in enumerate(one.finditer(body)):
         gap = body[at : m.start()]
