@@ -181,19 +181,23 @@ def test_cli_trains_an_expander_and_samples_through_it(tmp_path, capsys, caplog)
                 ar.settings(expand=True))
 
 
-def test_pairs_add_relation_scenes_and_refuse_bad_shares():
+def test_pairs_add_relation_and_single_scenes_and_refuse_bad_shares():
     from train.errors import TrainConfigError
     from train.expander_stage import preset_config
 
     cfg = preset_config("cpu-long").override({"pairs.scenes": 200, "pairs.relation_share": 0.5,
-                                              "pairs.complete_share": 0.1})
+                                              "pairs.complete_share": 0.1, "pairs.single_share": 0.2})
     captions, plans = expander_pairs(cfg)
-    assert len(captions) == len(plans) == 200 * cfg.pairs.per_scene + 20 + 100
-    tail = list(zip(captions[-100:], plans[-100:]))  # the relation scenes come last
+    assert len(captions) == len(plans) == 200 * cfg.pairs.per_scene + 20 + 100 + 40
+    related = list(zip(captions[-140:-40], plans[-140:-40]))  # the relation scenes, then the single objects
     words = [w for kind in grammar.RELATIONS.values() for w in kind[0]]
-    for caption, plan in tail:
+    for caption, plan in related:
         assert any(f" {w} " in caption for w in words), caption
         assert plan is not None and len(grammar.read_plan(plan, 4)) == 2
-    assert all(p is None for p in plans[-120:-100])  # complete scenes: [SAME]
-    with pytest.raises(TrainConfigError, match="relation_share"):
-        cfg.override({"pairs.relation_share": 1.5})
+    assert all(p is None for p in plans[-160:-140])  # complete scenes: [SAME]
+    singles = plans[-40:]  # one object each, partly named ([SAME] where every attribute happened to be named)
+    assert all(p is None or len(grammar.read_plan(p, 4)) == 1 for p in singles)
+    assert sum(p is not None for p in singles) > 20  # ~78%: all named and the cell is 0.55 * 0.4
+    for name in ("relation_share", "single_share"):
+        with pytest.raises(TrainConfigError, match=name):
+            cfg.override({f"pairs.{name}": 1.5})

@@ -49,7 +49,11 @@ class PairsConfig:
     scenes of the data section's own counts (up to 16 objects) completely, to be answered [SAME];
     `relation_share` more two-object scenes, as many as that share of `scenes`, are described by a relation
     (relations are drawn of two-object scenes only and are what the expander learns last: where the first
-    object goes depends on a word after it)."""
+    object goes depends on a word after it);
+    `single_share` more one-object scenes, as many as that share of `scenes`, are described partially ("a red
+    shape in the upper left", "a circle"): the commonest prompt, and one whose cell the expander must copy with
+    nothing else to go on (drawn among the scenes above alone they are ~1% of pairs, and at that share the
+    expander moved a cell named with only a colour or only a shape one column in 11 of 36 suite prompts)."""
 
     scenes: int = 60000
     per_scene: int = 2  # descriptions drawn for each scene (each with its plan)
@@ -59,6 +63,7 @@ class PairsConfig:
     kinds: dict = field(default_factory=lambda: dict(PAIR_KINDS))
     complete_share: float = 0.15
     relation_share: float = 0.5
+    single_share: float = 0.1
     seed: int = 2
     temperature: float = 0.0  # the sampling temperature recorded with the expander (0: greedy)
 
@@ -67,7 +72,7 @@ class PairsConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise TrainConfigError(f"pairs.{name} must be an integer >= 1, got {v!r}")
-        for name in ("uniform_scenes", "complete_share", "relation_share"):
+        for name in ("uniform_scenes", "complete_share", "relation_share", "single_share"):
             if not 0 <= getattr(self, name) <= 1:
                 raise TrainConfigError(f"pairs.{name} must be in [0, 1], got {getattr(self, name)!r}")
         if self.count_weights is not None and (len(self.count_weights) != self.max_objects
@@ -131,6 +136,7 @@ def expander_pairs(cfg: ExpanderStageConfig) -> tuple[list[str], list[str | None
     complete = shapes.sample_scenes(round(pc.scenes * pc.complete_share), pc.seed + 1, "train", d.max_objects,
                                     d.min_objects, d.count_weights, d.grid, d.uniform_scenes)
     related = shapes.sample_scenes(round(pc.scenes * pc.relation_share), pc.seed + 2, "train", 2, 2, None, d.grid)
+    singles = shapes.sample_scenes(round(pc.scenes * pc.single_share), pc.seed + 3, "train", 1, 1, None, d.grid)
     kinds = grammar.check_kinds(pc.kinds)
     rng = np.random.default_rng([pc.seed, 2])
     captions, plans = [], []
@@ -139,7 +145,8 @@ def expander_pairs(cfg: ExpanderStageConfig) -> tuple[list[str], list[str | None
             desc, objs = grammar.described(scene, rng, kinds)
             captions.append(grammar.realise(desc, grammar.sample_form(desc, rng)))
             plans.append(_plan(desc, objs))
-    for scene, only in [(s, "complete") for s in complete] + [(s, "relation") for s in related]:
+    extra = [(s, "complete") for s in complete] + [(s, "relation") for s in related] + [(s, "partial") for s in singles]
+    for scene, only in extra:
         desc, objs = grammar.described(scene, rng, {only: 1.0})
         captions.append(grammar.realise(desc, grammar.sample_form(desc, rng)))
         plans.append(_plan(desc, objs))
