@@ -194,10 +194,13 @@ def test_pairs_add_relation_and_single_scenes_and_refuse_bad_shares():
     for caption, plan in related:
         assert any(f" {w} " in caption for w in words), caption
         assert plan is not None and len(grammar.read_plan(plan, 4)) == 2
+    for plan in plans[-65:-40]:  # the last quarter of the relation scenes: side by side in a row
+        (r0, c0), (r1, c1) = [m.cell for m in grammar.read_plan(plan, 4)]
+        assert r0 == r1 and abs(c0 - c1) == 1, plan
     assert all(p is None for p in plans[-160:-140])  # complete scenes: [SAME]
     singles = plans[-40:]  # one object each, partly named ([SAME] where every attribute happened to be named)
     assert all(p is None or len(grammar.read_plan(p, 4)) == 1 for p in singles)
     assert sum(p is not None for p in singles) > 20  # ~78%: all named and the cell is 0.55 * 0.4
-    for name in ("relation_share", "single_share"):
+    for name in ("relation_share", "adjacent_share", "single_share"):
         with pytest.raises(TrainConfigError, match=name):
             cfg.override({f"pairs.{name}": 1.5})

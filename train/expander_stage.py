@@ -49,7 +49,9 @@ class PairsConfig:
     scenes of the data section's own counts (up to 16 objects) completely, to be answered [SAME];
     `relation_share` more two-object scenes, as many as that share of `scenes`, are described by a relation
     (relations are drawn of two-object scenes only and are what the expander learns last: where the first
-    object goes depends on a word after it);
+    object goes depends on a word after it), `adjacent_share` of them side by side in a row (where "next to"
+    is true: one random pair in ten, so without them the expander sees "next to" about a sixth as often as
+    each other relation);
     `single_share` more one-object scenes, as many as that share of `scenes`, are described partially ("a red
     shape in the upper left", "a circle"): the commonest prompt, and one whose cell the expander must copy with
     nothing else to go on (drawn among the scenes above alone they are ~1% of pairs, and at that share the
@@ -63,6 +65,7 @@ class PairsConfig:
     kinds: dict = field(default_factory=lambda: dict(PAIR_KINDS))
     complete_share: float = 0.15
     relation_share: float = 0.5
+    adjacent_share: float = 0.25
     single_share: float = 0.1
     seed: int = 2
     temperature: float = 0.0  # the sampling temperature recorded with the expander (0: greedy)
@@ -72,7 +75,7 @@ class PairsConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise TrainConfigError(f"pairs.{name} must be an integer >= 1, got {v!r}")
-        for name in ("uniform_scenes", "complete_share", "relation_share", "single_share"):
+        for name in ("uniform_scenes", "complete_share", "relation_share", "adjacent_share", "single_share"):
             if not 0 <= getattr(self, name) <= 1:
                 raise TrainConfigError(f"pairs.{name} must be in [0, 1], got {getattr(self, name)!r}")
         if self.count_weights is not None and (len(self.count_weights) != self.max_objects
@@ -126,6 +129,17 @@ def _plan(desc: grammar.Description, objs) -> str | None:
     return None if desc.kind() == "complete" else grammar.plan(desc, objs)
 
 
+def _adjacent_scenes(n: int, seed: int, grid: int) -> list[shapes.Scene]:
+    """`n` two-object training scenes whose objects are neighbours in a row (the first such scenes of a
+    seeded stream; about one in ten are)."""
+    found, drawn = [], 0
+    while len(found) < n:
+        more = shapes.sample_scenes(drawn + 20 * (n - len(found)), seed, "train", 2, 2, None, grid)[drawn:]
+        drawn += len(more)
+        found += [s for s in more if grammar.RELATIONS["next_to"][1](*s.objects)]
+    return found[:n]
+
+
 def expander_pairs(cfg: ExpanderStageConfig) -> tuple[list[str], list[str | None]]:
     """(captions, plans) of the stage's training scenes (PairsConfig), deterministic in pairs.seed; a plan of
     None is [SAME]."""
@@ -135,7 +149,10 @@ def expander_pairs(cfg: ExpanderStageConfig) -> tuple[list[str], list[str | None
     scenes = shapes.sample_scenes(pc.scenes, pc.seed, "train", top, d.min_objects, weights, d.grid, pc.uniform_scenes)
     complete = shapes.sample_scenes(round(pc.scenes * pc.complete_share), pc.seed + 1, "train", d.max_objects,
                                     d.min_objects, d.count_weights, d.grid, d.uniform_scenes)
-    related = shapes.sample_scenes(round(pc.scenes * pc.relation_share), pc.seed + 2, "train", 2, 2, None, d.grid)
+    n_related = round(pc.scenes * pc.relation_share)
+    n_adjacent = round(n_related * pc.adjacent_share)
+    related = shapes.sample_scenes(n_related - n_adjacent, pc.seed + 2, "train", 2, 2, None, d.grid)
+    related += _adjacent_scenes(n_adjacent, pc.seed + 4, d.grid)
     singles = shapes.sample_scenes(round(pc.scenes * pc.single_share), pc.seed + 3, "train", 1, 1, None, d.grid)
     kinds = grammar.check_kinds(pc.kinds)
     rng = np.random.default_rng([pc.seed, 2])
