@@ -107,8 +107,8 @@ class ExpanderStageConfig(StageConfig):
 
 PRESETS: dict[str, dict] = {
     # the cpu-long generator preset's world (4x4, up to 16 objects, a token per place name); a 4-layer, 128-wide
-    # Llama (~0.9M parameters). 2,400 steps: ~14 minutes on 2 cores plus ~2 to draw the pairs (runs/long8,
-    # docs/RESULTS.md "Issue 17": 3,000 steps with relation_share 0.3 planned no better, 94.4% vs 94.9%)
+    # Llama (~0.9M parameters). 2,400 steps: ~14 minutes on 2 cores plus ~2 to draw the pairs; it plans every
+    # suite prompt right (runs/long8, docs/RESULTS.md "Issue 17", session 24)
     "cpu-long": {
         "model": {"hidden_size": 128, "intermediate_size": 384},
         "loop": {"steps": 2400, "batch_size": 64, "lr": 2e-3, "warmup_steps": 150, "weight_decay": 0.01,
