@@ -132,12 +132,12 @@ def _plan(desc: grammar.Description, objs) -> str | None:
 def _adjacent_scenes(n: int, seed: int, grid: int) -> list[shapes.Scene]:
     """`n` two-object training scenes whose objects are neighbours in a row (the first such scenes of a
     seeded stream; about one in ten are)."""
-    found, drawn = [], 0
+    rng, found = np.random.default_rng(seed), []  # sample_scenes(..., seed)'s stream, filtered
     while len(found) < n:
-        more = shapes.sample_scenes(drawn + 20 * (n - len(found)), seed, "train", 2, 2, None, grid)[drawn:]
-        drawn += len(more)
-        found += [s for s in more if grammar.RELATIONS["next_to"][1](*s.objects)]
-    return found[:n]
+        scene = shapes.sample_scene(rng, "train", 2, 2, None, grid)
+        if grammar.RELATIONS["next_to"][1](*scene.objects):
+            found.append(scene)
+    return found
 
 
 def expander_pairs(cfg: ExpanderStageConfig) -> tuple[list[str], list[str | None]]:
