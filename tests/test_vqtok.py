@@ -349,6 +349,33 @@ def test_adversarial_gradients_are_routed():
     assert loss_fn.trainable_parameters() == list(loss_fn.discriminator.parameters())
 
 
+def test_decoder_only_phase_trains_the_decoder_and_leaves_codes_alone():
+    torch.manual_seed(0)
+    cfg = tiny_config("vq", decoder_only_from=5, dead_code_threshold=100.0)  # every code would be refreshed
+    model, loss_fn, x = VQTokenizer(cfg).train(), TokenizerLoss(cfg), squares(n=4)
+    codebook = model.quantizer.impl._codebook.embed.clone()
+
+    # before the phase: everything trains, and the codebook's EMA / dead-code refresh move the codes
+    loss_fn(model, x, step=4).loss.backward()
+    assert model.encoder.conv_in.weight.grad is not None
+    assert not torch.equal(model.quantizer.impl._codebook.embed, codebook)
+    model.zero_grad(set_to_none=True)
+
+    # in it: the decoder alone gets gradients, the codebook stays as it was, and the model keeps its mode
+    codebook = model.quantizer.impl._codebook.embed.clone()
+    out = loss_fn(model, x, step=5)
+    out.loss.backward()
+    assert model.training and model.quantizer.training
+    assert all(p.grad is None for p in (*model.encoder.parameters(), *model.quantizer.parameters()))
+    assert model.decoder.conv_out.weight.grad.abs().sum() > 0
+    assert torch.equal(model.quantizer.impl._codebook.embed, codebook)
+    assert out.metrics["quant"] == 0.0 and out.metrics["recon"] > 0
+    with torch.no_grad():  # the loss is the reconstruction of the codes the frozen tokenizer gives
+        model.eval()
+        ref = (model.decode(model.encode(x).codes) - x).pow(2).mean()
+    assert out.metrics["recon"] == pytest.approx(float(ref), rel=1e-5)
+
+
 def _random_vgg16_file(path, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(seed)
     tensors = {k: torch.randn(shape, generator=g) * 0.05 for k, shape in vgg16_feature_shapes().items()}

@@ -176,8 +176,9 @@ class TokenizerTask:
     def __init__(self, cfg: TokenizerStageConfig, images: torch.Tensor):
         torch.manual_seed(cfg.loop.seed)  # model init is part of the run's identity
         self.model = _TrainModule(VQTokenizer(cfg.vq), TokenizerLoss(cfg.vq))
-        # a discriminator sits idle until disc_start: DDP must then not wait for its gradients
-        self.unused_parameters = cfg.vq.disc_weight > 0
+        # a discriminator sits idle until disc_start, the encoder from decoder_only_from: DDP must then not wait
+        # for their gradients
+        self.unused_parameters = cfg.vq.disc_weight > 0 or cfg.vq.decoder_only_from > 0
         self.images = images  # (N, H, W, 3) uint8
         train_rows, self.val_rows = split_rows(len(images), cfg.data.val_split, cfg.data.seed)
         self.train_rows, self.val_batch, self.recon_loss = len(train_rows), cfg.loop.batch_size, cfg.vq.recon_loss

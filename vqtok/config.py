@@ -79,6 +79,11 @@ class VQConfig:
     disc_start: int = 2000  # step at which the PatchGAN terms start (after the codebook has settled)
     disc_channels: int = 64  # PatchGAN width of the first layer (taming's ndf)
     disc_layers: int = 3  # PatchGAN stride-2 layers (taming's n_layers); 32 px -> 2x2 patches
+    # Decoder fine-tuning: from this step on the encoder and the codebook are frozen (the codes no longer
+    # change) and only the decoder trains, on the codes as they stand; 0 = never. The codebook's EMA and
+    # dead-code refresh keep moving codes while everything trains; a decoder that has them still learns to
+    # draw each one sharply (seen: small circles drawn with half-on corners that parse reads as squares).
+    decoder_only_from: int = 0
 
     def __post_init__(self) -> None:
         for name in _TUPLE_FIELDS:  # JSON brings lists back; the config keeps tuples (hashable, immutable)
@@ -157,6 +162,7 @@ class VQConfig:
         _int(self, "disc_start", 0)
         _int(self, "disc_channels", 1)
         _int(self, "disc_layers", 1)
+        _int(self, "decoder_only_from", 0)
         if self.disc_weight > 0 and self.resolution // 2**self.disc_layers < 3:
             raise ConfigError(
                 f"VQConfig.disc_layers={self.disc_layers} is too deep for resolution={self.resolution}: the "

@@ -29,7 +29,7 @@ from torch import nn
 
 from vqtok.config import VQConfig
 from vqtok.errors import CheckpointError
-from vqtok.model import codebook_usage
+from vqtok.model import ForwardOutput, codebook_usage
 
 # ---------------------------------------------------------------------------
 # PatchGAN discriminator
@@ -253,9 +253,21 @@ class TokenizerLoss(nn.Module):
         logits_fake = self.discriminator(recon.detach())  # (B, 1, h', w')
         return hinge_d_loss(logits_real, logits_fake)
 
+    def decoder_only(self, step: int) -> bool:
+        """Whether `step` is in the decoder fine-tuning phase (VQConfig.decoder_only_from)."""
+        return 0 < self.cfg.decoder_only_from <= int(step)
+
     def forward(self, tokenizer: nn.Module, images: torch.Tensor, step: int) -> LossOutput:
         cfg = self.cfg
-        out = tokenizer(images)  # ForwardOutput: recon (B, 3, H, W), codes (B, h, w), loss
+        if self.decoder_only(step):  # frozen encoder and codebook: codes without gradients or EMA updates
+            quantizer_mode = tokenizer.quantizer.training
+            tokenizer.quantizer.eval()  # no EMA update, no dead-code refresh
+            with torch.no_grad():
+                enc = tokenizer.encode(images)  # codes (B, h, w), quantized (B, D, h, w)
+            tokenizer.quantizer.train(quantizer_mode)
+            out = ForwardOutput(tokenizer.decode_latent(enc.quantized), enc.codes, images.new_zeros(()))
+        else:
+            out = tokenizer(images)  # ForwardOutput: recon (B, 3, H, W), codes (B, h, w), loss
         if cfg.recon_loss == "l1":
             recon = (out.recon - images).abs().mean()
         else:
