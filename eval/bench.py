@@ -447,8 +447,8 @@ def render_markdown(report: dict, plots: list[str]) -> str:
         f"{par['baseline_text_encoder'] / 1e6:.2f}M text encoder) |",
         f"| training time (s) | {tr['ar_seconds']:.0f} | {tr['baseline_seconds']:.0f} |",
         "",
-        f"Network evaluations count guidance's two rows; FLOPs are counted by torch's FlopCounterMode on one "
-        f"batch-1 sample (matmuls, convolutions, attention), the AR side's tokenizer decoder included.",
+        "Network evaluations count guidance's two rows; FLOPs are counted by torch's FlopCounterMode on one "
+        "batch-1 sample (matmuls, convolutions, attention), the AR side's tokenizer decoder included.",
         "",
         "## Sampling settings (the trade-off curves)",
         "",

@@ -323,7 +323,7 @@ def render_markdown(result: EvalResult, report: faithfulness.FaithfulnessReport,
         "- sampling: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in result.sampling.items())
         + f"; {c['n']} samples per prompt",
         f"- suites (version {result.suite_version}): {', '.join(c['suites'])}",
-        f"- seconds: " + ", ".join(f"{k} {v:g}" for k, v in result.seconds.items()),
+        "- seconds: " + ", ".join(f"{k} {v:g}" for k, v in result.seconds.items()),
         "",
     ]
     if report.n:
