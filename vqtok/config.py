@@ -80,9 +80,9 @@ class VQConfig:
     disc_channels: int = 64  # PatchGAN width of the first layer (taming's ndf)
     disc_layers: int = 3  # PatchGAN stride-2 layers (taming's n_layers); 32 px -> 2x2 patches
     # Decoder fine-tuning: from this step on the encoder and the codebook are frozen (the codes no longer
-    # change) and only the decoder trains, on the codes as they stand; 0 = never. The codebook's EMA and
-    # dead-code refresh keep moving codes while everything trains; a decoder that has them still learns to
-    # draw each one sharply (seen: small circles drawn with half-on corners that parse reads as squares).
+    # change) and only the decoder trains, on the codes as they stand; 0 = never. While everything trains, the
+    # codebook's EMA and dead-code refresh keep moving the codes under the decoder; held still, they are drawn
+    # sharply (seen: small circles drawn with half-on corners, which parse reads as squares, before it).
     decoder_only_from: int = 0
 
     def __post_init__(self) -> None:
