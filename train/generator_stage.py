@@ -235,9 +235,11 @@ PRESETS: dict[str, dict] = {
     # cheaper. 4,000 steps: ~24 minutes on 2 cores with --compile (Intel with AMX; runs/long9). On the
     # decoder-fine-tuned tokenizer's codes 3,400 steps drew 4.2% of 10-16 object scenes entirely right, 4,000
     # steps 50.0% and 5,000 56.2% but held-out compositions 88.5% (runs/long9-gen3400, runs/long9,
-    # runs/long9-gen5000; docs/RESULTS.md session 25).
+    # runs/long9-gen5000; docs/RESULTS.md session 25). Four key/value heads instead of tiny's two (plain multi-head
+    # attention: each head reads the caption with its own keys) took that 50.0% to 89.6% at the same steps and
+    # ~the same cost; a denser count mix took it to 68.8% (docs/RESULTS.md session 26).
     "cpu-long": {
-        "model": {"size": "tiny"},
+        "model": {"size": "tiny", "num_kv_heads": 4},
         "loop": {"steps": 4000, "batch_size": 64, "lr": 3e-3, "warmup_steps": 300, "weight_decay": 0.05,
                  "betas": [0.9, 0.95], "min_lr_ratio": 0.05, "ema_decay": 0.999, "ckpt_every": 500, "log_every": 50},
         "data": {"train_images": 100000, "grid": 4, "max_objects": 16,
