@@ -244,6 +244,10 @@ def test_the_world_grid_is_a_checked_setting(caplog):
     from train.generator_stage import data_source
     assert data_source(mix.data)["caption_kinds"] == mix.data.caption_kinds  # codes of another mix are not reused
     assert long.data.caption_kinds == {"complete": 1.0} and long.sample["expand"] is True  # the expander reads the rest
+    # tiny's width and depth with a key/value head per query head: with tiny's 2 shared ones the late cells of 10-16
+    # object scenes read the next object's colour (docs/RESULTS.md, issue 17, session 26)
+    gcfg = long.generator_config(SequenceLayout(text_len=160, text_vocab=64, codebook_size=16, grid=(4, 4)))
+    assert (gcfg.hidden_size, gcfg.num_layers, gcfg.num_heads, gcfg.num_kv_heads) == (128, 4, 4, 4)
     plain = long.override({"data.caption_kinds": None})
     assert "caption_kinds" not in data_source(plain.data)  # codes made before the setting existed still match
     for changes in ({"data.caption_kinds": {"pose": 1}}, {"data.caption_kinds": {"count": 0}},
