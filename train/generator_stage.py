@@ -232,12 +232,13 @@ PRESETS: dict[str, dict] = {
     # every kind (grammar_corpus) so that prompts tokenize into words, and names each place in one token
     # (`place_tokens`: the expander copies a cell as one token; 85% vs 22% of the objects of 10-16 object scenes
     # right on 8x8 codes, docs/RESULTS.md). The longest caption (16 objects with sizes) is < 155 BPE tokens, hence 160; masked padding with length-bucketed batches makes a step ~1.8x
-    # cheaper. 4,000 steps: ~24 minutes on 2 cores with --compile (Intel with AMX; runs/long9). On the
+    # cheaper. 4,000 steps: ~25 minutes on 2 cores with --compile (Intel with AMX; runs/long10). On the
     # decoder-fine-tuned tokenizer's codes 3,400 steps drew 4.2% of 10-16 object scenes entirely right, 4,000
     # steps 50.0% and 5,000 56.2% but held-out compositions 88.5% (runs/long9-gen3400, runs/long9,
     # runs/long9-gen5000; docs/RESULTS.md session 25). Four key/value heads instead of tiny's two (plain multi-head
-    # attention: each head reads the caption with its own keys) took that 50.0% to 89.6% at the same steps and
-    # ~the same cost; a denser count mix took it to 68.8% (docs/RESULTS.md session 26).
+    # attention: each head reads the caption with its own keys) took that 50.0% to 89.6% and 83.3% (two
+    # trainings: runs/exp26b, runs/long10) at ~the same cost; a denser count mix took it to 68.8% (docs/RESULTS.md
+    # session 26).
     "cpu-long": {
         "model": {"size": "tiny", "num_kv_heads": 4},
         "loop": {"steps": 4000, "batch_size": 64, "lr": 3e-3, "warmup_steps": 300, "weight_decay": 0.05,
