@@ -40,3 +40,31 @@ def test_the_benchmark_runs_on_a_tokenizer_it_is_given(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "20 held-out scenes at 32 px" in out and "scenes kept 0.0%" in out  # an untrained tokenizer keeps none
     assert len(out.strip().splitlines()) == 5  # the summary, the object counts, the 3 commonest changes
+
+
+def test_char_changes_names_each_character_read_otherwise_in_its_cell():
+    from train.data.glyphs import Text
+
+    scene = shapes.Scene((), grid=4, texts=(Text(1, 0, "AB7"), Text(3, 1, "OK", sign=True)))
+    assert bench.char_changes(scene, scene) == {}
+    misread = shapes.Scene((), grid=4, texts=(Text(1, 0, "AP7"), Text(3, 1, "OK", sign=True)))
+    assert bench.char_changes(scene, misread) == {(1, 1): ("B", "P", False)}
+    shifted = shapes.Scene((), grid=4, texts=(Text(1, 0, "AB7"), Text(3, 2, "OK", sign=True)))  # one cell right
+    assert bench.char_changes(scene, shifted) == {(3, 1): ("O", None, True), (3, 2): ("K", "O", True)}
+
+
+def test_the_text_report_counts_characters_plain_and_on_signs(tmp_path, capsys):
+    from vqtok import VQConfig, VQTokenizer, save_tokenizer
+
+    torch.manual_seed(0)
+    save_tokenizer(VQTokenizer(VQConfig(resolution=32, base_channels=8, channel_mult=(1, 2, 2, 2), latent_dim=8,
+                                        norm_groups=4, codebook_size=64)), tmp_path / "tok")
+    assert bench.main(["--tokenizer", str(tmp_path / "tok"), "--n", "20", "--top", "2", "--text", "1.0",
+                       "--max-objects", "2"]) == 0
+    out = capsys.readouterr().out
+    plain = next(line for line in out.splitlines() if line.startswith("characters plain:"))
+    signed = next(line for line in out.splitlines() if line.startswith("characters on a sign:"))
+    n_plain, n_sign = (int(line.split(":")[1].split(",")[0]) for line in (plain, signed))
+    assert n_plain + n_sign >= 20  # every scene holds a string of 1-4 characters
+    assert f"read otherwise {n_plain} (100.0%)" in plain  # an untrained tokenizer reads none back
+    assert "one code a cell:" in out  # 32 px, 8x down: a code a cell, so the code sharing is reported
