@@ -3,7 +3,6 @@
     python benchmarks/tokenizer_errors.py --tokenizer runs/long8/tokenizer [--grid 4] [--n 1000] [--top 15]
     python benchmarks/tokenizer_errors.py --tokenizer runs/text1/tokenizer --text 1.0 --max-objects 4
 
-
 `tessera eval` reports the share of scenes a tokenizer keeps (`parse(decode(encode(x))) == parse(x)`); this
 says which objects it loses: every object of `--n` held-out scenes (the scenes of eval's held-out images:
 up to grid x grid objects, seed 1234) whose reconstruction parses to another colour, shape or size, goes
