@@ -139,8 +139,8 @@ SET_HELP = {
 
 def _stage_args(sp: argparse.ArgumentParser, trains: bool = True) -> None:
     sp.add_argument("--preset", default="cpu", help="named preset: cpu (the 3x3 world, minutes on 2 cores), cpu-long "
-                    "(the 4x4 world of up to 16 objects, an hour on 2 cores), cpu-text (strings and objects in the 4x4 world, an "
-                    "hour on 2 cores), cpu-edit (editing on the 3x3 world with tones, docs/EDITING.md) or gpu (the 4x4 "
+                    "(the 4x4 world of up to 16 objects, an hour on 2 cores), cpu-text (strings and objects in the 4x4 world, "
+                    "~40 minutes on 2 cores), cpu-edit (editing on the 3x3 world with tones, docs/EDITING.md) or gpu (the 4x4 "
                     "world, one H100/H200)")
     sp.add_argument("--config", help="a JSON file with the full stage config (replaces the preset)")
     sp.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help=SET_HELP["stage"])
