@@ -363,7 +363,7 @@ def _eval_commands(sub, cli: ModuleType) -> None:
     bn.add_argument("--run", default="runs/bench", type=OUT_DIR, help="run directory; trained parts are reused (default: runs/bench)")
     bn.add_argument("--preset", choices=["cpu", "cpu-long", "cpu-text", "gpu", "cpu-edit"], default="cpu",
                     help="cpu: ~1 h on 2 cores; cpu-long: the 4x4 world, ~2.5 h on 2 cores; cpu-text: strings and "
-                         "objects, the text suites first, ~2.5 h on 2 cores; gpu: one H100/H200 "
+                         "objects, the text suites first, ~1.5 h on 2 cores; gpu: one H100/H200 "
                          "(the stages' gpu presets); cpu-edit: the editor against regenerating and SDEdit on the "
                          "edit suite (~2.5 h on 2 cores, docs/EDITING.md)")
     bn.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP["bench"])
