@@ -155,3 +155,26 @@ def test_character_accuracy_counts_characters_in_their_place():
     n = len(t.string)
     assert c["chars"] == 3 * n and c["chars_right"] == n + (n - 1)
     assert c["strings_exact"] == 1 and c["strings_placed"] == 3
+
+
+@pytest.mark.parametrize("sign", [False, True])
+def test_cpu_text_tokenizer_gives_a_cell_one_code_of_its_own_pixels(sign):
+    """The cpu-text tokenizer preset: one code a cell of the 4x4 world, each made from its cell alone, so a
+    character is one code whatever stands beside it (session 28: with codes of the whole image, conv nets
+    merged sign characters; docs/RESULTS.md "Issue 21"). Checked on the encoder's output before quantizing."""
+    import torch
+
+    from train.tokenizer_stage import preset_config
+    from vqtok import VQTokenizer, images_to_tensor
+
+    cfg = preset_config("cpu-text")
+    torch.manual_seed(0)
+    tok = VQTokenizer(cfg.vq).eval()
+    a = shapes.Scene((), cfg.data.grid, (Text(1, 0, "AB7", sign=sign),))
+    b = shapes.Scene((), cfg.data.grid, (Text(1, 0, "AQ7", sign=sign),))  # one character changed, cell (1, 1)
+    imgs = images_to_tensor(np.stack([shapes.render(s, cfg.vq.resolution) for s in (a, b)]))
+    with torch.no_grad():
+        z = tok.encoder(imgs)  # (2, D, h, w)
+    assert z.shape[-2:] == (cfg.data.grid, cfg.data.grid)
+    changed = (z[0] - z[1]).abs().amax(dim=0) > 1e-5  # (h, w)
+    assert changed.nonzero().tolist() == [[1, 1]]
