@@ -253,8 +253,8 @@ PRESETS: dict[str, dict] = {
     # character or an object one code; on 8x8 conv codes, 2x2 a character, the same preset spelled 79% of held-out
     # strings and drew 2% of mixed prompts entirely right, on one code a cell 95% and 87.5%: docs/RESULTS.md
     # "Issue 21", session 28; 7,800 steps with --compile took ~31-32 minutes there): 80% of scenes hold a string
-    # of 1-4 characters (never a held-out one, train.data.glyphs) beside 0-3 objects, the rest 1-3 objects; every kind of description. Strings are
-    # tokenized a character each (ar_model.text), so a model can spell what it never saw whole. The longest
+    # of 1-4 characters (never a held-out one, train.data.glyphs) beside 0-3 objects, the rest 1-3 objects; every
+    # kind of description. Strings are tokenized a character each (ar_model.text), so a model can spell what it never saw whole. The longest
     # caption is ~47 BPE tokens, hence 56: 4 glyph slots that spell the string at a fixed distance from the
     # image (ar_model.layout.encode_text), then the caption.
     "cpu-text": {
