@@ -254,9 +254,9 @@ PRESETS: dict[str, dict] = {
     # strings and drew 2% of mixed prompts entirely right, on one code a cell 95% and 87.5%: docs/RESULTS.md
     # "Issue 21", session 28; 7,800 steps with --compile took ~31-32 minutes there): 80% of scenes hold a string
     # of 1-4 characters (never a held-out one, train.data.glyphs) beside 0-3 objects, the rest 1-3 objects; every
-    # kind of description. Strings are tokenized a character each (ar_model.text), so a model can spell what it never saw whole. The longest
-    # caption is ~47 BPE tokens, hence 56: 4 glyph slots that spell the string at a fixed distance from the
-    # image (ar_model.layout.encode_text), then the caption.
+    # kind of description. Strings are tokenized a character each (ar_model.text), so a model can spell what it
+    # never saw whole. The longest caption is ~47 BPE tokens, hence 56: 4 glyph slots that spell the string at a
+    # fixed distance from the image (ar_model.layout.encode_text), then the caption.
     "cpu-text": {
         "model": {"size": "tiny"},
         "loop": {"steps": 7800, "batch_size": 64, "lr": 3e-3, "warmup_steps": 300, "weight_decay": 0.05,
