@@ -126,6 +126,29 @@ def test_decoder_width_and_depth_are_its_own():
     assert Decoder(wide)(z).shape == Decoder(base)(z).shape == (2, 3, 32, 32)
 
 
+def test_space_to_depth_folds_pixels_into_channels(tmp_path):
+    """space_to_depth = 2: the encoder's first conv sees 2x2 blocks of pixels as 12 channels (no conv at full
+    resolution), the decoder unfolds 12 channels back into pixels; the downsampling counts the fold, and the
+    field travels with a saved tokenizer."""
+    from vqtok.model import Decoder, Encoder
+
+    cfg = VQConfig(base_channels=16, norm_groups=4, channel_mult=(1, 2), space_to_depth=2)
+    assert (cfg.downsample, cfg.grid_size) == (4, 8)  # 2 (fold) * 2 (one level's /2)
+    enc, dec = Encoder(cfg), Decoder(cfg)
+    assert enc.conv_in.in_channels == 12 and dec.conv_out.out_channels == 12
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    feats = []
+    enc.conv_in.register_forward_hook(lambda m, i, o: feats.append(o.shape[-2:]))
+    assert enc(x).shape == (2, cfg.latent_dim, 8, 8) and feats == [(16, 16)]  # first conv at half resolution
+    assert dec(torch.randn(2, cfg.latent_dim, 8, 8)).shape == (2, 3, 32, 32)
+    tok = VQTokenizer(cfg).eval()
+    save_tokenizer(tok, tmp_path / "tok")
+    again = load_tokenizer(tmp_path / "tok")
+    assert again.cfg.space_to_depth == 2
+    with torch.no_grad():
+        assert torch.equal(again.encode(x).codes, tok.encode(x).codes)
+
+
 def test_replace_returns_validated_copy():
     cfg = VQConfig()
     new = cfg.replace(codebook_size=512)
@@ -152,6 +175,9 @@ def test_replace_returns_validated_copy():
         ({"decoder_channels": 12}, ["norm_groups=8", "decoder_channels * channel_mult = 12"]),
         ({"decoder_res_blocks": -1}, ["decoder_res_blocks", "-1"]),
         ({"architecture": "patch", "decoder_channels": 64}, ["decoder_channels", "conv"]),
+        ({"space_to_depth": 0}, ["space_to_depth", "0"]),
+        ({"architecture": "patch", "space_to_depth": 2}, ["space_to_depth", "conv"]),
+        ({"resolution": 32, "space_to_depth": 3}, ["resolution=32", "downsample"]),
     ],
 )
 def test_config_errors_name_the_field(bad, words):

@@ -42,7 +42,7 @@ class VQConfig:
     patch_context: int = 0
     base_channels: int = 32  # width of the first level; 32 gives a few hundred k params (CPU-trainable)
     # Width multiplier per level. Every level but the last ends in a 2x downsample,
-    # so downsample = 2 ** (len(channel_mult) - 1): (1, 2, 2) -> 4x, 32 px -> 8x8 codes.
+    # so downsample = 2 ** (len(channel_mult) - 1) (times space_to_depth, below): (1, 2, 2) -> 4x, 32 px -> 8x8 codes.
     channel_mult: tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = 1  # residual blocks per level; 1 is enough for flat shapes, taming uses 2
     norm_groups: int = 8  # GroupNorm groups; must divide every level's width (32 would be 1 channel/group here)
@@ -52,6 +52,10 @@ class VQConfig:
     # (MaskGIT / MAGVIT tokenizers): reconstruction is the harder half, and the codes stay what they were.
     decoder_channels: int = 0
     decoder_res_blocks: int = 0
+    # conv only: the encoder begins by folding each s x s block of pixels into channels (pixel unshuffle) and
+    # the decoder ends by unfolding them (pixel shuffle), so no conv runs at full resolution: the first level
+    # runs on 1/s^2 of the pixels (ESPCN's sub-pixel layer). downsample = s * 2 ** (len(channel_mult) - 1).
+    space_to_depth: int = 1
 
     # --- quantizer (vector-quantize-pytorch) ---
     quantizer: str = "vq"  # "vq" (l2-normalised low-dim codes, LlamaGen recipe), "fsq" or "lfq"
@@ -104,6 +108,7 @@ class VQConfig:
         _int(self, "latent_dim", 1)
         _int(self, "decoder_channels", 0)
         _int(self, "decoder_res_blocks", 0)
+        _int(self, "space_to_depth", 1)
         for name, base in (("base_channels", self.base_channels), ("decoder_channels", self.decoder_channels)):
             for m in self.channel_mult:
                 if (base * m) % self.norm_groups:
@@ -114,15 +119,17 @@ class VQConfig:
         if self.resolution % self.downsample:
             raise ConfigError(
                 f"VQConfig.resolution={self.resolution} is not divisible by the downsample factor "
-                f"{self.downsample} (2 ** (len(channel_mult) - 1) with channel_mult={list(self.channel_mult)})"
+                f"{self.downsample} (space_to_depth * 2 ** (len(channel_mult) - 1) with space_to_depth="
+                f"{self.space_to_depth}, channel_mult={list(self.channel_mult)})"
             )
 
         if self.architecture not in ARCHITECTURES:
             raise ConfigError(f"VQConfig.architecture must be one of {', '.join(ARCHITECTURES)}, got "
                               f"{self.architecture!r}")
-        if self.architecture != "conv" and (self.decoder_channels or self.decoder_res_blocks):
-            raise ConfigError("VQConfig.decoder_channels / decoder_res_blocks are for the conv architecture "
-                              f"(architecture {self.architecture!r}: set them to 0)")
+        if self.architecture != "conv" and (self.decoder_channels or self.decoder_res_blocks
+                                            or self.space_to_depth != 1):
+            raise ConfigError("VQConfig.decoder_channels / decoder_res_blocks / space_to_depth are for the conv "
+                              f"architecture (architecture {self.architecture!r}: set them to 0, 0, 1)")
         _int(self, "patch_context", 0)
         if self.quantizer not in QUANTIZERS:
             raise ConfigError(f"VQConfig.quantizer must be one of {', '.join(QUANTIZERS)}, got {self.quantizer!r}")
@@ -173,8 +180,8 @@ class VQConfig:
     # ------------------------------------------------------------- properties
     @property
     def downsample(self) -> int:
-        """Image side / code-grid side: one 2x downsample per level but the last."""
-        return 2 ** (len(self.channel_mult) - 1)
+        """Image side / code-grid side: one 2x downsample per level but the last, times space_to_depth."""
+        return self.space_to_depth * 2 ** (len(self.channel_mult) - 1)
 
     @property
     def grid_size(self) -> int:

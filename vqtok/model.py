@@ -104,7 +104,8 @@ class Encoder(nn.Module):
     def __init__(self, cfg: VQConfig):
         super().__init__()
         widths = [cfg.base_channels * m for m in cfg.channel_mult]
-        self.conv_in = nn.Conv2d(cfg.in_channels, widths[0], 3, padding=1)
+        self.fold = cfg.space_to_depth  # s x s pixels -> channels first (VQConfig.space_to_depth)
+        self.conv_in = nn.Conv2d(cfg.in_channels * self.fold**2, widths[0], 3, padding=1)
         self.levels = nn.ModuleList()
         ch = widths[0]
         for i, width in enumerate(widths):
@@ -119,7 +120,8 @@ class Encoder(nn.Module):
         self.conv_out = nn.Conv2d(ch, cfg.latent_dim, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C_in, H, W)
-        h = self.conv_in(x)  # (B, W_0, H, W)
+        x = F.pixel_unshuffle(x, self.fold) if self.fold > 1 else x  # (B, C_in * s^2, H / s, W / s)
+        h = self.conv_in(x)  # (B, W_0, H / s, W / s); s = 1 below
         for level in self.levels:  # level i: res blocks to width W_i, then a /2 except at the last level
             h = level(h)  # (B, W_i, H / 2^i, W / 2^i) -> (B, W_i, H / 2^(i+1), W / 2^(i+1)); last: grid kept
         h = F.silu(self.norm_out(h))  # (B, W_last, h, w)
@@ -200,14 +202,16 @@ class Decoder(nn.Module):
                 ch = widths[i - 1]
             self.levels.append(nn.Sequential(*blocks))
         self.norm_out = nn.GroupNorm(cfg.norm_groups, ch)
-        self.conv_out = nn.Conv2d(ch, cfg.in_channels, 3, padding=1)
+        self.fold = cfg.space_to_depth
+        self.conv_out = nn.Conv2d(ch, cfg.in_channels * self.fold**2, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:  # z: (B, D, h, w)
         h = self.conv_in(z)  # (B, W_last, h, w)
         for level in self.levels:  # deepest level first: res blocks at W_i, then x2 (to width W_(i-1)) but at i = 0
             h = level(h)  # (B, W_i, h * 2^k, w * 2^k) -> (B, W_(i-1), h * 2^(k+1), w * 2^(k+1)); ends (B, W_0, H, W)
-        h = F.silu(self.norm_out(h))  # (B, W_0, H, W)
-        return self.conv_out(h)  # (B, C_in, H, W), unbounded; ~[-1, 1] once trained
+        h = F.silu(self.norm_out(h))  # (B, W_0, H / s, W / s); s = space_to_depth, 1 by default
+        out = self.conv_out(h)  # (B, C_in * s^2, H / s, W / s)
+        return F.pixel_shuffle(out, self.fold) if self.fold > 1 else out  # (B, C_in, H, W), ~[-1, 1] once trained
 
 
 # ---------------------------------------------------------------------------
