@@ -31,6 +31,25 @@ def test_the_codecs_and_the_metrics_behave():
     assert blurred.shape == image.shape and 15 < photo_tokenizer.metrics(image, blurred)["psnr"] < 40
 
 
+def test_blended_windows_decode_a_local_decoder_exactly():
+    """decode_windows: the blend weights sum to one everywhere, the grid's uneven edges included (a decoder that
+    draws each code's patch alone gives the same image as one decode of the whole grid); one window, one decode."""
+    import torch
+
+    from vqtok import VQConfig, VQTokenizer
+
+    torch.manual_seed(0)
+    local = VQTokenizer(VQConfig(architecture="patch", resolution=16, base_channels=8, norm_groups=4,
+                                 channel_mult=(1, 1), latent_dim=8, codebook_size=64)).eval()
+    codes = torch.randint(0, 64, (1, 20, 28))  # grids of 8x8 codes a window: 2.5 x 3.5 windows, edges uneven
+    with torch.no_grad():
+        whole, blended = local.decode(codes), photo_tokenizer.decode_windows(local, codes, 8)
+        assert blended.shape == whole.shape == (1, 3, 40, 56)
+        assert torch.allclose(blended, whole, atol=1e-5)
+        small = codes[:, :8, :8]  # one window: one plain decode
+        assert torch.equal(photo_tokenizer.decode_windows(local, small, 8), local.decode(small))
+
+
 def test_the_benchmark_runs_end_to_end_at_toy_sizes(tmp_path, capsys):
     tiny = ["vq.base_channels=8", "vq.norm_groups=4", "vq.latent_dim=8", "vq.codebook_size=64", "loop.batch_size=8",
             "loop.device=\"cpu\""]
