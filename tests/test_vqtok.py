@@ -149,6 +149,20 @@ def test_space_to_depth_folds_pixels_into_channels(tmp_path):
         assert torch.equal(again.encode(x).codes, tok.encode(x).codes)
 
 
+def test_pixel_norm_makes_codes_independent_of_the_image_size():
+    """norm = "pixel": a code far from the border is the same whether its crop or a larger image around it is
+    encoded (GroupNorm's statistics over the whole map change every code)."""
+    torch.manual_seed(0)
+    kw = dict(resolution=32, base_channels=16, norm_groups=4, channel_mult=(1,), space_to_depth=4, latent_dim=8,
+              codebook_size=64)
+    big = torch.rand(1, 3, 128, 128) * 2 - 1  # 32x32 codes; a crop of 16x16 codes; 4 convs see 4 codes around
+    for norm, same in (("pixel", True), ("group", False)):
+        tok = VQTokenizer(VQConfig(norm=norm, **kw)).eval()
+        with torch.no_grad():
+            inner = (tok.encode(big).codes[:, 5:11, 5:11] == tok.encode(big[..., :64, :64]).codes[:, 5:11, 5:11])
+        assert bool(inner.all()) is same, norm
+
+
 def test_replace_returns_validated_copy():
     cfg = VQConfig()
     new = cfg.replace(codebook_size=512)
@@ -176,6 +190,7 @@ def test_replace_returns_validated_copy():
         ({"decoder_res_blocks": -1}, ["decoder_res_blocks", "-1"]),
         ({"architecture": "patch", "decoder_channels": 64}, ["decoder_channels", "conv"]),
         ({"space_to_depth": 0}, ["space_to_depth", "0"]),
+        ({"norm": "batch"}, ["norm", "'batch'"]),
         ({"architecture": "patch", "space_to_depth": 2}, ["space_to_depth", "conv"]),
         ({"resolution": 32, "space_to_depth": 3}, ["resolution=32", "downsample"]),
     ],

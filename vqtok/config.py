@@ -20,6 +20,7 @@ from vqtok.errors import ConfigError
 
 QUANTIZERS = ("vq", "fsq", "lfq")
 ARCHITECTURES = ("conv", "patch")
+NORMS = ("group", "pixel")
 RECON_LOSSES = ("l1", "l2")
 _TUPLE_FIELDS = ("channel_mult", "fsq_levels")
 
@@ -46,6 +47,9 @@ class VQConfig:
     channel_mult: tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = 1  # residual blocks per level; 1 is enough for flat shapes, taming uses 2
     norm_groups: int = 8  # GroupNorm groups; must divide every level's width (32 would be 1 channel/group here)
+    # conv only: "group" (GroupNorm: statistics over the whole map, so a whole photograph is normalised unlike
+    # the crops it was trained on) or "pixel" (LayerNorm over the channels at each position alone)
+    norm: str = "group"
     latent_dim: int = 64  # channels of the encoder output / decoder input (the quantizer's `dim`)
     # conv only: the decoder's own first-level width and residual blocks per level (0 = the same as the
     # encoder's base_channels / num_res_blocks). A heavier decoder than encoder is the usual asymmetry
@@ -131,6 +135,8 @@ class VQConfig:
             raise ConfigError("VQConfig.decoder_channels / decoder_res_blocks / space_to_depth are for the conv "
                               f"architecture (architecture {self.architecture!r}: set them to 0, 0, 1)")
         _int(self, "patch_context", 0)
+        if self.norm not in NORMS:
+            raise ConfigError(f"VQConfig.norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
         if self.quantizer not in QUANTIZERS:
             raise ConfigError(f"VQConfig.quantizer must be one of {', '.join(QUANTIZERS)}, got {self.quantizer!r}")
         _int(self, "codebook_size", 2)

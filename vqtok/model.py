@@ -54,14 +54,35 @@ def codebook_usage(codes: torch.Tensor, num_codes: int) -> float:
 # encoder / decoder (after taming-transformers' VQGAN, without attention)
 
 
-class ResBlock(nn.Module):
-    """GroupNorm -> SiLU -> conv3x3, twice, plus a (1x1-projected) skip."""
+class PixelNorm(nn.Module):
+    """LayerNorm over the channels at each position of (B, C, H, W), with a learned scale and shift per channel.
 
-    def __init__(self, in_ch: int, out_ch: int, groups: int):
+    Written here because torch's LayerNorm normalises trailing dimensions (channels-last) and GroupNorm(1, C)
+    normalises over C, H and W together; this one looks at no other position, so a whole photograph is
+    normalised as its training crops were (VQConfig.norm = "pixel").
+    """
+
+    def __init__(self, ch: int):
         super().__init__()
-        self.norm1 = nn.GroupNorm(groups, in_ch)
+        self.norm = nn.LayerNorm(ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, H, W)
+        return rearrange(self.norm(rearrange(x, "b c h w -> b h w c")), "b h w c -> b c h w")
+
+
+def make_norm(kind: str, groups: int, ch: int) -> nn.Module:
+    """The conv nets' normalisation (VQConfig.norm): GroupNorm over the whole map, or PixelNorm per position."""
+    return PixelNorm(ch) if kind == "pixel" else nn.GroupNorm(groups, ch)
+
+
+class ResBlock(nn.Module):
+    """Norm (GroupNorm by default) -> SiLU -> conv3x3, twice, plus a (1x1-projected) skip."""
+
+    def __init__(self, in_ch: int, out_ch: int, groups: int, norm: str = "group"):
+        super().__init__()
+        self.norm1 = make_norm(norm, groups, in_ch)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.norm2 = nn.GroupNorm(groups, out_ch)
+        self.norm2 = make_norm(norm, groups, out_ch)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
@@ -111,12 +132,12 @@ class Encoder(nn.Module):
         for i, width in enumerate(widths):
             blocks: list[nn.Module] = []
             for _ in range(cfg.num_res_blocks):
-                blocks.append(ResBlock(ch, width, cfg.norm_groups))
+                blocks.append(ResBlock(ch, width, cfg.norm_groups, cfg.norm))
                 ch = width
             if i < len(widths) - 1:  # every level but the last halves the grid
                 blocks.append(Downsample(ch))
             self.levels.append(nn.Sequential(*blocks))
-        self.norm_out = nn.GroupNorm(cfg.norm_groups, ch)
+        self.norm_out = make_norm(cfg.norm, cfg.norm_groups, ch)
         self.conv_out = nn.Conv2d(ch, cfg.latent_dim, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C_in, H, W)
@@ -195,13 +216,13 @@ class Decoder(nn.Module):
         for i in reversed(range(len(widths))):
             blocks: list[nn.Module] = []
             for _ in range(cfg.decoder_res_blocks or cfg.num_res_blocks):
-                blocks.append(ResBlock(ch, widths[i], cfg.norm_groups))
+                blocks.append(ResBlock(ch, widths[i], cfg.norm_groups, cfg.norm))
                 ch = widths[i]
             if i > 0:  # every level but the first (in image order) doubles the grid
                 blocks.append(Upsample(ch, widths[i - 1]))
                 ch = widths[i - 1]
             self.levels.append(nn.Sequential(*blocks))
-        self.norm_out = nn.GroupNorm(cfg.norm_groups, ch)
+        self.norm_out = make_norm(cfg.norm, cfg.norm_groups, ch)
         self.fold = cfg.space_to_depth
         self.conv_out = nn.Conv2d(ch, cfg.in_channels * self.fold**2, 3, padding=1)
 
