@@ -31,6 +31,17 @@ def test_the_codecs_and_the_metrics_behave():
     assert blurred.shape == image.shape and 15 < photo_tokenizer.metrics(image, blurred)["psnr"] < 40
 
 
+def test_the_seam_step_sees_tiles_and_not_a_smooth_copy():
+    image = photo_tokenizer.photo("astronaut")[:128, :192]
+    assert photo_tokenizer.seam_step(image, image, 64) == pytest.approx(0.0)
+    tiled = image.astype(np.int16).copy()
+    tiled[:64, 64:128] += 12  # one tile brighter: a step at its four edges
+    tiled[64:, :64] -= 12
+    seam = photo_tokenizer.seam_step(image, np.clip(tiled, 0, 255).astype(np.uint8), 64)
+    assert seam > 2.0
+    assert photo_tokenizer.seam_step(image, photo_tokenizer.bicubic_at(image, 4), 64) < 0.5  # blur: no lines
+
+
 def test_blended_windows_decode_a_local_decoder_exactly():
     """decode_windows: the blend weights sum to one everywhere, the grid's uneven edges included (a decoder that
     draws each code's patch alone gives the same image as one decode of the whole grid); one window, one decode."""
