@@ -273,6 +273,42 @@ def test_codebook_usage():
     assert codebook_usage(torch.tensor([[0, 1], [1, 3]]), 8) == 3 / 8
 
 
+def test_sparse_codebook_trains_as_the_library_does():
+    """SparseCodebook (by index) gives the library's one-hot path's codes, vectors, loss and codebook buffers,
+    bit for bit in fp32, dead-code refreshes included; under CPU bf16 autocast it picks codes in fp32."""
+    import copy
+
+    from vector_quantize_pytorch import VectorQuantize
+
+    from vqtok.model import SparseCodebook
+
+    torch.manual_seed(0)
+    lib = VectorQuantize(dim=16, codebook_size=64, codebook_dim=4, use_cosine_sim=True, decay=0.9,
+                         threshold_ema_dead_code=2.0, commitment_weight=0.25)
+    ours = copy.deepcopy(lib)
+    ours._codebook.__class__ = SparseCodebook
+    refreshes = []
+    replace = ours._codebook.replace
+    ours._codebook.replace = lambda *a, **k: (refreshes.append(1), replace(*a, **k))[1]
+    for step in range(4):
+        x = torch.randn(4, 32, 16)  # (B, N, D)
+        torch.manual_seed(step)  # dead-code refreshes draw from the RNG
+        q1, i1, l1 = lib(x)
+        torch.manual_seed(step)
+        q2, i2, l2 = ours(x)
+        assert torch.equal(i1, i2) and torch.equal(q1, q2) and torch.equal(l1, l2)
+        for name in ("embed", "embed_avg", "cluster_size"):
+            assert torch.equal(getattr(lib._codebook, name), getattr(ours._codebook, name)), (step, name)
+    assert refreshes  # dead codes were re-seeded on the way
+    ours.eval()
+    x = torch.randn(2, 512, 16)  # the library's path under this autocast picks ~4% other codes
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, codes, _ = ours(x)
+    lib.eval()
+    _, exact, _ = lib(x)  # fp32: the nearest codes
+    assert torch.equal(codes, exact)
+
+
 # ---------------------------------------------------------------------------
 # save / load
 
