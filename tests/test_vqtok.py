@@ -300,13 +300,13 @@ def test_sparse_codebook_trains_as_the_library_does():
         for name in ("embed", "embed_avg", "cluster_size"):
             assert torch.equal(getattr(lib._codebook, name), getattr(ours._codebook, name)), (step, name)
     assert refreshes  # dead codes were re-seeded on the way
-    ours.eval()
-    x = torch.randn(2, 512, 16)  # the library's path under this autocast picks ~4% other codes
+    ours.eval(), lib.eval()
+    x = torch.nn.functional.normalize(torch.randn(2, 512, 4), dim=-1)  # the codebook's input: unit vectors
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        _, codes, _ = ours(x)
-    lib.eval()
-    _, exact, _ = lib(x)  # fp32: the nearest codes
-    assert torch.equal(codes, exact)
+        _, codes, _ = ours._codebook(x)
+        _, library_bf16, _ = lib._codebook(x)  # the library's path under this autocast picks ~4% other codes
+    _, exact, _ = lib._codebook(x)  # fp32: the nearest codes
+    assert torch.equal(codes, exact) and not torch.equal(library_bf16, exact)
 
 
 # ---------------------------------------------------------------------------
