@@ -245,8 +245,9 @@ class SparseCodebook(Codebook):
 
     In training the library builds an (N, K) one-hot matrix of the chosen codes and multiplies by it twice (the
     quantized vectors; each code's sum of assigned vectors for the EMA): at 4,096 vectors a batch and 1,024 codes
-    that was ~1/5 of the cpu-photo preset's CPU step, for what a gather, a bincount and an index_add do in a few
-    milliseconds. This class reuses everything else of the library (its buffers and state-dict keys, k-means init,
+    that was ~40% of the cpu-photo preset's CPU step (0.137 -> 0.082 s), for what a gather, a bincount and an
+    index_add do in a few milliseconds; and under CPU bf16 autocast it chose codes from bf16 similarities (3-5% not
+    the nearest), where this one works in fp32. This class reuses everything else of the library (its buffers and state-dict keys, k-means init,
     EMA update, dead-code replacement, DDP sync) and computes the same values (tested against the library's path);
     any option outside the plain case (masks, top-k, affine or learnable codebooks, stochastic codes, several
     codebooks) falls back to the library's own forward.
