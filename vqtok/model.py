@@ -250,14 +250,15 @@ class SparseCodebook(Codebook):
     the nearest), where this one works in fp32. This class reuses everything else of the library (its buffers and state-dict keys, k-means init,
     EMA update, dead-code replacement, DDP sync) and computes the same values (tested against the library's path);
     any option outside the plain case (masks, top-k, affine or learnable codebooks, stochastic codes, several
-    codebooks) falls back to the library's own forward.
+    codebooks, Euclidean distance) falls back to the library's own forward.
     """
 
     def _plain(self, x, mask, codebook_transform_fn, ema_update_weight, accum_ema_update, topk) -> bool:
         stochastic = getattr(self.gumbel_sample, "keywords", {}).get("stochastic", True)
         return (x.ndim < 4 and mask is None and codebook_transform_fn is None and ema_update_weight is None
                 and not accum_ema_update and topk is None and not stochastic and not self.affine_param
-                and not self.learnable_codebook and self.vq_bridge is None and self.embed.shape[0] == 1)
+                and not self.learnable_codebook and self.vq_bridge is None and self.embed.shape[0] == 1
+                and self.use_cosine_sim)  # the tokenizer's VQ (Quantizer) is always cosine
 
     def forward(self, x, sample_codebook_temp=None, mask=None, freeze_codebook=False, codebook_transform_fn=None,
                 ema_update_weight=None, accum_ema_update=False, ema_update=None, topk=None, update_usage=True):
@@ -273,10 +274,7 @@ class SparseCodebook(Codebook):
         flat = x.float().reshape(-1, x.shape[-1])  # (M, d), M = B * N
         self.init_embed_(flat[None])
         embed = self.embed.detach().float()[0]  # (K, d)
-        if self.use_cosine_sim:
-            dist = flat @ embed.T  # (M, K) cosine similarity (inputs and codes are unit vectors)
-        else:
-            dist = -torch.cdist(flat, embed)  # (M, K) negative distance
+        dist = flat @ embed.T  # (M, K) cosine similarity (inputs and codes are unit vectors)
         ind = dist.argmax(dim=-1)  # (M,)
         quantize = embed[ind]  # (M, d)
         if self.training and update_usage and not freeze_codebook and (ema_update or self.has_dead_code_replacement):
