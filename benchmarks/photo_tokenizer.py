@@ -22,7 +22,8 @@ classical codecs at the same bits per pixel (log2(codes) per code over downsampl
 Reported per photo: PSNR (dB), SSIM (torchmetrics), the mean colour error (CIE76 delta E in Lab,
 scikit-image), for the tokenizer the seam step (seam_step: how much larger pixel steps are across the lines
 where tiles meet than elsewhere), and the codebook usage of the two photos (distinct codes over the codebook
-size).
+size). And the fit: PSNR on (up to) 800 of the training crops against 800 fresh crops of the same photos (seed
+1000, the same augmentation, RUN/fresh_crops): a gap between them is crops memorised, not photos learned.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ TRAIN_PHOTOS = ("rocket", "hubble_deep_field", "immunohistochemistry", "retina",
 GREY_PHOTOS = ("camera", "brick", "grass", "gravel", "coins", "moon")
 PHOTO_SETS = {"six": TRAIN_PHOTOS, "more": TRAIN_PHOTOS + GREY_PHOTOS}
 HELD_OUT = ("astronaut", "chelsea")
+FIT_CROPS = 800  # training crops and fresh ones measured for the fit (crop_psnr)
+FRESH_SEED = 1000  # the fresh crops' seed (the training crops use 0)
 
 
 def photo(name: str):
@@ -205,6 +208,29 @@ def reconstruct(tokenizer, image, tile: int | None = None, windows: bool = False
     return out, used
 
 
+def crop_psnr(tokenizer, folder: Path, n: int) -> float:
+    """PSNR (dB, from the mean squared error over all pixels, uint8 scale) of the tokenizer on the first `n` crops
+    (PNGs) in `folder`, each encoded and decoded alone. Beside the training crops and fresh crops of the same
+    photographs, it shows how much of the training fit is memorised crops rather than the photos' statistics."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from vqtok import images_to_tensor, tensor_to_images
+
+    files = sorted(folder.glob("*.png"))[:n]
+    if not files:
+        raise FileNotFoundError(f"no PNG crops in {folder}")
+    sq, count = 0.0, 0
+    with torch.inference_mode():
+        for i in range(0, len(files), 100):
+            batch = np.stack([np.array(Image.open(f).convert("RGB")) for f in files[i : i + 100]])  # (B, H, W, 3)
+            out = tensor_to_images(tokenizer(images_to_tensor(torch.from_numpy(batch))).recon).numpy()
+            sq += float(((out.astype(np.float64) - batch) ** 2).sum())
+            count += batch.size
+    return 10 * math.log10(255.0**2 / max(sq / count, 1e-10))
+
+
 def main(argv: list[str] | None = None) -> int:
     from pipelines import Run
     from train.config import parse_assignments
@@ -261,12 +287,20 @@ def main(argv: list[str] | None = None) -> int:
         if jpeg is not None:
             row["jpeg"] = {**metrics(image, jpeg[0]), "bpp": jpeg[1], "quality": jpeg[2]}
         rows.append(row)
+    # the fit on training crops against fresh crops of the same photos (another seed, the same augmentation)
+    fresh = run / "fresh_crops"
+    if not fresh.is_dir():
+        write_crops(fresh, min(args.crops, FIT_CROPS), size, seed=FRESH_SEED, colours=args.colour_augment,
+                    names=PHOTO_SETS[args.photos])
+    fit = {"training_crops": crop_psnr(tokenizer, crops, FIT_CROPS), "fresh_crops": crop_psnr(tokenizer, fresh, FIT_CROPS)}
     result = {"preset": args.preset, "sets": sets, "colour_augment": args.colour_augment, "photos_set": args.photos,
               "minutes": args.minutes, "steps": cfg.loop.steps, "train_seconds": round(seconds, 1),
-              "bpp": bpp, "codes": k, "codebook_usage": len(used) / k, "photos": rows}
+              "bpp": bpp, "codes": k, "codebook_usage": len(used) / k, "crop_fit": fit, "photos": rows}
     print(f"tokenizer: {args.preset} preset, {sets}, {cfg.loop.steps} steps, {seconds / 60:.1f} min of training "
           f"(this call); {k} codes, {bpp:.3f} bits per pixel; codebook usage on the held-out photos "
           f"{100 * result['codebook_usage']:.1f}%")
+    print(f"crops, PSNR: {fit['training_crops']:.2f} dB on (up to {FIT_CROPS} of) its training crops, "
+          f"{fit['fresh_crops']:.2f} dB on fresh crops of the same photos (the gap is memorised crops)")
     print("| photo | method | PSNR (dB) | SSIM | colour error (dE) | seam step (0-255) |")
     print("|---|---|---:|---:|---:|---:|")
     for r in rows:

@@ -70,9 +70,28 @@ def test_the_benchmark_runs_end_to_end_at_toy_sizes(tmp_path, capsys):
     assert len(list((tmp_path / "run" / "crops").glob("*.png"))) == 32
     assert result["bpp"] == pytest.approx(6 / 16) and 0 < result["codebook_usage"] <= 1
     assert [r["photo"] for r in result["photos"]] == ["astronaut", "chelsea"]
+    fit = result["crop_fit"]  # the fit on 32 training crops against 32 fresh ones of the same photos
+    assert len(list((tmp_path / "run" / "fresh_crops").glob("*.png"))) == 32
+    assert np.isfinite(fit["training_crops"]) and np.isfinite(fit["fresh_crops"])
     for r in result["photos"]:
         assert {"whole", "tiles", "bicubic"} <= set(r) and np.isfinite(r["whole"]["psnr"])
     assert "| astronaut | tokenizer, whole image |" in capsys.readouterr().out
+
+
+def test_crop_psnr_reads_a_known_error_and_a_copy(tmp_path):
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(10, 200, (8, 8, 3), dtype=np.uint8)).save(tmp_path / f"c{i}.png")
+    copy = lambda x: SimpleNamespace(recon=x)  # noqa: E731
+    off_by_two = lambda x: SimpleNamespace(recon=x + 2 / 127.5)  # noqa: E731 (every pixel 2 levels off)
+    assert photo_tokenizer.crop_psnr(off_by_two, tmp_path, 10) == pytest.approx(10 * np.log10(255**2 / 4), abs=1e-6)
+    assert photo_tokenizer.crop_psnr(copy, tmp_path, 10) > 100
+    with pytest.raises(FileNotFoundError):
+        photo_tokenizer.crop_psnr(copy, tmp_path / "none", 10)
 
 
 def test_colour_augmented_crops_permute_channels_and_keep_the_pixels(tmp_path):
