@@ -292,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     if not fresh.is_dir():
         write_crops(fresh, min(args.crops, FIT_CROPS), size, seed=FRESH_SEED, colours=args.colour_augment,
                     names=PHOTO_SETS[args.photos])
-    fit = {"training_crops": crop_psnr(tokenizer, crops, FIT_CROPS), "fresh_crops": crop_psnr(tokenizer, fresh, FIT_CROPS)}
+    fit = {"training_crops": crop_psnr(tokenizer, crops, FIT_CROPS),
+           "fresh_crops": crop_psnr(tokenizer, fresh, FIT_CROPS)}
     result = {"preset": args.preset, "sets": sets, "colour_augment": args.colour_augment, "photos_set": args.photos,
               "minutes": args.minutes, "steps": cfg.loop.steps, "train_seconds": round(seconds, 1),
               "bpp": bpp, "codes": k, "codebook_usage": len(used) / k, "crop_fit": fit, "photos": rows}
