@@ -13,7 +13,9 @@ trains on them (`data.source`); astronaut and chelsea (cropped to a multiple of 
 held out. Each held-out photo is encoded and decoded whole (the nets are convolutional: no tiles, no
 seams), encoded tile by tile and its code grid decoded in overlapping training-sized windows blended
 together (decode_windows: encoder and decoder see crop-sized GroupNorm statistics, and no edge shows), and
-tile by tile at the training resolution (seams where tiles meet), and compared with
+tile by tile at the training resolution (seams where tiles meet), and encoded whole with its codes checked
+against the decoder (vqtok.search.search_codes: `--search-candidates` codes tried at each position over
+`--search-rounds` passes; the same codes and bits per pixel, chosen by what the decoder draws), and compared with
 classical codecs at the same bits per pixel (log2(codes) per code over downsample^2 pixels):
 
 - JPEG (Pillow) at the highest quality whose file is no larger than that budget;
@@ -171,17 +173,21 @@ def decode_windows(tokenizer, codes, window: int):
     return out / weight
 
 
-def reconstruct(tokenizer, image, tile: int | None = None, windows: bool = False):
+def reconstruct(tokenizer, image, tile: int | None = None, windows: bool = False,
+                search: tuple[int, int] | None = None):
     """Encode and decode uint8 (H, W, 3) whole; with `windows`, encoded tile by tile and the code grid decoded
     whole in blended training-sized windows (decode_windows: no seams); or tile by tile (encoded and decoded);
+    with `search` (candidates, rounds), whole with the codes searched against the decoder (vqtok.search);
     returns (uint8 image, codes used). `image`'s sides are multiples of the resolution for `tile` / `windows`."""
     import numpy as np
     import torch
 
     from vqtok import images_to_tensor, tensor_to_images
+    from vqtok.search import search_codes
 
     def encode(x):
-        return tokenizer.encode(images_to_tensor(torch.from_numpy(np.ascontiguousarray(x))[None])).codes
+        x = images_to_tensor(torch.from_numpy(np.ascontiguousarray(x))[None])
+        return search_codes(tokenizer, x, *search) if search else tokenizer.encode(x).codes
 
     def run(x):
         with torch.inference_mode():
@@ -252,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="training photographs: the six colour ones, or those and six grey ones (module docstring)")
     p.add_argument("--colour-augment", action="store_true",
                    help="crops with their RGB channels in a random order and randomly mirrored (write_crops)")
+    p.add_argument("--search-candidates", type=int, default=8,
+                   help="codes tried at each position by the decoder-checked encode (vqtok.search); 0: not measured")
+    p.add_argument("--search-rounds", type=int, default=2, help="passes of the decoder-checked encode")
     p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args(argv)
 
@@ -272,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = load_tokenizer(tok_dir).eval()
     ds, k = tokenizer.cfg.downsample, tokenizer.cfg.num_codes
     bpp = math.log2(k) / ds**2
-    rows, used = [], set()
+    rows, used, searched_used, search_seconds = [], set(), set(), 0.0
     for name in HELD_OUT:
         image = photo(name)
         image = image[: image.shape[0] // size * size, : image.shape[1] // size * size]  # whole tiles
@@ -284,6 +293,12 @@ def main(argv: list[str] | None = None) -> int:
         with_seam = lambda out: {**metrics(image, out), "seam": seam_step(image, out, size)}  # noqa: E731
         row = {"photo": name, "shape": list(image.shape[:2]), "whole": with_seam(whole), "windows": with_seam(blended),
                "tiles": with_seam(tiled), "bicubic": metrics(image, bicubic_at(image, ds))}
+        if args.search_candidates > 0:
+            t_search = time.perf_counter()
+            searched, codes = reconstruct(tokenizer, image, search=(args.search_candidates, args.search_rounds))
+            search_seconds += time.perf_counter() - t_search
+            searched_used.update(codes)
+            row["searched"] = with_seam(searched)
         if jpeg is not None:
             row["jpeg"] = {**metrics(image, jpeg[0]), "bpp": jpeg[1], "quality": jpeg[2]}
         rows.append(row)
@@ -296,19 +311,25 @@ def main(argv: list[str] | None = None) -> int:
            "fresh_crops": crop_psnr(tokenizer, fresh, FIT_CROPS)}
     result = {"preset": args.preset, "sets": sets, "colour_augment": args.colour_augment, "photos_set": args.photos,
               "minutes": args.minutes, "steps": cfg.loop.steps, "train_seconds": round(seconds, 1),
-              "bpp": bpp, "codes": k, "codebook_usage": len(used) / k, "crop_fit": fit, "photos": rows}
+              "bpp": bpp, "codes": k, "codebook_usage": len(used) / k, "crop_fit": fit, "photos": rows,
+              "search": {"candidates": args.search_candidates, "rounds": args.search_rounds,
+                         "seconds": round(search_seconds, 1), "codebook_usage": len(searched_used) / k}}
     print(f"tokenizer: {args.preset} preset, {sets}, {cfg.loop.steps} steps, {seconds / 60:.1f} min of training "
           f"(this call); {k} codes, {bpp:.3f} bits per pixel; codebook usage on the held-out photos "
           f"{100 * result['codebook_usage']:.1f}%")
+    if args.search_candidates > 0:
+        print(f"decoder-checked encode: {args.search_candidates} candidates, {args.search_rounds} rounds, "
+              f"{search_seconds:.0f} s for the two photos; its codebook usage {100 * len(searched_used) / k:.1f}%")
     print(f"crops, PSNR: {fit['training_crops']:.2f} dB on (up to {FIT_CROPS} of) its training crops, "
           f"{fit['fresh_crops']:.2f} dB on fresh crops of the same photos (the gap is memorised crops)")
     print("| photo | method | PSNR (dB) | SSIM | colour error (dE) | seam step (0-255) |")
     print("|---|---|---:|---:|---:|---:|")
     for r in rows:
-        for method in ("whole", "windows", "tiles", "jpeg", "bicubic"):
+        for method in ("whole", "searched", "windows", "tiles", "jpeg", "bicubic"):
             if method in r:
                 m = r[method]
-                label = {"whole": "tokenizer, whole image", "tiles": f"tokenizer, {size} px tiles",
+                label = {"whole": "tokenizer, whole image", "searched": "tokenizer, whole image, decoder-checked codes",
+                         "tiles": f"tokenizer, {size} px tiles",
                          "windows": f"tokenizer, {size} px tile codes, blended decode",
                          "jpeg": f"JPEG q{m.get('quality')} ({m.get('bpp', 0):.3f} bpp)",
                          "bicubic": f"bicubic x{ds}"}[method]

@@ -385,6 +385,10 @@ def _eval_commands(sub, cli: ModuleType) -> None:
     r.add_argument("--run", required=True, type=OUT_DIR, help="run directory holding tokenizer/")
     r.add_argument("images", nargs="+", help="image files")
     r.add_argument("--out", default="reconstructions.png", type=OUT_FILE, help="output grid PNG")
+    r.add_argument("--search", type=NONNEGATIVE, default=0, metavar="N",
+                   help="also decode codes checked against the decoder: N codes tried at each position (8 is a good "
+                        "start; needs the vq quantizer and a local decoder, e.g. the cpu-photo preset; default 0: off)")
+    r.add_argument("--search-rounds", type=POSITIVE, default=2, help="passes of that search (default 2)")
 
 
 def add_commands(sub, cli: ModuleType) -> None:

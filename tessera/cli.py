@@ -242,7 +242,12 @@ def cmd_eval_tokenizer(args: argparse.Namespace) -> int:
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from eval.tokenizer_run import reconstruct_files
 
-    print(f"originals (top) and reconstructions (bottom) written to {reconstruct_files(args.run, args.images, args.out)}")
+    r = reconstruct_files(args.run, args.images, args.out, search=args.search, rounds=args.search_rounds)
+    rows = "reconstructions (bottom)"
+    if args.search:
+        rows = "reconstructions (middle) and from decoder-checked codes (bottom)"
+    print(f"originals (top) and {rows} written to {r['out']}")
+    print(f"PSNR {r['psnr']:.2f} dB" + (f"; decoder-checked codes {r['psnr_searched']:.2f} dB" if args.search else ""))
     return 0
 
 

@@ -357,6 +357,22 @@ class Quantizer(nn.Module):
         """Alias of forward: (B, D, h, w) -> QuantizeOutput."""
         return self(z)
 
+    def nearest_codes(self, z: torch.Tensor, k: int) -> torch.Tensor:
+        """The `k` codes nearest each position of z (B, D, h, w), nearest first: (B, h, w, k) int64 (vq only).
+
+        The first is the code `forward` picks (the same projection, normalisation and cosine similarity, in fp32);
+        the others are what `vqtok.search.search_codes` tries in its place.
+        """
+        if self.kind != "vq":
+            raise ValueError(f"nearest_codes needs the vq quantizer (codes with a distance), not {self.kind!r}")
+        h = z.shape[-2]
+        seq = rearrange(z, "b d h w -> b (h w) d").float()  # (B, N, D)
+        with torch.autocast(z.device.type, enabled=False):
+            x = self.impl._codebook.transform_input(self.impl.project_in(seq))  # (B, N, d) unit vectors
+            sim = x @ self.impl._codebook.embed[0].float().T  # (B, N, K) cosine similarity
+        top = sim.topk(min(k, self.num_codes), dim=-1).indices  # (B, N, k)
+        return rearrange(top, "b (h w) k -> b h w k", h=h)
+
     def codes_to_latent(self, codes: torch.Tensor) -> torch.Tensor:  # codes: (B, h, w) int
         h, w = codes.shape[-2:]
         idx = rearrange(codes.long(), "b h w -> b (h w)")  # (B, N)
