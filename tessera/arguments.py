@@ -380,8 +380,9 @@ def _eval_commands(sub, cli: ModuleType) -> None:
     e.add_argument("--device", type=DEVICE, help="cpu or cuda (default: cpu)")
     e.add_argument("--out", type=OUT_FILE, help="also write the JSON report here")
     r = _command(sub, "reconstruct", cli.cmd_reconstruct, "encode and decode image files with a run's tokenizer",
-                 "Images are converted to RGB, centre-cropped to a square and resized; unreadable files are refused "
-                 "by name.")
+                 "Images are converted to RGB, centre-cropped to a square and resized to the tokenizer's resolution "
+                 "(or with --whole encoded at their own size); unreadable files are refused by name. Prints the "
+                 "PSNR of the reconstructions.")
     r.add_argument("--run", required=True, type=OUT_DIR, help="run directory holding tokenizer/")
     r.add_argument("images", nargs="+", help="image files")
     r.add_argument("--out", default="reconstructions.png", type=OUT_FILE, help="output grid PNG")
@@ -389,6 +390,10 @@ def _eval_commands(sub, cli: ModuleType) -> None:
                    help="also decode codes checked against the decoder: N codes tried at each position (8 is a good "
                         "start; needs the vq quantizer and a local decoder, e.g. the cpu-photo preset; default 0: off)")
     r.add_argument("--search-rounds", type=POSITIVE, default=2, help="passes of that search (default 2)")
+    r.add_argument("--whole", action="store_true",
+                   help="encode each image whole at its own size (cropped to a multiple of the tokenizer's "
+                        "downsampling), as the photo benchmark does, instead of resizing it to the tokenizer's "
+                        "resolution; for convolutional tokenizers with the per-position norm (cpu-photo)")
 
 
 def add_commands(sub, cli: ModuleType) -> None:

@@ -242,7 +242,8 @@ def cmd_eval_tokenizer(args: argparse.Namespace) -> int:
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from eval.tokenizer_run import reconstruct_files
 
-    r = reconstruct_files(args.run, args.images, args.out, search=args.search, rounds=args.search_rounds)
+    r = reconstruct_files(args.run, args.images, args.out, search=args.search, rounds=args.search_rounds,
+                          whole=args.whole)
     rows = "reconstructions (bottom)"
     if args.search:
         rows = "reconstructions (middle) and from decoder-checked codes (bottom)"

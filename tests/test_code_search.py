@@ -116,3 +116,19 @@ def test_reconstruct_cli_searches_codes(runs, tmp_path, capsys):
     # a GroupNorm tokenizer is refused with the reason, not a traceback
     assert main(["reconstruct", "--run", str(runs["group"]), str(path), "--out", str(out), "--search", "4"]) == 2
     assert "not local" in capsys.readouterr().err
+
+
+def test_reconstruct_cli_whole_images_at_their_own_size(runs, tmp_path, capsys):
+    scene = shapes.render(shapes.sample_scenes(1, seed=4)[0], 64)
+    Image.fromarray(scene[:38, :53]).save(tmp_path / "wide.png")  # -> 36 x 52 (whole codes of 4 px)
+    Image.fromarray(scene[:30, :30]).save(tmp_path / "small.png")  # -> 28 x 28
+    out = tmp_path / "whole.png"
+    files = [str(tmp_path / "wide.png"), str(tmp_path / "small.png")]
+    assert main(["reconstruct", "--run", str(runs["pixel"]), *files, "--out", str(out), "--whole", "--search", "4"]) == 0
+    assert "decoder-checked codes" in capsys.readouterr().out
+    # three rows (originals, reconstructions, checked codes) of two images padded to 36 x 52, 2 px a side, 1x
+    assert Image.open(out).size == (2 * (52 + 4), 3 * (36 + 4))
+    Image.fromarray(scene[:3, :3]).save(tmp_path / "tiny.png")  # under one code's 4 x 4 pixels
+    assert main(["reconstruct", "--run", str(runs["pixel"]), str(tmp_path / "tiny.png"), "--out", str(out),
+                 "--whole"]) == 2
+    assert "smaller than" in capsys.readouterr().err

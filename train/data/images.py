@@ -93,8 +93,9 @@ def has_alpha(img: Image.Image) -> bool:
     return img.mode == "P" and img.palette is not None and img.palette.mode.endswith("A")
 
 
-def to_rgb(img: Image.Image, resolution: int, name: str) -> np.ndarray:
-    """A PIL image of any mode as uint8 (resolution, resolution, 3): upright, RGB, centre-cropped, resized.
+def to_rgb(img: Image.Image, resolution: int | None, name: str) -> np.ndarray:
+    """A PIL image of any mode as uint8 (resolution, resolution, 3): upright, RGB, centre-cropped, resized
+    (resolution None: at its own size, (H, W, 3), neither cropped nor resized).
 
     The image is first turned as its EXIF orientation says. 16-bit, 32-bit and float grey (I;16*, I, F) are
     scaled to 8 bits by their depth (`deep_grey_to_8bit`), not clipped. Transparency (RGBA, LA, PA, a palette or
@@ -114,6 +115,8 @@ def to_rgb(img: Image.Image, resolution: int, name: str) -> np.ndarray:
     elif img.mode != "RGB":
         img = img.convert("RGB")  # L, 1, P, CMYK (naive, no ICC profile), YCbCr ... -> RGB
         log.info("%s: converted from %s to RGB", name, mode)
+    if resolution is None:
+        return np.asarray(img, dtype=np.uint8)
     w, h = img.size
     if w != h:
         # the centre keeps the subject of most photos; padding would teach the tokenizer borders
@@ -133,8 +136,8 @@ def image_name(value: Any, index: int) -> str:
     return str(path) if path else f"row {index}"
 
 
-def decode_image(value: Any, resolution: int, name: str) -> np.ndarray:
-    """One image as uint8 (resolution, resolution, 3), or ImageError naming `name`.
+def decode_image(value: Any, resolution: int | None, name: str) -> np.ndarray:
+    """One image as uint8 (resolution, resolution, 3) (None: at its own size, to_rgb), or ImageError naming `name`.
 
     `value` is what a `datasets` image column holds: a PIL image (decoded
     column), a {"bytes", "path"} dict (`datasets.Image(decode=False)`), a file
@@ -161,8 +164,9 @@ def decode_image(value: Any, resolution: int, name: str) -> np.ndarray:
         raise ImageError(f"{name}: cannot read image ({e})") from e
 
 
-def load_image_file(path: str | Path, resolution: int) -> np.ndarray:
-    """Read one image file as uint8 (resolution, resolution, 3), or raise ImageError naming it."""
+def load_image_file(path: str | Path, resolution: int | None) -> np.ndarray:
+    """Read one image file as uint8 (resolution, resolution, 3) (None: at its own size), or raise ImageError naming
+    it."""
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
