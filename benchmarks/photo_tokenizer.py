@@ -2,7 +2,8 @@
 
     python benchmarks/photo_tokenizer.py --run runs/photo [--preset cpu-photo] [--set vq.quantizer=fsq ...]
                                          [--steps N | --minutes M] [--crops 4000] [--photos six|more]
-                                         [--colour-augment] [--out photo.json]
+                                         [--colour-augment] [--search-candidates 8] [--search-rounds 2]
+                                         [--out photo.json]
 
 The photographs are the ones bundled inside the scikit-image wheel (a dev dependency; nothing is
 downloaded): `--crops` random crops of `vq.resolution` px from rocket, hubble_deep_field,

@@ -64,7 +64,8 @@ def test_blended_windows_decode_a_local_decoder_exactly():
 def test_the_benchmark_runs_end_to_end_at_toy_sizes(tmp_path, capsys):
     tiny = ["vq.base_channels=8", "vq.norm_groups=4", "vq.latent_dim=8", "vq.codebook_size=64", "loop.batch_size=8",
             "loop.device=\"cpu\""]
-    argv = ["--run", str(tmp_path / "run"), "--steps", "3", "--crops", "32", "--out", str(tmp_path / "r.json")]
+    argv = ["--run", str(tmp_path / "run"), "--steps", "3", "--crops", "32", "--out", str(tmp_path / "r.json"),
+            "--search-candidates", "2", "--search-rounds", "1"]
     assert photo_tokenizer.main([*argv, *[a for s in tiny for a in ("--set", s)]]) == 0
     result = json.loads((tmp_path / "r.json").read_text())
     assert len(list((tmp_path / "run" / "crops").glob("*.png"))) == 32
@@ -75,6 +76,8 @@ def test_the_benchmark_runs_end_to_end_at_toy_sizes(tmp_path, capsys):
     assert np.isfinite(fit["training_crops"]) and np.isfinite(fit["fresh_crops"])
     for r in result["photos"]:
         assert {"whole", "tiles", "bicubic"} <= set(r) and np.isfinite(r["whole"]["psnr"])
+        assert r["searched"]["psnr"] >= r["whole"]["psnr"]  # codes checked against the decoder never do worse
+    assert result["search"]["candidates"] == 2 and 0 < result["search"]["codebook_usage"] <= 1
     assert "| astronaut | tokenizer, whole image |" in capsys.readouterr().out
 
 
@@ -125,7 +128,7 @@ def test_a_time_budget_sets_the_steps_and_a_resume_keeps_them(tmp_path, monkeypa
     tiny = ["vq.base_channels=8", "vq.norm_groups=4", "vq.latent_dim=8", "vq.codebook_size=64", "loop.batch_size=8",
             "loop.device=\"cpu\"", "loop.ckpt_every=1"]
     argv = ["--run", str(tmp_path / "run"), "--minutes", "0.02", "--crops", "16", "--out", str(tmp_path / "r.json"),
-            *[a for s in tiny for a in ("--set", s)]]
+            "--search-candidates", "0", *[a for s in tiny for a in ("--set", s)]]  # no search: not what is tested
     assert photo_tokenizer.main(argv) == 0
     first = json.loads((tmp_path / "r.json").read_text())
     assert first["minutes"] == 0.02 and first["steps"] >= 1

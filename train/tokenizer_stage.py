@@ -140,9 +140,9 @@ PRESETS: dict[str, dict] = {
     # at full resolution, took 6.6x as long a step). A per-position norm ("pixel"): with GroupNorm a whole
     # photograph is normalised unlike its training crops (1.1 dB lost on chelsea). L2, lr 1e-3, bf16, a weight
     # EMA; the codebook trains by index (vqtok.model.SparseCodebook: 1.9x the steps of the library's one-hot path),
-    # 13,000 steps take 18-19.5 minutes on 2 cores (AVX512-BF16, no AMX; 13,600 took 18.9 and 20.3 minutes on two
-    # days). On two photographs it never saw: docs/RESULTS.md "Issue 23"
-    # (benchmarks/photo_tokenizer.py, which trains on random crops).
+    # 13,000 steps took 17.6 minutes on 2 cores (AVX512-BF16, no AMX; 18-19.5 on slower days from their step
+    # times). On two photographs it never saw (28.6 / 31.7 dB; 29.3 / 32.1 with codes checked against the decoder,
+    # vqtok.search): docs/RESULTS.md "Issue 23" (benchmarks/photo_tokenizer.py, which trains on random crops).
     "cpu-photo": {
         "vq": {"resolution": 64, "base_channels": 64, "channel_mult": [2], "space_to_depth": 4, "latent_dim": 64,
                "norm": "pixel", "quantizer": "vq", "codebook_size": 1024, "codebook_dim": 8},
