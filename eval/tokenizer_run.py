@@ -40,6 +40,7 @@ def reconstruct_files(run_dir: str | Path, paths: Sequence[str | Path], out: str
     the PSNR (dB) of each row of reconstructions over all the images."""
     import numpy as np
     import torch
+    from tqdm.auto import tqdm
 
     from train.data.images import load_image_file
     from vqtok import images_to_tensor, tensor_to_images
@@ -62,7 +63,14 @@ def reconstruct_files(run_dir: str | Path, paths: Sequence[str | Path], out: str
             rows[0].append(original)
             rows[1].append(tensor_to_images(tok.decode(tok.encode(x).codes)))
             if search > 0:
-                rows[2].append(tensor_to_images(tok.decode(search_codes(tok, x, search, rounds))))
+                with tqdm(desc="code search", unit="lattice", leave=False) as bar:
+
+                    def advance(done: int, total: int) -> None:
+                        bar.total, bar.n = total, done
+                        bar.refresh()
+
+                    codes = search_codes(tok, x, search, rounds, progress=advance)
+                rows[2].append(tensor_to_images(tok.decode(codes)))
     sq = lambda row: sum(float((a.double() - b.double()).pow(2).sum()) for a, b in zip(rows[0], row))  # noqa: E731
     count = sum(a.numel() for a in rows[0])
     to_db = lambda total: 10 * math.log10(255.0**2 / max(total / count, 1e-10))  # noqa: E731 (PSNR over all)

@@ -16,6 +16,7 @@ from tessera.cli import main
 from train.data import shapes
 from train.tokenizer_stage import preset_config, train_tokenizer
 from vqtok import TokenizerError, VQConfig, VQTokenizer
+from vqtok import search
 from vqtok.search import block_errors, decoder_radius, search_codes
 
 # the cpu-photo net's shape (pixels folded 4x4 into channels, one level, per-position norm), tiny: 32 px, 8x8 codes
@@ -77,6 +78,19 @@ def test_search_never_worse_and_ends_at_a_local_optimum():
                     variants.append(v)
         errors = total_error(tok, torch.stack(variants), x[i : i + 1].expand(len(variants), -1, -1, -1))
         assert errors.min() >= after[i] - 1e-4, (float(errors.min()), float(after[i]))
+
+
+def test_search_reports_progress_and_bounds_its_memory(monkeypatch):
+    tok, x = tokenizer(), smooth_images(2)
+    calls = []
+    codes = search_codes(tok, x, candidates=4, rounds=50, progress=lambda done, total: calls.append((done, total)))
+    assert calls[0] == (1, 50 * 8 * 8) and calls[-1] == (50 * 8 * 8, 50 * 8 * 8)  # 8x8 lattices on an 8x8 grid
+    assert len(calls) < 50 * 8 * 8  # it stopped early, at a local optimum, and said so
+    monkeypatch.setattr(search, "TRIAL_POSITIONS", 1)  # one candidate decoded at a time: the same search
+    chunked = search_codes(tok, x, candidates=4, rounds=50)
+    # (decodes of another batch size may differ in the last bits, so near-ties could break the other way)
+    assert (chunked == codes).float().mean() > 0.9
+    torch.testing.assert_close(total_error(tok, chunked, x), total_error(tok, codes, x), rtol=1e-3, atol=1e-4)
 
 
 def test_search_refuses_what_it_cannot_do():

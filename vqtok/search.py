@@ -23,6 +23,8 @@ what it buys on photographs.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -30,6 +32,7 @@ from vqtok.errors import TokenizerError
 from vqtok.model import VQTokenizer
 
 TOLERANCE = 1e-6  # the least change of summed squared error (images in [-1, 1]) that counts as a gain
+TRIAL_POSITIONS = 2**21  # code positions decoded at once (candidates x images x h x w): ~1 GB a width-128 map
 
 
 def block_errors(recon: torch.Tensor, images: torch.Tensor, block: int) -> torch.Tensor:
@@ -68,11 +71,13 @@ def decoder_radius(tokenizer: VQTokenizer, limit: int = 12) -> int:
 
 @torch.no_grad()
 def search_codes(tokenizer: VQTokenizer, images: torch.Tensor, candidates: int = 8, rounds: int = 2,
-                 radius: int | None = None) -> torch.Tensor:
+                 radius: int | None = None, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Codes (B, h, w) int64 for `images` (B, 3, H, W) in [-1, 1] whose decoding is closer to the images than the
     encoder's own codes (never farther): the module docstring. `candidates` codes are tried at each position
-    (the encoder's nearest first), over `rounds` passes; `radius` is the decoder's reach (measured when None).
-    The vq quantizer only (FSQ and LFQ have no nearest-code list); the tokenizer should be in eval mode."""
+    (the encoder's nearest first), over `rounds` passes; `radius` is the decoder's reach (measured when None);
+    `progress(done, total)` is called after each lattice (total = rounds x lattices; done jumps to total when
+    the search stops early). The vq quantizer only (FSQ and LFQ have no nearest-code list); the tokenizer should
+    be in eval mode. Large images are tried a few candidates at a time (TRIAL_POSITIONS) to bound memory."""
     if tokenizer.cfg.quantizer != "vq":
         raise TokenizerError(f"code search needs the vq quantizer, this tokenizer has {tokenizer.cfg.quantizer!r}")
     if candidates < 1 or rounds < 0:
@@ -92,15 +97,28 @@ def search_codes(tokenizer: VQTokenizer, images: torch.Tensor, candidates: int =
     current = pick(choice)
     err = block_errors(tokenizer.decode_latent(current), images, ds)  # (B, h, w)
     rows, cols = torch.arange(h, device=images.device)[:, None], torch.arange(w, device=images.device)[None, :]
-    repeated = images.repeat(k, 1, 1, 1)  # (K * B, 3, H, W), candidate-major as the trials
+    group = max(1, min(k, TRIAL_POSITIONS // (b * h * w)))  # candidates decoded together
+    lattices = min(span, h) * min(span, w)
+    total, done = (rounds if k > 1 else 0) * lattices, 0
+
+    def trial_errors(on: torch.Tensor) -> torch.Tensor:  # (K, B, h, w): block errors with candidate j on `on`
+        out = []
+        for j in range(0, k, group):
+            trials = torch.where(on, latents[j : j + group], current)  # (g, B, D, h, w)
+            g = trials.shape[0]
+            decoded = tokenizer.decode_latent(trials.flatten(0, 1))  # (g * B, 3, H, W), candidate-major
+            out.append(block_errors(decoded, images.repeat(g, 1, 1, 1), ds).view(g, b, h, w))
+        return torch.cat(out)
+
     for _ in range(rounds if k > 1 else 0):
         changed = False
         for y0 in range(min(span, h)):
             for x0 in range(min(span, w)):
+                done += 1
+                if progress is not None:
+                    progress(done, total)
                 on = ((rows % span) == y0) & ((cols % span) == x0)  # (h, w): this lattice's positions
-                trials = torch.where(on, latents, current)  # (K, B, D, h, w): candidate j at every lattice position
-                trial_err = block_errors(tokenizer.decode_latent(trials.flatten(0, 1)), repeated, ds)
-                change = (trial_err.view(k, b, h, w) - err).flatten(0, 1)[:, None]  # (K * B, 1, h, w)
+                change = (trial_errors(on) - err).flatten(0, 1)[:, None]  # (K * B, 1, h, w)
                 # each lattice position's change summed over the blocks it can reach (zero outside the image)
                 gain = F.avg_pool2d(change, span, stride=1, padding=r, count_include_pad=True) * span**2
                 gain = gain.view(k, b, h, w)
@@ -119,6 +137,8 @@ def search_codes(tokenizer: VQTokenizer, images: torch.Tensor, candidates: int =
                 err = torch.where(keep[:, None, None], new_err, err)
                 changed = changed or bool(keep.any())
         if not changed:  # a local optimum: no single candidate at any position lowers the error
+            if progress is not None and done < total:
+                progress(total, total)
             break
     return cand.gather(-1, choice[..., None])[..., 0]  # (B, h, w)
 
