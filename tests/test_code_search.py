@@ -53,6 +53,7 @@ def test_decoder_radius_is_the_decoders_reach():
     # decoder: conv_in, two convs per residual block, conv_out, all 3x3 on the code grid
     assert decoder_radius(tokenizer()) == 4
     assert decoder_radius(tokenizer(num_res_blocks=2)) == 6
+    assert decoder_radius(tokenizer(decoder_res_blocks=7)) == 16  # past the first probe's 12: measured again
     with pytest.raises(TokenizerError, match="not local"):
         decoder_radius(tokenizer(norm="group", norm_groups=4))  # whole-map statistics: every block moves
 

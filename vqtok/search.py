@@ -42,31 +42,36 @@ def block_errors(recon: torch.Tensor, images: torch.Tensor, block: int) -> torch
 
 
 @torch.no_grad()
-def decoder_radius(tokenizer: VQTokenizer, limit: int = 12) -> int:
+def decoder_radius(tokenizer: VQTokenizer, limits: tuple[int, ...] = (12, 40)) -> int:
     """How far (in codes, Chebyshev distance) a code's change reaches in the decoded image: decodes a random
     grid of side 2 * limit + 1 and the same grid with its centre code changed, and measures the blocks that
-    differ. Raises TokenizerError where the change reaches the grid's edge (a decoder that is not local)."""
-    side, ds = 2 * limit + 1, tokenizer.cfg.downsample
-    gen = torch.Generator().manual_seed(0)
-    codes = torch.randint(tokenizer.cfg.num_codes, (1, side, side), generator=gen)
-    device = next(tokenizer.parameters()).device
-    codes = codes.to(device)
-    base = tokenizer.decode(codes)  # (1, 3, side * ds, side * ds)
-    for shift in range(1, 5):  # another code at the centre (a few tries, should two codes decode alike)
-        other = codes.clone()
-        other[0, limit, limit] = (codes[0, limit, limit] + shift * 97) % tokenizer.cfg.num_codes
-        changed = block_errors(tokenizer.decode(other), base, ds)[0] > 0  # (side, side)
-        if changed.any():
-            ys, xs = changed.nonzero(as_tuple=True)
-            reach = int(torch.maximum((ys - limit).abs(), (xs - limit).abs()).max())
-            if reach >= limit:
-                raise TokenizerError(
-                    f"the decoder is not local (a code's change reaches {reach} codes away or more): code search "
-                    "needs the per-position norm (vq.norm=pixel) or the patch architecture; GroupNorm decoders "
-                    "normalise over the whole image"
-                )
+    differ; a reach up to the grid's edge is measured again on the next, larger grid of `limits`. Raises
+    TokenizerError where it reaches the edge of the largest (a decoder that is not local, e.g. GroupNorm)."""
+    ds, device = tokenizer.cfg.downsample, next(tokenizer.parameters()).device
+    reach = 0
+    for limit in limits:
+        side = 2 * limit + 1
+        gen = torch.Generator().manual_seed(0)
+        codes = torch.randint(tokenizer.cfg.num_codes, (1, side, side), generator=gen).to(device)
+        base = tokenizer.decode(codes)  # (1, 3, side * ds, side * ds)
+        for shift in range(1, 5):  # another code at the centre (a few tries, should two codes decode alike)
+            other = codes.clone()
+            other[0, limit, limit] = (codes[0, limit, limit] + shift * 97) % tokenizer.cfg.num_codes
+            changed = block_errors(tokenizer.decode(other), base, ds)[0] > 0  # (side, side)
+            if changed.any():
+                break
+        else:
+            raise TokenizerError("the decoder drew the same image for several different centre codes: cannot "
+                                 "measure its reach")
+        ys, xs = changed.nonzero(as_tuple=True)
+        reach = int(torch.maximum((ys - limit).abs(), (xs - limit).abs()).max())
+        if reach < limit:
             return reach
-    raise TokenizerError("the decoder drew the same image for several different centre codes: cannot measure it")
+    raise TokenizerError(
+        f"the decoder is not local (a code's change reaches {reach} codes away or more): code search needs the "
+        "per-position norm (vq.norm=pixel) or the patch architecture; GroupNorm decoders normalise over the whole "
+        "image"
+    )
 
 
 @torch.no_grad()
