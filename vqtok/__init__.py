@@ -5,6 +5,9 @@
     codes = tok.encode(images_to_tensor(uint8_images)).codes   # (B, h, w) int64
     images = tok.decode(codes)                                  # (B, 3, H, W) in ~[-1, 1]
 
+    from vqtok.search import search_codes                       # codes checked against the decoder:
+    codes = search_codes(tok, images_to_tensor(uint8_images))   # closer decodes, same codes (vqtok.search)
+
 A library: it imports only torch, einops, vector_quantize_pytorch, safetensors
 and numpy, never the rest of Tessera.
 """
