@@ -5,8 +5,11 @@
     codes = tok.encode(images_to_tensor(uint8_images)).codes   # (B, h, w) int64
     images = tok.decode(codes)                                  # (B, 3, H, W) in ~[-1, 1]
 
-    from vqtok.search import search_codes                       # codes checked against the decoder:
-    codes = search_codes(tok, images_to_tensor(uint8_images))   # closer decodes, same codes (vqtok.search)
+    # codes checked against the decoder (vqtok.search): decode closer to the images, the same kind of codes;
+    # for vq tokenizers with a local decoder, e.g. a cpu-photo run's (FSQ, LFQ and GroupNorm nets are refused)
+    from vqtok.search import search_codes
+    photo_tok = load_tokenizer("runs/photo/tokenizer")
+    codes = search_codes(photo_tok, images_to_tensor(uint8_images))
 
 A library: it imports only torch, einops, vector_quantize_pytorch, safetensors
 and numpy, never the rest of Tessera.
