@@ -104,6 +104,7 @@ def search_codes(tokenizer: VQTokenizer, images: torch.Tensor, candidates: int =
     err = block_errors(tokenizer.decode_latent(current), images, ds)  # (B, h, w)
     rows, cols = torch.arange(h, device=images.device)[:, None], torch.arange(w, device=images.device)[None, :]
     group = max(1, min(k, TRIAL_POSITIONS // (b * h * w)))  # candidates decoded together
+    repeated = images.repeat(group, 1, 1, 1)  # (group * B, 3, H, W), candidate-major as the trials
     lattices = min(span, h) * min(span, w)
     total, done = (rounds if k > 1 else 0) * lattices, 0
 
@@ -113,7 +114,7 @@ def search_codes(tokenizer: VQTokenizer, images: torch.Tensor, candidates: int =
             trials = torch.where(on, latents[j : j + group], current)  # (g, B, D, h, w)
             g = trials.shape[0]
             decoded = tokenizer.decode_latent(trials.flatten(0, 1))  # (g * B, 3, H, W), candidate-major
-            out.append(block_errors(decoded, images.repeat(g, 1, 1, 1), ds).view(g, b, h, w))
+            out.append(block_errors(decoded, repeated[: g * b], ds).view(g, b, h, w))
         return torch.cat(out)
 
     for _ in range(rounds if k > 1 else 0):
